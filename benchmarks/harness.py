@@ -1,0 +1,259 @@
+"""One harness for every benchmark family: warm-up, median of several runs, peak memory growth,
+ratios against the reference and installed peers, targets printed beside the measured ratio,
+a markdown table on stdout, JSON and a PNG plot under --out.
+
+A family is a module bench_<family>.py in this folder with `run(h, quick)`; inside it:
+
+    h.case("sqeuclidean n=m=10000 d=3", work=n * m, unit="pairs")
+    h.measure("hotpath", fn)            # the first measured impl is the one ratios refer to
+    h.measure("torch chunked", fn2)
+    h.target("torch chunked", 20)       # hotpath must be >= 20x faster than it
+    h.target_memory("open_clip", 0.05)  # hotpath peak growth <= 5% of it
+"""
+import ctypes
+import gc
+import importlib
+import json
+import os
+import pkgutil
+import platform
+import statistics
+import time
+import traceback
+
+import torch
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _modules():
+    return sorted(m.name for m in pkgutil.iter_modules([_HERE]) if m.name.startswith("bench_"))
+
+
+def families():
+    """Family names; bench_<family>_<part>.py modules belong to <family> when bench_<family>.py exists."""
+    names = [m[len("bench_"):] for m in _modules()]
+    return [n for n in names if not any(n.startswith(o + "_") for o in names if o != n)]
+
+
+def family_modules(family):
+    return [m for m in _modules() if m == f"bench_{family}" or m.startswith(f"bench_{family}_")]
+
+
+def _tune_malloc():
+    # Large blocks straight from mmap and back on free, so RSS peaks reflect real allocations.
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 16)   # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 1 << 16)   # M_TRIM_THRESHOLD
+    except OSError:
+        pass
+
+
+def _rss_mb(field):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _reset_peak():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class Memory:
+    """Peak memory growth of a block: CUDA allocator stats on GPU, VmHWM (reset) on CPU."""
+
+    def __init__(self, device="cpu"):
+        self.cuda = torch.device(device).type == "cuda"
+
+    def __enter__(self):
+        gc.collect()
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated() / 2**20
+        else:
+            self.ok = _reset_peak()
+            self.base = _rss_mb("VmRSS")
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() / 2**20 - self.base
+        else:
+            self.peak = _rss_mb("VmHWM") - self.base if self.ok else float("nan")
+        return False
+
+
+class Harness:
+    def __init__(self, quick=False, device="cpu", repeat=None, budget_s=None):
+        self.quick = quick
+        self.device = device
+        self.repeat = repeat or (3 if quick else 5)
+        self.budget_s = budget_s or (20.0 if quick else 60.0)
+        self.rows = []
+        self.targets = []
+        self.notes = []
+        self._case = None
+
+    def _sync(self):
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.synchronize()
+
+    def case(self, name, work=None, unit=None, family=None):
+        self._case = {"case": name, "work": work, "unit": unit, "family": family or self.family, "impls": {}}
+        self.rows.append(self._case)
+        print(f"  case: {name}", flush=True)
+
+    def measure(self, impl, fn, *, repeat=None, value=None):
+        """Time fn() (median), record peak memory growth; fn's result may be checked by value()."""
+        c = self._case
+        try:
+            t0 = time.perf_counter()
+            out = fn()
+            self._sync()
+            first = time.perf_counter() - t0
+            del out
+            n = repeat or self.repeat
+            if first * n > self.budget_s:
+                n = max(1, int(self.budget_s / max(first, 1e-9)))
+            times = []
+            with Memory(self.device) as mem:
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    out = fn()
+                    self._sync()
+                    times.append(time.perf_counter() - t0)
+                    if value is not None and len(times) == 1:
+                        c.setdefault("values", {})[impl] = float(value(out))
+                    del out
+            med = statistics.median(times)
+            c["impls"][impl] = {"seconds": med, "peak_mb": mem.peak, "runs": len(times)}
+            rate = f", {c['work'] / med:.3g} {c['unit']}/s" if c["work"] else ""
+            print(f"    {impl:28s} {med * 1e3:10.2f} ms  peak +{mem.peak:8.1f} MB{rate}", flush=True)
+        except Exception as exc:  # a failing peer must not stop the run
+            c["impls"][impl] = {"error": f"{type(exc).__name__}: {exc}"}
+            print(f"    {impl:28s} FAILED {type(exc).__name__}: {str(exc)[:200]}", flush=True)
+            if os.environ.get("HOTPATH_BENCH_TRACE"):
+                traceback.print_exc()
+
+    def skip(self, impl, why):
+        self._case["impls"][impl] = {"skipped": why}
+        print(f"    {impl:28s} skipped: {why}", flush=True)
+
+    def _ratio(self, baseline, key):
+        impls = self._case["impls"]
+        ours = next(iter(impls.values()), {})
+        other = impls.get(baseline, {})
+        if key not in ours or key not in other or not ours[key]:
+            return None
+        return other[key] / ours[key] if key == "seconds" else ours[key] / max(other[key], 1e-9)
+
+    def target(self, baseline, at_least, what="speed-up"):
+        """Ours must be at_least times faster than baseline (ratio = t_baseline / t_ours)."""
+        r = self._ratio(baseline, "seconds")
+        self._record(baseline, what, r, at_least, ok=(r is not None and r >= at_least), fmt=f">= {at_least:g}x")
+
+    def target_memory(self, baseline, at_most):
+        """Ours peak growth at most at_most times the baseline's (ratio = ours / baseline)."""
+        r = self._ratio(baseline, "peak_mb")
+        self._record(baseline, "memory ratio", r, at_most, ok=(r is not None and r <= at_most), fmt=f"<= {at_most:g}x")
+
+    def target_value(self, label, measured, *, at_least=None, at_most=None):
+        ok = (at_least is None or measured >= at_least) and (at_most is None or measured <= at_most)
+        fmt = f">= {at_least:g}" if at_least is not None else f"<= {at_most:g}"
+        self._record(label, "value", measured, None, ok=ok, fmt=fmt)
+
+    def _record(self, baseline, what, r, bound, ok, fmt):
+        ours = next(iter(self._case["impls"]), "?")
+        t = {"case": self._case["case"], "family": self._case["family"], "ours": ours, "vs": baseline,
+             "what": what, "measured": r, "target": fmt, "met": bool(ok) if r is not None else None}
+        self.targets.append(t)
+        shown = "n/a" if r is None else f"{r:.3g}"
+        status = "n/a" if r is None else ("MET" if ok else "MISSED")
+        print(f"    target {what} vs {baseline}: {shown} (target {fmt}) {status}", flush=True)
+
+    def note(self, text):
+        self.notes.append(text)
+        print(f"    note: {text}", flush=True)
+
+    def markdown(self):
+        lines = ["| family | case | impl | median ms | peak MB | rate |", "|---|---|---|---:|---:|---:|"]
+        for c in self.rows:
+            for impl, r in c["impls"].items():
+                if "seconds" in r:
+                    rate = f"{c['work'] / r['seconds']:.3g} {c['unit']}/s" if c["work"] else ""
+                    lines.append(f"| {c['family']} | {c['case']} | {impl} | {r['seconds'] * 1e3:.2f} | {r['peak_mb']:.1f} | {rate} |")
+                else:
+                    lines.append(f"| {c['family']} | {c['case']} | {impl} | {r.get('error') or r.get('skipped')} | | |")
+        lines += ["", "| family | case | ours vs | what | measured | target | status |", "|---|---|---|---|---:|---|---|"]
+        for t in self.targets:
+            m = "n/a" if t["measured"] is None else f"{t['measured']:.3g}"
+            s = "n/a" if t["met"] is None else ("MET" if t["met"] else "MISSED")
+            lines.append(f"| {t['family']} | {t['case']} | {t['vs']} | {t['what']} | {m} | {t['target']} | {s} |")
+        return "\n".join(lines)
+
+    def save(self, out):
+        os.makedirs(out, exist_ok=True)
+        meta = {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
+                "threads": torch.get_num_threads(), "quick": self.quick,
+                "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+        with open(os.path.join(out, "results.json"), "w") as f:
+            json.dump({"meta": meta, "cases": self.rows, "targets": self.targets, "notes": self.notes}, f, indent=1)
+        with open(os.path.join(out, "results.md"), "w") as f:
+            f.write(self.markdown() + "\n")
+        try:
+            self._plot(os.path.join(out, "speedups.png"))
+        except Exception as exc:
+            print(f"(no plot: {type(exc).__name__}: {exc})")
+
+    def _plot(self, path):
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        ts = [t for t in self.targets if t["what"] == "speed-up" and t["measured"]]
+        if not ts:
+            return
+        fig, ax = plt.subplots(figsize=(10, 0.4 * len(ts) + 1.5))
+        labels = [f"{t['case'][:40]} vs {t['vs']}" for t in ts]
+        ax.barh(range(len(ts)), [t["measured"] for t in ts], color=["tab:green" if t["met"] else "tab:red" for t in ts])
+        ax.set_yticks(range(len(ts)), labels, fontsize=7)
+        ax.set_xscale("log")
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_xlabel("speed-up of hotpath (x, log scale); green = target met")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+
+
+def main(names, quick=False, out="bench-results", device=None):
+    _tune_malloc()
+    avail = families()
+    names = names or avail
+    for n in names:
+        if n not in avail:
+            print(f"unknown benchmark family {n!r}; known: {', '.join(avail)}")
+            return 2
+    import hotpath
+    print(hotpath.info())
+    h = Harness(quick=quick, device=device or "cpu")
+    for n in names:
+        print(f"\n## {n}", flush=True)
+        h.family = n
+        for modname in family_modules(n):
+            importlib.import_module(f"hotpath.benchmarks.{modname}").run(h, quick)
+    print("\n" + h.markdown())
+    h.save(out)
+    print(f"\nwrote {out}/results.json, results.md, speedups.png")
+    return 0

@@ -1,0 +1,87 @@
+"""Loading the C++ extension hotpath._C: prebuilt if setup.py compiled it, else just in time.
+
+C++ kernels register themselves as torch ops in the namespace `hotpath_cpu` (one
+TORCH_LIBRARY_FRAGMENT per source file), so loading the shared library is all that is needed;
+callers use torch.ops.hotpath_cpu.<name>.
+"""
+import glob
+import hashlib
+import os
+import threading
+import warnings
+
+import torch
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_lock = threading.Lock()
+_state = {"loaded": None, "how": None, "error": None}
+
+
+def _source_dir():
+    for cand in (os.path.join(_HERE, "_csrc"), os.path.join(_HERE, "..", "..", "csrc")):
+        if os.path.isdir(os.path.join(cand, "cpu")):
+            return os.path.abspath(cand)
+    return None
+
+
+def _sources(src):
+    return sorted(glob.glob(os.path.join(src, "*.cpp")) + glob.glob(os.path.join(src, "cpu", "*.cpp")))
+
+
+def _prebuilt():
+    hits = glob.glob(os.path.join(_HERE, "_C*.so")) + glob.glob(os.path.join(_HERE, "_C*.pyd"))
+    if not hits:
+        return None
+    newest = max(hits, key=os.path.getmtime)
+    src = _source_dir()
+    # An in-tree (develop) build older than its sources is stale: rebuild just in time instead.
+    if src is not None and os.path.basename(src) == "csrc":
+        if any(os.path.getmtime(s) > os.path.getmtime(newest) for s in _sources(src) + glob.glob(os.path.join(src, "cpu", "*.h"))):
+            return None
+    return newest
+
+
+def _jit_build():
+    from torch.utils.cpp_extension import load
+    from ._buildflags import cxx_flags, link_flags
+
+    src = _source_dir()
+    if src is None:
+        raise RuntimeError("C++ sources not found (neither hotpath/_csrc nor the repository's csrc/)")
+    key = hashlib.sha1(f"{torch.__version__}|{os.environ.get('HOTPATH_ARCH', 'native')}|{src}".encode()).hexdigest()[:12]
+    default = os.path.join(os.path.expanduser("~"), ".cache", "hotpath", key)
+    build_dir = os.environ.get("HOTPATH_BUILD_DIR", default)
+    os.makedirs(build_dir, exist_ok=True)
+    load(name="hotpath_C", sources=_sources(src), extra_cflags=cxx_flags(), extra_ldflags=link_flags(),
+         build_directory=build_dir, is_python_module=False, verbose=os.environ.get("HOTPATH_VERBOSE_BUILD") == "1")
+
+
+def load_extension():
+    """Load hotpath._C once; returns True when the C++ kernels are available."""
+    if _state["loaded"] is not None:
+        return _state["loaded"]
+    with _lock:
+        if _state["loaded"] is not None:
+            return _state["loaded"]
+        if os.environ.get("HOTPATH_DISABLE_CPP") == "1":
+            _state.update(loaded=False, error="disabled by HOTPATH_DISABLE_CPP=1")
+            return False
+        try:
+            path = _prebuilt()
+            if path is not None:
+                torch.ops.load_library(path)
+                _state["how"] = "prebuilt"
+            else:
+                _jit_build()
+                _state["how"] = "just-in-time"
+            _state["loaded"] = True
+        except Exception as exc:  # the reference still works: say so once
+            _state.update(loaded=False, error=f"{type(exc).__name__}: {exc}")
+            warnings.warn(f"hotpath: C++ extension unavailable ({_state['error'][:300]}); "
+                          "CPU ops fall back to the pure-torch reference", RuntimeWarning, stacklevel=3)
+    return _state["loaded"]
+
+
+def extension_status():
+    load_extension()
+    return dict(_state)

@@ -1,0 +1,1 @@
+"""Pairwise contrastive losses (issue 5)."""

@@ -1,0 +1,1 @@
+"""Batched optimal transport (issues 3 and 4)."""

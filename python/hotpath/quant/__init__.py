@@ -1,0 +1,1 @@
+"""Quantized linear layers (issues 6 and 7)."""

@@ -1,0 +1,54 @@
+"""The contract between QuantLinear / quantize_ and the quantization formats.
+
+A format is a QuantConfig subclass (a dataclass). QuantLinear stores what `quantize_weight`
+returns as buffers (so state_dict / torch.save round-trip bit-exactly) and records the config
+through `to_dict` / `config_from_dict` in its extra state. Formats register by name.
+"""
+import abc
+import dataclasses
+from typing import Dict, Optional
+
+import torch
+from torch import Tensor
+
+_REGISTRY: Dict[str, type] = {}
+
+
+def register_format(cls):
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def config_from_dict(d):
+    d = dict(d)
+    name = d.pop("format")
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown quantization format {name!r}; known: {sorted(_REGISTRY)}")
+    return _REGISTRY[name](**d)
+
+
+@dataclasses.dataclass
+class QuantConfig(abc.ABC):
+    """Base of every format config. Subclasses implement the four methods below."""
+
+    def validate_shape(self, out_features: int, in_features: int) -> None:
+        """Raise ValueError when the layer shape does not fit the format (e.g. K % group_size)."""
+
+    @abc.abstractmethod
+    def quantize_weight(self, weight: Tensor) -> Dict[str, Tensor]:
+        """(N, K) float weight -> named buffers (packed codes, scales, ...), in kernel layout."""
+
+    @abc.abstractmethod
+    def linear(self, x: Tensor, q: Dict[str, Tensor], bias: Optional[Tensor], backend: str = "auto") -> Tensor:
+        """y = x @ W^T + bias for x (M, K) 2-D float; W given by its buffers q."""
+
+    @abc.abstractmethod
+    def dequantize_weight(self, q: Dict[str, Tensor]) -> Tensor:
+        """Buffers -> the (N, K) float32 weight they encode."""
+
+    @abc.abstractmethod
+    def fake_quantize(self, w: Tensor) -> Tensor:
+        """Quantize-dequantize with a straight-through gradient (QAT); same values as dequantize(quantize(w))."""
+
+    def to_dict(self):
+        return {"format": type(self).__name__, **dataclasses.asdict(self)}
