@@ -253,24 +253,19 @@ void softmax_bwd_rows(const Pairs<T>* Ps, const BwdTerms<T>* Ts, int64_t B, T* a
           T* s = S + r * TC;
           T* e = Ebuf.data();
           const V ra = VV::set1(Tm.ra ? Tm.ra[i] : T(0));
+          const T* rv = Tm.rv ? Tm.rv + i * kv : nullptr;
           V rs{};
-          // w_c = <rv_i, cv_c> accumulates into s after e is saved
+          // one sweep over the tile: e = exp(score), w = ra + ca + <rv_i, cv_c>, dS = e * w
           for (int c = 0; c < TC; c += VV::W) {
             const V ev = VV::exp_nonpos(VV::load(s + c));
-            VV::store(e + c, ev);
             V w = ra;
             if (Tm.ca) w += VV::load(Tm.ca + j0 + c);
-            VV::store(s + c, w);
-          }
-          for (int64_t kk = 0; kk < kv; ++kk) {
-            const V g = VV::set1(Tm.rv[i * kv + kk]);
-            const T* cvT = Tm.cv.T_ + kk * Tm.cv.ld + j0;
-            for (int c = 0; c < TC; c += VV::W) VV::store(s + c, VV::load(s + c) + g * VV::load(cvT + c));
-          }
-          for (int c = 0; c < TC; c += VV::W) {
-            const V ds = VV::load(e + c) * VV::load(s + c);
+            for (int64_t kk = 0; kk < kv; ++kk)
+              w += VV::set1(rv[kk]) * VV::load(Tm.cv.T_ + kk * Tm.cv.ld + j0 + c);
+            const V ds = ev * w;
             rs += ds;
             VV::store(s + c, ds);
+            if (Tm.want_acc2) VV::store(e + c, ev);
           }
           rsum[i] += VV::hsum(rs);
           Tm.colfeat.accumulate(s, j0, TC, nvalid, acc + i * d);
