@@ -225,3 +225,31 @@ def test_info_reports_build():
     s = hp.info()
     assert "cpp_extension" in s and "threads" in s
     assert hp.info(as_dict=True)["cpp_extension"].startswith(("built", "missing"))
+
+
+def test_deterministic_across_thread_counts():
+    x, y, cb, v = _inputs(2, 70, 300, 5, 3, torch.float32)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = hp.pairwise_lse(x, y, col_bias=cb, values=v, backend="cpu")
+        torch.set_num_threads(max(2, old))
+        many = hp.pairwise_lse(x, y, col_bias=cb, values=v, backend="cpu")
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(one[0], many[0]) and torch.equal(one[1], many[1])
+
+
+def test_missing_extension_falls_back_with_one_warning():
+    import subprocess
+    import sys
+    code = ("import warnings, torch\nwarnings.simplefilter('always')\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    import hotpath as hp\n"
+            "    x = torch.randn(5, 3)\n"
+            "    a = hp.pairwise_lse(x, x)\n    b = hp.pairwise_lse(x, x)\n"
+            "    print(sum('C++ extension unavailable' in str(m.message) for m in w), 'missing' in hp.info())\n")
+    env = dict(__import__("os").environ, HOTPATH_DISABLE_CPP="1")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "True"], out.stdout + out.stderr

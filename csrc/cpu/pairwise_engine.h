@@ -186,7 +186,7 @@ void lse_rows(const Pairs<T>* Ps, const Feats<T>* Vs, int64_t B, T* lse_all, T* 
           for (int c = 0; c < TC; c += VV::W) {
             const V e = VV::exp_nonpos(VV::load(s + c) - mv);
             acc += e;
-            VV::store(s + c, e);
+            if (vals.k) VV::store(s + c, e);
           }
           sm[r] += VV::hsum(acc);
           vals.accumulate(s, j0, TC, nvalid, o + r * vals.k);

@@ -124,10 +124,12 @@ std::tuple<Tensor, Tensor> pairwise_lse_fwd(const Tensor& x_, const Tensor& y_, 
     std::vector<Feats<scalar_t>> Vs(B);
     for (int64_t b = 0; b < B; ++b) {
       Ps[b] = pairs<scalar_t>(s, b);
+      Ps[b].rowb = nullptr;  // a per-row constant: added to lse below, softmax does not see it
       Vs[b] = feats<scalar_t>(v, vT, b);
     }
     engine::lse_rows<scalar_t>(Ps.data(), Vs.data(), B, lse.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
   });
+  if (s.rowb.defined()) lse.add_(s.rowb);
   return {lse, out};
 }
 

@@ -74,10 +74,9 @@ def load_extension():
     with _lock:
         if _state["loaded"] is not None:
             return _state["loaded"]
-        if os.environ.get("HOTPATH_DISABLE_CPP") == "1":
-            _state.update(loaded=False, error="disabled by HOTPATH_DISABLE_CPP=1")
-            return False
         try:
+            if os.environ.get("HOTPATH_DISABLE_CPP") == "1":
+                raise RuntimeError("disabled by HOTPATH_DISABLE_CPP=1")
             path = _prebuilt()
             if path is not None:
                 torch.ops.load_library(path)
