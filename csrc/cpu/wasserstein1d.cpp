@@ -1,0 +1,621 @@
+// hotpath_cpu::wasserstein1d_fwd, sliced_wasserstein_fwd, histogram_w1_fwd.
+//
+// One 1-D problem = two weighted empirical measures on the line. W_p^p is the integral over
+// t in [0, 1] of |Qu(t) - Qv(t)|^p, Qu / Qv the quantile functions: after sorting both sides, a
+// single merge walk over the cumulative weights visits every segment where (Qu, Qv) is constant.
+// The same walk yields the gradients (fused forward + backward: the ops return them when asked,
+// the autograd wrappers only scale them by the incoming gradient):
+//   d/du_i   = sum over segments with u index i of  seg * c'(u_i - v_j)
+//   d/dFu(i) = c(u_i, v_j) - c(u_{i+1}, v_j)     (breakpoint i of the u CDF, j the v index there)
+//   d/dw_k   = sum_{i >= k} d/dFu(i), then through the normalization w / sum(w).
+// The last breakpoint of each side is exactly 1 (total mass), so no rounding residue is left.
+// Uniform weights use integer breakpoints (i+1)/n vs (j+1)/m: exact ties, no rounding at all;
+// n == m uniform is the sorted-difference fast path.
+// Problems run in parallel with at::parallel_for (deterministic: no shared accumulators).
+// Sorting is an LSD radix sort on the order-preserving integer image of the floats, with int32
+// indices (stable, so ties keep their input order).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <tuple>
+#include <vector>
+
+namespace hotpath {
+namespace {
+
+using at::Tensor;
+
+// ---------------------------------------------------------------- radix sort with indices
+template <typename T> struct KeyOf;
+template <> struct KeyOf<float> { using K = uint32_t; };
+template <> struct KeyOf<double> { using K = uint64_t; };
+
+template <typename T, typename K = typename KeyOf<T>::K>
+inline K to_key(T x) {
+  K b;
+  std::memcpy(&b, &x, sizeof b);
+  constexpr K sign = K(1) << (sizeof(K) * 8 - 1);
+  return (b & sign) ? ~b : (b | sign);  // negative: reverse order; positive: above all negatives
+}
+
+template <typename T, typename K = typename KeyOf<T>::K>
+inline T from_key(K k) {
+  constexpr K sign = K(1) << (sizeof(K) * 8 - 1);
+  K b = (k & sign) ? (k ^ sign) : ~k;
+  T x;
+  std::memcpy(&x, &b, sizeof x);
+  return x;
+}
+
+template <typename T>
+struct SortBuf {
+  using K = typename KeyOf<T>::K;
+  std::vector<K> k0, k1;
+  std::vector<int32_t> i0, i1;
+};
+
+// sorted[k] = x[idx[k]], ascending, stable. `stride` is the distance between consecutive x.
+template <typename T>
+void argsort(const T* x, int64_t stride, int64_t n, T* sorted, int32_t* idx, SortBuf<T>& sb) {
+  using K = typename KeyOf<T>::K;
+  sb.k0.resize(n);
+  sb.i0.resize(n);
+  K* k0 = sb.k0.data();
+  int32_t* i0 = sb.i0.data();
+  for (int64_t i = 0; i < n; ++i) {
+    k0[i] = to_key<T>(x[i * stride]);
+    i0[i] = (int32_t)i;
+  }
+  if (n <= 48) {  // insertion sort: cheaper than histogram passes for tiny problems
+    for (int64_t i = 1; i < n; ++i) {
+      K k = k0[i];
+      int32_t id = i0[i];
+      int64_t j = i - 1;
+      while (j >= 0 && k0[j] > k) {
+        k0[j + 1] = k0[j];
+        i0[j + 1] = i0[j];
+        --j;
+      }
+      k0[j + 1] = k;
+      i0[j + 1] = id;
+    }
+  } else {
+    constexpr int P = sizeof(K);
+    sb.k1.resize(n);
+    sb.i1.resize(n);
+    K* k1 = sb.k1.data();
+    int32_t* i1 = sb.i1.data();
+    std::array<uint32_t, 256 * P> hist{};
+    for (int64_t i = 0; i < n; ++i) {
+      K k = k0[i];
+      for (int p = 0; p < P; ++p) hist[p * 256 + ((k >> (8 * p)) & 255)]++;
+    }
+    K* src = k0;
+    K* dst = k1;
+    int32_t* isrc = i0;
+    int32_t* idst = i1;
+    for (int p = 0; p < P; ++p) {
+      uint32_t* h = hist.data() + p * 256;
+      // a digit shared by every key orders nothing: skip the pass (common for high bytes)
+      if (h[(src[0] >> (8 * p)) & 255] == (uint32_t)n) continue;
+      uint32_t off = 0;
+      for (int d = 0; d < 256; ++d) {
+        uint32_t c = h[d];
+        h[d] = off;
+        off += c;
+      }
+      const int sh = 8 * p;
+      for (int64_t i = 0; i < n; ++i) {
+        K k = src[i];
+        uint32_t pos = h[(k >> sh) & 255]++;
+        dst[pos] = k;
+        idst[pos] = isrc[i];
+      }
+      std::swap(src, dst);
+      std::swap(isrc, idst);
+    }
+    k0 = src;
+    i0 = isrc;
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    sorted[i] = from_key<T>(k0[i]);
+    idx[i] = i0[i];
+  }
+}
+
+// ---------------------------------------------------------------- ground cost |d|^p
+// PK: 1 -> p = 1, 2 -> p = 2, 0 -> general p (pow).
+template <int PK>
+inline double cst(double d, double p) {
+  if (PK == 1) return std::fabs(d);
+  if (PK == 2) return d * d;
+  return std::pow(std::fabs(d), p);
+}
+
+// derivative; exactly 0 at d = 0 (equal inputs get zero, not NaN, gradients); NaN propagates.
+template <int PK>
+inline double dcst(double d, double p) {
+  if (d != d) return d;
+  if (PK == 1) return (double)((d > 0) - (d < 0));
+  if (PK == 2) return 2.0 * d;
+  double a = std::fabs(d);
+  if (a == 0) return 0.0;
+  return std::copysign(p * std::pow(a, p - 1.0), d);
+}
+
+// Gradient buffers in the sorted domain (double accumulators), null when not wanted.
+struct Grads {
+  double* gu = nullptr;   // (n) d/d sorted u
+  double* gv = nullptr;   // (m)
+  double* gFu = nullptr;  // (n) d/d Fu(i), i < n-1
+  double* gFv = nullptr;  // (m)
+};
+
+// Merge walk over weighted breakpoints (wu, wv normalized, sorted with the values).
+template <typename T, int PK>
+double walk_weighted(const T* us, const double* wu, int64_t n, const T* vs, const double* wv, int64_t m, double p,
+                     const Grads& g) {
+  int64_t i = 0, j = 0;
+  double cu = (n == 1) ? 1.0 : wu[0];
+  double cv = (m == 1) ? 1.0 : wv[0];
+  double t = 0.0, acc = 0.0;
+  while (i < n - 1 || j < m - 1) {
+    const bool adv_u = (j == m - 1) || (i < n - 1 && cu <= cv);
+    const double tn = adv_u ? cu : cv;
+    const double seg = tn > t ? tn - t : 0.0;
+    const double d = (double)us[i] - (double)vs[j];
+    const double c = cst<PK>(d, p);
+    acc += seg * c;
+    if (g.gu) {
+      const double gg = seg * dcst<PK>(d, p);
+      g.gu[i] += gg;
+      g.gv[j] -= gg;
+    }
+    if (adv_u) {
+      if (g.gFu) g.gFu[i] = c - cst<PK>((double)us[i + 1] - (double)vs[j], p);
+      ++i;
+      cu = (i == n - 1) ? 1.0 : cu + wu[i];
+    } else {
+      if (g.gFv) g.gFv[j] = c - cst<PK>((double)us[i] - (double)vs[j + 1], p);
+      ++j;
+      cv = (j == m - 1) ? 1.0 : cv + wv[j];
+    }
+    if (tn > t) t = tn;
+  }
+  const double seg = t < 1.0 ? 1.0 - t : 0.0;
+  const double d = (double)us[n - 1] - (double)vs[m - 1];
+  acc += seg * cst<PK>(d, p);
+  if (g.gu) {
+    const double gg = seg * dcst<PK>(d, p);
+    g.gu[n - 1] += gg;
+    g.gv[m - 1] -= gg;
+  }
+  return acc;
+}
+
+// Uniform weights: breakpoints (i+1)/n and (j+1)/m compared exactly as integers (i+1)m vs (j+1)n.
+template <typename T, int PK>
+double walk_uniform(const T* us, int64_t n, const T* vs, int64_t m, double p, const Grads& g) {
+  if (n == m) {
+    const double inv = 1.0 / (double)n;
+    double acc = 0.0;
+    if (g.gu) {
+      for (int64_t i = 0; i < n; ++i) {
+        const double d = (double)us[i] - (double)vs[i];
+        acc += cst<PK>(d, p);
+        const double gg = inv * dcst<PK>(d, p);
+        g.gu[i] = gg;
+        g.gv[i] = -gg;
+      }
+    } else {
+      for (int64_t i = 0; i < n; ++i) acc += cst<PK>((double)us[i] - (double)vs[i], p);
+    }
+    return acc * inv;
+  }
+  const double inv = 1.0 / ((double)n * (double)m);
+  int64_t i = 0, j = 0, cu = m, cv = n, t = 0;
+  double acc = 0.0;
+  while (i < n - 1 || j < m - 1) {
+    const bool adv_u = (j == m - 1) || (i < n - 1 && cu <= cv);
+    const int64_t tn = adv_u ? cu : cv;
+    const double seg = (double)(tn - t) * inv;
+    const double d = (double)us[i] - (double)vs[j];
+    acc += seg * cst<PK>(d, p);
+    if (g.gu) {
+      const double gg = seg * dcst<PK>(d, p);
+      g.gu[i] += gg;
+      g.gv[j] -= gg;
+    }
+    if (adv_u) {
+      ++i;
+      cu += m;
+    } else {
+      ++j;
+      cv += n;
+    }
+    t = tn;
+  }
+  const double seg = (double)(n * m - t) * inv;
+  const double d = (double)us[n - 1] - (double)vs[m - 1];
+  acc += seg * cst<PK>(d, p);
+  if (g.gu) {
+    const double gg = seg * dcst<PK>(d, p);
+    g.gu[n - 1] += gg;
+    g.gv[m - 1] -= gg;
+  }
+  return acc;
+}
+
+template <typename T>
+struct Scratch {
+  SortBuf<T> sb;
+  std::vector<T> us, vs;
+  std::vector<int32_t> iu, iv;
+  std::vector<double> wu, wv, gu, gv, gFu, gFv;
+};
+
+// Outputs of one problem, in the caller's (unsorted) order; null when not wanted.
+template <typename T>
+struct Out {
+  T* gu = nullptr;
+  T* gv = nullptr;
+  T* guw = nullptr;
+  T* gvw = nullptr;
+};
+
+// Weighted side: normalized sorted weights into w (double). raw == null -> uniform.
+template <typename T>
+double sorted_weights(const T* raw, const int32_t* idx, int64_t n, std::vector<double>& w) {
+  w.resize(n);
+  if (raw == nullptr) {
+    std::fill(w.begin(), w.end(), 1.0 / (double)n);
+    return 1.0;
+  }
+  double s = 0.0;
+  for (int64_t k = 0; k < n; ++k) s += (double)raw[k];
+  const double inv = 1.0 / s;
+  for (int64_t k = 0; k < n; ++k) w[k] = (double)raw[idx ? idx[k] : k] * inv;
+  return s;
+}
+
+// d/dw for raw weights from d/dFu: reverse cumsum (d/dw_norm), then through w / sum(w).
+template <typename T>
+void weight_grad(const double* gF, const double* wn, const int32_t* idx, int64_t n, double total, double scale,
+                 T* out) {
+  // gwn[k] = sum_{i=k}^{n-2} gF[i]; projected: (gwn[k] - sum_k gwn[k] wn[k]) / total.
+  // Two reverse sweeps (the first for the dot product) instead of a temporary.
+  double run = 0.0, dot = 0.0;
+  for (int64_t k = n - 1; k >= 0; --k) {
+    if (k < n - 1) run += gF[k];
+    dot += run * wn[k];
+  }
+  const double f = scale / total;
+  run = 0.0;
+  for (int64_t k = n - 1; k >= 0; --k) {
+    if (k < n - 1) run += gF[k];
+    out[idx ? idx[k] : k] = (T)((run - dot) * f);
+  }
+}
+
+template <typename T>
+double solve_sorted(const T* us, const int32_t* iu, int64_t n, const T* uw, const T* vs, const int32_t* iv,
+                    int64_t m, const T* vw, double p, double scale, const Out<T>& o, Scratch<T>& s) {
+  const bool weighted = uw != nullptr || vw != nullptr;
+  const bool want_vals = o.gu != nullptr || o.gv != nullptr;
+  const bool want_w = o.guw != nullptr || o.gvw != nullptr;
+  Grads g;
+  if (want_vals) {
+    s.gu.assign(n, 0.0);
+    s.gv.assign(m, 0.0);
+    g.gu = s.gu.data();
+    g.gv = s.gv.data();
+  }
+  if (want_w) {
+    s.gFu.assign(n, 0.0);
+    s.gFv.assign(m, 0.0);
+    g.gFu = s.gFu.data();
+    g.gFv = s.gFv.data();
+  }
+  const int pk = p == 1.0 ? 1 : (p == 2.0 ? 2 : 0);
+  double su = 1.0, sv = 1.0, cost;
+  if (weighted) {
+    su = sorted_weights(uw, iu, n, s.wu);
+    sv = sorted_weights(vw, iv, m, s.wv);
+    const double* wu = s.wu.data();
+    const double* wv = s.wv.data();
+    cost = pk == 1   ? walk_weighted<T, 1>(us, wu, n, vs, wv, m, p, g)
+           : pk == 2 ? walk_weighted<T, 2>(us, wu, n, vs, wv, m, p, g)
+                     : walk_weighted<T, 0>(us, wu, n, vs, wv, m, p, g);
+  } else {
+    cost = pk == 1   ? walk_uniform<T, 1>(us, n, vs, m, p, g)
+           : pk == 2 ? walk_uniform<T, 2>(us, n, vs, m, p, g)
+                     : walk_uniform<T, 0>(us, n, vs, m, p, g);
+  }
+  if (want_vals) {
+    if (o.gu)
+      for (int64_t i = 0; i < n; ++i) o.gu[iu ? iu[i] : i] = (T)(g.gu[i] * scale);
+    if (o.gv)
+      for (int64_t j = 0; j < m; ++j) o.gv[iv ? iv[j] : j] = (T)(g.gv[j] * scale);
+  }
+  if (o.guw && uw) weight_grad<T>(g.gFu, s.wu.data(), iu, n, su, scale, o.guw);
+  if (o.gvw && vw) weight_grad<T>(g.gFv, s.wv.data(), iv, m, sv, scale, o.gvw);
+  return cost;
+}
+
+// Sorts (unless presorted) then solves. u / v read with a stride (1 for rows).
+template <typename T>
+double solve(const T* u, int64_t n, const T* uw, const T* v, int64_t m, const T* vw, double p, bool presorted,
+             double scale, const Out<T>& o, Scratch<T>& s) {
+  if (presorted) return solve_sorted<T>(u, nullptr, n, uw, v, nullptr, m, vw, p, scale, o, s);
+  s.us.resize(n);
+  s.vs.resize(m);
+  s.iu.resize(n);
+  s.iv.resize(m);
+  argsort<T>(u, 1, n, s.us.data(), s.iu.data(), s.sb);
+  argsort<T>(v, 1, m, s.vs.data(), s.iv.data(), s.sb);
+  return solve_sorted<T>(s.us.data(), s.iu.data(), n, uw, s.vs.data(), s.iv.data(), m, vw, p, scale, o, s);
+}
+
+void check_float(const Tensor& t, const char* name, at::ScalarType st) {
+  TORCH_CHECK(t.device().is_cpu(), name, ": CPU tensors only");
+  TORCH_CHECK(t.scalar_type() == st, name, ": dtype must match (float32 or float64), got ", t.scalar_type());
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+template <typename T>
+const T* opt_ptr(const std::optional<Tensor>& t) {
+  return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
+}
+
+// ---------------------------------------------------------------- wasserstein_1d
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> wasserstein1d_fwd(
+    const Tensor& u, const Tensor& v, const std::optional<Tensor>& uw, const std::optional<Tensor>& vw, double p,
+    bool presorted, bool grad_values, bool grad_weights) {
+  TORCH_CHECK(u.dim() == 2 && v.dim() == 2 && u.size(0) == v.size(0), "wasserstein1d: u (B, n) and v (B, m) expected");
+  TORCH_CHECK(u.size(1) > 0 && v.size(1) > 0, "wasserstein1d: empty samples");
+  TORCH_CHECK(u.size(1) < (int64_t(1) << 31) && v.size(1) < (int64_t(1) << 31), "wasserstein1d: too many samples");
+  TORCH_CHECK(p >= 1.0, "wasserstein1d: p must be >= 1");
+  const auto st = u.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble, "wasserstein1d: float32 or float64 only");
+  check_float(u, "u", st);
+  check_float(v, "v", st);
+  const int64_t B = u.size(0), n = u.size(1), m = v.size(1);
+  if (uw) {
+    check_float(*uw, "u_weights", st);
+    TORCH_CHECK(uw->sizes() == u.sizes(), "wasserstein1d: u_weights must be (B, n)");
+  }
+  if (vw) {
+    check_float(*vw, "v_weights", st);
+    TORCH_CHECK(vw->sizes() == v.sizes(), "wasserstein1d: v_weights must be (B, m)");
+  }
+  auto cost = at::empty({B}, u.options());
+  Tensor gu, gv, guw, gvw;
+  // distinct empty tensors: outputs of a custom op must not alias each other
+  auto none = [&] { return at::empty({0}, u.options()); };
+  gu = grad_values ? at::empty_like(u) : none();
+  gv = grad_values ? at::empty_like(v) : none();
+  guw = grad_weights && uw ? at::empty_like(u) : none();
+  gvw = grad_weights && vw ? at::empty_like(v) : none();
+  AT_DISPATCH_FLOATING_TYPES(st, "wasserstein1d_fwd", [&] {
+    const scalar_t* pu = u.data_ptr<scalar_t>();
+    const scalar_t* pv = v.data_ptr<scalar_t>();
+    const scalar_t* puw = opt_ptr<scalar_t>(uw);
+    const scalar_t* pvw = opt_ptr<scalar_t>(vw);
+    scalar_t* pc = cost.data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, 16384 / (n + m));
+    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+      Scratch<scalar_t> s;
+      for (int64_t b = b0; b < b1; ++b) {
+        Out<scalar_t> o;
+        if (grad_values) {
+          o.gu = gu.data_ptr<scalar_t>() + b * n;
+          o.gv = gv.data_ptr<scalar_t>() + b * m;
+        }
+        if (grad_weights && puw) o.guw = guw.data_ptr<scalar_t>() + b * n;
+        if (grad_weights && pvw) o.gvw = gvw.data_ptr<scalar_t>() + b * m;
+        pc[b] = (scalar_t)solve<scalar_t>(pu + b * n, n, puw ? puw + b * n : nullptr, pv + b * m, m,
+                                          pvw ? pvw + b * m : nullptr, p, presorted, 1.0, o, s);
+      }
+    });
+  });
+  return {cost, gu, gv, guw, gvw};
+}
+
+// ---------------------------------------------------------------- sliced Wasserstein
+// x (B, N, D), y (B, M, D), a (B, N) / b (B, M) optional, theta (D, L). Returns per-direction
+// W_p^p (B, L) and, when asked, the gradients of sum_l W_p^p(l) w.r.t. x, y, a, b, theta.
+// Projections of narrow clouds are computed on the fly per direction (no (B, L, N) tensor);
+// wide ones (D > 8) go through one GEMM first. Per-sample gradients of the projected values are
+// written to (B, L, N) and contracted with theta / x by GEMMs afterwards (deterministic).
+constexpr int64_t kOnTheFlyMaxDim = 8;
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sliced_wasserstein_fwd(
+    const Tensor& x, const Tensor& y, const std::optional<Tensor>& a, const std::optional<Tensor>& b,
+    const Tensor& theta, double p, bool need_gx, bool need_gy, bool need_ga, bool need_gb, bool need_gtheta) {
+  TORCH_CHECK(x.dim() == 3 && y.dim() == 3 && x.size(0) == y.size(0) && x.size(2) == y.size(2),
+              "sliced_wasserstein: x (B, N, D) and y (B, M, D) expected");
+  TORCH_CHECK(theta.dim() == 2 && theta.size(0) == x.size(2), "sliced_wasserstein: theta must be (D, L)");
+  TORCH_CHECK(x.size(1) > 0 && y.size(1) > 0, "sliced_wasserstein: empty point cloud");
+  TORCH_CHECK(x.size(1) < (int64_t(1) << 31) && y.size(1) < (int64_t(1) << 31), "sliced_wasserstein: too many points");
+  TORCH_CHECK(p >= 1.0, "sliced_wasserstein: p must be >= 1");
+  const auto st = x.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble, "sliced_wasserstein: float32 or float64 only");
+  check_float(x, "x", st);
+  check_float(y, "y", st);
+  check_float(theta, "theta", st);
+  const int64_t B = x.size(0), N = x.size(1), M = y.size(1), D = x.size(2), L = theta.size(1);
+  if (a) {
+    check_float(*a, "a", st);
+    TORCH_CHECK(a->dim() == 2 && a->size(0) == B && a->size(1) == N, "sliced_wasserstein: a must be (B, N)");
+  }
+  if (b) {
+    check_float(*b, "b", st);
+    TORCH_CHECK(b->dim() == 2 && b->size(0) == B && b->size(1) == M, "sliced_wasserstein: b must be (B, M)");
+  }
+  const bool need_vals = need_gx || need_gy || need_gtheta;
+  const bool ga = need_ga && a.has_value(), gb = need_gb && b.has_value();
+  auto opt = x.options();
+  auto costs = at::empty({B, L}, opt);
+  Tensor Gx, Gy, Ga, Gb, px, py;
+  if (need_vals) {
+    Gx = at::empty({B, L, N}, opt);
+    Gy = at::empty({B, L, M}, opt);
+  }
+  if (ga) Ga = at::empty({B, L, N}, opt);
+  if (gb) Gb = at::empty({B, L, M}, opt);
+  const bool fly = D <= kOnTheFlyMaxDim;
+  if (!fly) {
+    auto tt = theta.t().unsqueeze(0);
+    px = at::matmul(tt, x.transpose(1, 2)).contiguous();  // (B, L, N)
+    py = at::matmul(tt, y.transpose(1, 2)).contiguous();
+  }
+  AT_DISPATCH_FLOATING_TYPES(st, "sliced_wasserstein_fwd", [&] {
+    const scalar_t* X = x.data_ptr<scalar_t>();
+    const scalar_t* Y = y.data_ptr<scalar_t>();
+    const scalar_t* TH = theta.data_ptr<scalar_t>();
+    const scalar_t* A = opt_ptr<scalar_t>(a);
+    const scalar_t* Bw = opt_ptr<scalar_t>(b);
+    const scalar_t* PX = fly ? nullptr : px.data_ptr<scalar_t>();
+    const scalar_t* PY = fly ? nullptr : py.data_ptr<scalar_t>();
+    scalar_t* C = costs.data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, 16384 / (N + M));
+    at::parallel_for(0, B * L, grain, [&](int64_t q0, int64_t q1) {
+      Scratch<scalar_t> s;
+      std::vector<scalar_t> bx, by;
+      if (fly) {
+        bx.resize(N);
+        by.resize(M);
+      }
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t bi = q / L, l = q % L;
+        const scalar_t *ux, *vy;
+        if (fly) {
+          scalar_t th[kOnTheFlyMaxDim];
+          for (int64_t d = 0; d < D; ++d) th[d] = TH[d * L + l];
+          const scalar_t* xb = X + bi * N * D;
+          const scalar_t* yb = Y + bi * M * D;
+          for (int64_t i = 0; i < N; ++i) {
+            scalar_t acc = 0;
+            for (int64_t d = 0; d < D; ++d) acc += xb[i * D + d] * th[d];
+            bx[i] = acc;
+          }
+          for (int64_t j = 0; j < M; ++j) {
+            scalar_t acc = 0;
+            for (int64_t d = 0; d < D; ++d) acc += yb[j * D + d] * th[d];
+            by[j] = acc;
+          }
+          ux = bx.data();
+          vy = by.data();
+        } else {
+          ux = PX + q * N;
+          vy = PY + q * M;
+        }
+        Out<scalar_t> o;
+        if (need_vals) {
+          o.gu = Gx.data_ptr<scalar_t>() + q * N;
+          o.gv = Gy.data_ptr<scalar_t>() + q * M;
+        }
+        if (ga) o.guw = Ga.data_ptr<scalar_t>() + q * N;
+        if (gb) o.gvw = Gb.data_ptr<scalar_t>() + q * M;
+        C[q] = (scalar_t)solve<scalar_t>(ux, N, A ? A + bi * N : nullptr, vy, M, Bw ? Bw + bi * M : nullptr, p, false,
+                                         1.0, o, s);
+      }
+    });
+  });
+  auto none = [&] { return at::empty({0}, opt); };
+  Tensor gx = none(), gy = none(), gA = none(), gB = none(), gth = none();
+  auto thT = theta.t().unsqueeze(0);  // (1, L, D)
+  if (need_gx) gx = at::matmul(Gx.transpose(1, 2), thT);  // (B, N, D)
+  if (need_gy) gy = at::matmul(Gy.transpose(1, 2), thT);
+  if (need_gtheta) gth = (at::matmul(Gx, x) + at::matmul(Gy, y)).sum(0).t().contiguous();  // (D, L)
+  if (ga) gA = Ga.sum(1);
+  if (gb) gB = Gb.sum(1);
+  return {costs, gx, gy, gA, gB, gth};
+}
+
+// ---------------------------------------------------------------- histogram W1
+// p, q (B, K) histograms (normalized here), support (B, K) or (1, K) increasing.
+// W1 = sum_k |P_k - Q_k| (s_{k+1} - s_k), P / Q the normalized CDFs. With sw_k = sign(P_k - Q_k)
+// (s_{k+1} - s_k) and R_i = sum_{k >= i} sw_k: dW/dp_i = (R_i - sum_k sw_k P_k) / sum(p),
+// dW/dq_i = -(R_i - sum_k sw_k Q_k) / sum(q): one forward sweep, one reverse sweep per row.
+std::tuple<Tensor, Tensor, Tensor> histogram_w1_fwd(const Tensor& P, const Tensor& Q, const Tensor& S, bool need_grad) {
+  TORCH_CHECK(P.dim() == 2 && Q.sizes() == P.sizes(), "histogram_w1: p and q must be (B, K) of one shape");
+  TORCH_CHECK(S.dim() == 2 && S.size(1) == P.size(1) && (S.size(0) == 1 || S.size(0) == P.size(0)),
+              "histogram_w1: support must be (1, K) or (B, K)");
+  const auto st = P.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble, "histogram_w1: float32 or float64 only");
+  check_float(P, "p", st);
+  check_float(Q, "q", st);
+  check_float(S, "support", st);
+  const int64_t B = P.size(0), K = P.size(1);
+  TORCH_CHECK(K > 0, "histogram_w1: empty histograms");
+  auto cost = at::empty({B}, P.options());
+  auto none = [&] { return at::empty({0}, P.options()); };
+  Tensor gp = need_grad ? at::empty_like(P) : none(), gq = need_grad ? at::empty_like(Q) : none();
+  const int64_t sstride = S.size(0) == 1 ? 0 : K;
+  AT_DISPATCH_FLOATING_TYPES(st, "histogram_w1_fwd", [&] {
+    const scalar_t* pp = P.data_ptr<scalar_t>();
+    const scalar_t* qq = Q.data_ptr<scalar_t>();
+    const scalar_t* ss = S.data_ptr<scalar_t>();
+    scalar_t* pc = cost.data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, 8192 / K);
+    at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
+      std::vector<double> sw(need_grad ? K : 0);
+      for (int64_t b = b0; b < b1; ++b) {
+        const scalar_t* pr = pp + b * K;
+        const scalar_t* qr = qq + b * K;
+        const scalar_t* sr = ss + b * sstride;
+        double sp = 0, sq = 0;
+        for (int64_t k = 0; k < K; ++k) {
+          sp += (double)pr[k];
+          sq += (double)qr[k];
+        }
+        const double ip = 1.0 / sp, iq = 1.0 / sq;
+        double cp = 0, cq = 0, acc = 0, ap = 0, aq = 0;
+        for (int64_t k = 0; k < K - 1; ++k) {
+          cp += (double)pr[k];
+          cq += (double)qr[k];
+          const double Pk = cp * ip, Qk = cq * iq;
+          const double dk = Pk - Qk;
+          const double w = (double)sr[k + 1] - (double)sr[k];
+          acc += std::fabs(dk) * w;
+          if (need_grad) {
+            const double sg = (dk != dk) ? dk : (double)((dk > 0) - (dk < 0));
+            const double swk = sg * w;
+            sw[k] = swk;
+            ap += swk * Pk;
+            aq += swk * Qk;
+          }
+        }
+        pc[b] = (scalar_t)acc;
+        if (need_grad) {
+          scalar_t* gpr = gp.data_ptr<scalar_t>() + b * K;
+          scalar_t* gqr = gq.data_ptr<scalar_t>() + b * K;
+          double r = 0;
+          for (int64_t i = K - 1; i >= 0; --i) {
+            if (i < K - 1) r += sw[i];
+            gpr[i] = (scalar_t)((r - ap) * ip);
+            gqr[i] = (scalar_t)(-(r - aq) * iq);
+          }
+        }
+      }
+    });
+  });
+  return {cost, gp, gq};
+}
+
+}  // namespace
+}  // namespace hotpath
+
+TORCH_LIBRARY_FRAGMENT(hotpath_cpu, m) {
+  m.def("wasserstein1d_fwd", &hotpath::wasserstein1d_fwd);
+  m.def("sliced_wasserstein_fwd", &hotpath::sliced_wasserstein_fwd);
+  m.def("histogram_w1_fwd", &hotpath::histogram_w1_fwd);
+}
