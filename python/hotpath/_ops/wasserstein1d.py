@@ -5,6 +5,7 @@ asked for (empty tensors otherwise), computed in the same pass over the sorted d
 wrappers (hotpath.ot.wasserstein1d / hotpath.ot.sliced) save them and only scale them by the
 incoming gradient, so nothing is sorted twice.
 """
+from contextlib import nullcontext as _nullcontext
 from typing import Optional, Tuple
 
 import torch
@@ -20,8 +21,13 @@ def _empty(x):
 
 
 def _ref_grads(fn, inputs, wanted):
-    """Values of fn(*inputs) and the gradients of their sum w.r.t. inputs[k] for k in wanted."""
-    with torch.enable_grad():
+    """Values of fn(*inputs) and the gradients of their sum w.r.t. inputs[k] for k in wanted.
+
+    A custom op body runs below the autograd dispatch keys; the reference's gradients are taken by
+    autograd, so the keys are re-enabled for this block (the include set is kept as it is)."""
+    guard = torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), torch._C.DispatchKeySet(
+        torch._C.DispatchKey.ADInplaceOrView).remove(torch._C.DispatchKey.ADInplaceOrView)) if wanted else None
+    with guard if guard is not None else _nullcontext(), torch.enable_grad():
         leaves = [t.detach().requires_grad_(k in wanted) if t is not None else None for k, t in enumerate(inputs)]
         out = fn(*leaves)
         want = [leaves[k] for k in sorted(wanted) if leaves[k] is not None]
