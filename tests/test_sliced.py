@@ -1,0 +1,197 @@
+"""hp.ot.sliced_wasserstein: float64 reference, POT cross-check with the same projections,
+generator reproducibility, gradients (gradcheck) w.r.t. x, y, a, b, projections, batched ==
+looped, equal inputs, opcheck, bad input; max-sliced."""
+import pytest
+import torch
+
+import hotpath as hp
+from hotpath._ops import wasserstein1d as ops
+from hotpath.reference import wasserstein1d as ref
+
+from conftest import assert_close, backend_param
+
+
+def _clouds(B, N, M, D, dtype=torch.float64, weighted=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = (lambda *s: (B, *s)) if B else (lambda *s: s)
+    x = torch.randn(shape(N, D), generator=g, dtype=torch.float64)
+    y = torch.randn(shape(M, D), generator=g, dtype=torch.float64) * 0.7 + 0.5
+    a = torch.rand(shape(N), generator=g, dtype=torch.float64) + 0.05 if weighted else None
+    b = torch.rand(shape(M), generator=g, dtype=torch.float64) + 0.05 if weighted else None
+    cast = (lambda t: None if t is None else t.to(dtype))
+    return cast(x), cast(y), cast(a), cast(b)
+
+
+def _ref(x, y, a, b, theta, p):
+    X = x.double() if x.dim() == 3 else x.double()[None]
+    Y = y.double() if y.dim() == 3 else y.double()[None]
+    Bn = max(X.shape[0], Y.shape[0])
+    X, Y = X.expand(Bn, *X.shape[1:]), Y.expand(Bn, *Y.shape[1:])
+    A = None if a is None else a.double().expand(Bn, X.shape[1])
+    Bw = None if b is None else b.double().expand(Bn, Y.shape[1])
+    out = ref.sliced_wasserstein(X, Y, A, Bw, theta.double(), p)
+    return out if (x.dim() == 3 or y.dim() == 3) else out[0]
+
+
+@pytest.mark.parametrize("backend", backend_param(["reference", "cpu"]))
+@pytest.mark.parametrize("B,N,M,D", [(0, 1, 1, 1), (0, 59, 97, 3), (0, 97, 97, 2), (2, 33, 17, 3), (1, 40, 40, 20)])
+@pytest.mark.parametrize("p", [1, 2, 1.5])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_matches_reference(backend, B, N, M, D, p, weighted, dtype):
+    x, y, a, b = _clouds(B, N, M, D, dtype, weighted)
+    theta = hp.ot.random_projections(D, 16, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    out = hp.ot.sliced_wasserstein(x, y, a, b, projections=theta, p=p, backend=backend)
+    expected = _ref(x, y, a, b, theta, p)
+    assert out.dtype == dtype and out.shape == expected.shape
+    assert_close(out, expected, dtype, scale=4.0 * max(1.0, expected.abs().max().item()))
+
+
+@pytest.mark.parametrize("backend", backend_param(["triton"]))
+def test_triton_matches_reference(backend):
+    x, y, a, b = _clouds(2, 9, 6, 3, torch.float32, True)
+    theta = hp.ot.random_projections(3, 4, generator=torch.Generator().manual_seed(1))
+    out = hp.ot.sliced_wasserstein(x, y, a, b, projections=theta, p=2, backend=backend)
+    assert_close(out, _ref(x, y, a, b, theta, 2), torch.float32, scale=4.0)
+
+
+@pytest.mark.parametrize("backend", backend_param(["reference", "cpu"]))
+@pytest.mark.parametrize("p", [1, 2, 3])
+def test_pot_same_projections(backend, p):
+    ot = pytest.importorskip("ot")
+    x, y, a, b = _clouds(0, 50, 70, 4, torch.float64, True, seed=2)
+    a, b = a / a.sum(), b / b.sum()
+    theta = hp.ot.random_projections(4, 32, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    out = hp.ot.sliced_wasserstein(x, y, a, b, projections=theta, p=p, backend=backend)
+    expected = ot.sliced_wasserstein_distance(x, y, a, b, projections=theta, p=p)
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-10)
+    # uniform weights
+    torch.testing.assert_close(hp.ot.sliced_wasserstein(x, y, projections=theta, p=p, backend=backend),
+                               ot.sliced_wasserstein_distance(x, y, projections=theta, p=p), atol=1e-12, rtol=1e-10)
+
+
+def test_generator_reproducible_and_default_projections():
+    x, y, _, _ = _clouds(0, 30, 30, 5, torch.float32)
+    s1 = hp.ot.sliced_wasserstein(x, y, n_projections=64, generator=torch.Generator().manual_seed(7))
+    s2 = hp.ot.sliced_wasserstein(x, y, n_projections=64, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(s1, s2)
+    theta = hp.ot.random_projections(5, 64, generator=torch.Generator().manual_seed(7))
+    assert torch.allclose(theta.norm(dim=0), torch.ones(64))
+    assert torch.equal(hp.ot.sliced_wasserstein(x, y, projections=theta), s1)
+    s3 = hp.ot.sliced_wasserstein(x, y, n_projections=64, generator=torch.Generator().manual_seed(8))
+    assert not torch.equal(s1, s3)
+
+
+@pytest.mark.parametrize("backend", backend_param(["reference", "cpu", "triton"]))
+def test_gradcheck(backend):
+    x, y, a, b = _clouds(0, 6, 4, 3, torch.float64, True, seed=4)
+    theta = torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    ins = [t.requires_grad_() for t in (x, y, a, b, theta)]
+    for p in ([2] if backend == "triton" else [1, 2, 1.5]):
+        assert torch.autograd.gradcheck(
+            lambda x_, y_, a_, b_, t_: hp.ot.sliced_wasserstein(x_, y_, a_, b_, projections=t_, p=p, backend=backend),
+            ins)
+    if backend != "triton":
+        xb, yb, ab, bb = _clouds(2, 5, 7, 2, torch.float64, True, seed=6)
+        th = torch.randn(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+        assert torch.autograd.gradcheck(
+            lambda x_, y_, a_, b_: hp.ot.sliced_wasserstein(x_, y_, a_, b_, projections=th, p=2, backend=backend),
+            [t.requires_grad_() for t in (xb, yb, ab, bb)])
+
+
+@pytest.mark.parametrize("backend", backend_param(["cpu"]))
+def test_gradients_match_reference_float32(backend):
+    x, y, a, b = _clouds(2, 97, 59, 3, torch.float32, True, seed=8)
+    theta = hp.ot.random_projections(3, 8, generator=torch.Generator().manual_seed(9))
+    ins = [t.clone().requires_grad_() for t in (x, y, a, b)]
+    hp.ot.sliced_wasserstein(*ins, projections=theta, p=2, backend=backend).sum().backward()
+    ins64 = [t.double().requires_grad_() for t in (x, y, a, b)]
+    hp.ot.sliced_wasserstein(*ins64, projections=theta.double(), p=2, backend="reference").sum().backward()
+    for u, w in zip(ins, ins64):
+        assert_close(u.grad, w.grad, torch.float32, scale=20.0)
+
+
+@pytest.mark.parametrize("backend", backend_param(["cpu"]))
+def test_batched_equals_looped(backend):
+    x, y, a, b = _clouds(3, 41, 29, 3, torch.float32, True, seed=10)
+    theta = hp.ot.random_projections(3, 12, generator=torch.Generator().manual_seed(11))
+    out = hp.ot.sliced_wasserstein(x, y, a, b, projections=theta, backend=backend)
+    assert out.shape == (3,)
+    for i in range(3):
+        assert_close(hp.ot.sliced_wasserstein(x[i], y[i], a[i], b[i], projections=theta, backend=backend), out[i],
+                     torch.float32)
+    # an unbatched y is shared by the batch
+    shared = hp.ot.sliced_wasserstein(x, y[0], None, None, projections=theta, backend=backend)
+    assert_close(shared[1], hp.ot.sliced_wasserstein(x[1], y[0], projections=theta, backend=backend), torch.float32)
+
+
+@pytest.mark.parametrize("backend", backend_param(["reference", "cpu", "triton"]))
+def test_equal_inputs_zero_and_zero_grad(backend):
+    x, _, _, _ = _clouds(0, 12, 12, 3, torch.float64, seed=12)
+    x[3] = x[5]  # ties
+    theta = hp.ot.random_projections(3, 6, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    xa = x.clone().requires_grad_()
+    out = hp.ot.sliced_wasserstein(xa, x.clone(), projections=theta, p=2, backend=backend)
+    assert out.item() == 0.0
+    out.backward()
+    assert torch.isfinite(xa.grad).all() and xa.grad.abs().max() == 0
+
+
+def test_half_and_noncontiguous():
+    x, y, _, _ = _clouds(0, 40, 30, 3, torch.float32, seed=14)
+    theta = hp.ot.random_projections(3, 8, generator=torch.Generator().manual_seed(15))
+    xt = x.t().contiguous().t()
+    assert not xt.is_contiguous()
+    assert_close(hp.ot.sliced_wasserstein(xt, y, projections=theta), hp.ot.sliced_wasserstein(x, y, projections=theta),
+                 torch.float32)
+    out = hp.ot.sliced_wasserstein(x.half(), y.half(), projections=theta.half())
+    assert out.dtype == torch.float16
+    assert_close(out, _ref(x.half(), y.half(), None, None, theta.half(), 2), torch.float16, scale=4.0)
+
+
+def test_max_sliced():
+    x, y, a, b = _clouds(0, 30, 20, 3, torch.float64, True, seed=16)
+    theta = hp.ot.random_projections(3, 10, generator=torch.Generator().manual_seed(17), dtype=torch.float64)
+    per_dir = torch.stack([ref.wasserstein_1d((x @ theta[:, l])[None], (y @ theta[:, l])[None], a[None], b[None], 2)[0]
+                           for l in range(10)])
+    out = hp.ot.max_sliced_wasserstein(x, y, a, b, projections=theta, p=2)
+    torch.testing.assert_close(out, per_dir.max().sqrt())
+    t = theta.clone().requires_grad_()
+    hp.ot.max_sliced_wasserstein(x, y, a, b, projections=t).backward()
+    assert torch.isfinite(t.grad).all() and (t.grad.abs().sum(0) > 0).sum() == 1  # only the maximizing direction
+
+
+def test_opcheck():
+    x, y, a, b = _clouds(2, 7, 5, 3, torch.float32, True, seed=18)
+    theta = hp.ot.random_projections(3, 4)
+    torch.library.opcheck(ops.sliced_wasserstein_fwd, (x, y, a, b, theta, 2.0, True, True, True, True, True, "auto"))
+    torch.library.opcheck(ops.sliced_wasserstein_fwd, (x, y, None, None, theta, 1.5, False, False, False, False, False,
+                                                       "auto"))
+
+
+def test_bad_input():
+    x, y = torch.randn(10, 3), torch.randn(8, 3)
+    with pytest.raises(ValueError, match="p"):
+        hp.ot.sliced_wasserstein(x, y, p=0.9)
+    with pytest.raises(ValueError, match="dimension"):
+        hp.ot.sliced_wasserstein(x, torch.randn(8, 4))
+    with pytest.raises(ValueError, match="projections"):
+        hp.ot.sliced_wasserstein(x, y, projections=torch.randn(4, 5))
+    with pytest.raises(ValueError, match="projections"):
+        hp.ot.sliced_wasserstein(x, y, projections=torch.full((3, 5), float("nan")))
+    with pytest.raises(ValueError, match="n_projections"):
+        hp.ot.sliced_wasserstein(x, y, n_projections=0)
+    with pytest.raises(TypeError, match="generator"):
+        hp.ot.sliced_wasserstein(x, y, generator=3)
+    with pytest.raises(ValueError, match="a "):
+        hp.ot.sliced_wasserstein(x, y, a=-torch.rand(10))
+    with pytest.raises(ValueError, match="b "):
+        hp.ot.sliced_wasserstein(x, y, b=torch.zeros(8))
+    with pytest.raises(ValueError, match="a must have shape"):
+        hp.ot.sliced_wasserstein(x, y, a=torch.rand(9))
+    with pytest.raises(ValueError, match="batch"):
+        hp.ot.sliced_wasserstein(torch.randn(2, 10, 3), torch.randn(3, 8, 3))
+    with pytest.raises(ValueError, match="x must be"):
+        hp.ot.sliced_wasserstein(torch.randn(10), y)
+    with pytest.raises(ValueError, match="at least one point"):
+        hp.ot.sliced_wasserstein(torch.randn(0, 3), y)
