@@ -177,7 +177,8 @@ def histogram_wasserstein(p, q, support=None, order=1, *, backend="auto"):
     P2 = p.to(dtype).reshape(-1, K)
     Q2 = q.to(dtype).reshape(-1, K)
     S2 = support.to(dtype).reshape(-1, K)
-    B = max(P2.shape[0], Q2.shape[0], S2.shape[0])
+    rows = [t.shape[0] for t in (P2, Q2, S2) if t.shape[0] != 1]
+    B = rows[0] if rows else 1
     for name, t in (("p", P2), ("q", Q2), ("support", S2)):
         if t.shape[0] not in (1, B):
             raise ValueError(f"{name} has {t.shape[0]} rows, expected 1 or {B}")
