@@ -310,3 +310,21 @@ def test_histogram_vs_numpy_formula():
     expected = (np.abs(np.cumsum(pn - qn, -1)[:, :-1]) * np.diff(s)).sum(-1)
     out = hp.ot.histogram_wasserstein(p, q, torch.from_numpy(s))
     np.testing.assert_allclose(out.numpy(), expected, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("backend", backend_param(["cpu"]))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_large_problems_sort_paths(backend, dtype):
+    # n above the radix sort's small/large thresholds; duplicates, +-0, negatives, large magnitudes
+    g = torch.Generator().manual_seed(21)
+    n, m = 20011, 16384 + 7
+    u = torch.randn(n, 2, generator=g, dtype=torch.float64) * torch.tensor([1.0, 1e6], dtype=torch.float64)
+    v = torch.randint(-50, 50, (m, 2), generator=g).to(torch.float64) / 7
+    u[:100] = 0.0
+    u[100:200] = -0.0
+    u, v = u.to(dtype), v.to(dtype)
+    uw = torch.rand(n, 2, generator=g, dtype=torch.float64).to(dtype)
+    for weights in ((None, None), (uw, None)):
+        out = hp.ot.wasserstein_1d(u, v, *weights, p=2, backend=backend)
+        expected = _ref(u, v, *weights, 2)
+        assert_close(out, expected, dtype, scale=50.0 * max(1.0, expected.abs().max().item()))

@@ -59,74 +59,136 @@ struct SortBuf {
   using K = typename KeyOf<T>::K;
   std::vector<K> k0, k1;
   std::vector<int32_t> i0, i1;
+  std::vector<uint64_t> p0, p1;  // float32: key and index packed in one 64-bit item
 };
 
-// sorted[k] = x[idx[k]], ascending, stable. `stride` is the distance between consecutive x.
+// Insertion sort of (key, index) pairs: cheaper than histogram passes for tiny problems.
+template <typename K>
+void insertion_sort(K* k0, int32_t* i0, int64_t n) {
+  for (int64_t i = 1; i < n; ++i) {
+    K k = k0[i];
+    int32_t id = i0[i];
+    int64_t j = i - 1;
+    while (j >= 0 && k0[j] > k) {
+      k0[j + 1] = k0[j];
+      i0[j + 1] = i0[j];
+      --j;
+    }
+    k0[j + 1] = k;
+    i0[j + 1] = id;
+  }
+}
+
+// LSD radix sort (P digits of BITS bits) of items whose sort key sits in bits [lo_bit, ...);
+// passes whose digit is the same for every item are skipped. Returns the buffer holding the result.
+template <typename I, int P, int BITS>
+I* radix_items(I* a, I* b, int64_t n, int lo_bit) {
+  constexpr int R = 1 << BITS;
+  std::array<uint32_t, R * P> hist{};
+  for (int64_t i = 0; i < n; ++i) {
+    const I k = a[i] >> lo_bit;
+    for (int p = 0; p < P; ++p) hist[p * R + ((k >> (BITS * p)) & (R - 1))]++;
+  }
+  I* src = a;
+  I* dst = b;
+  for (int p = 0; p < P; ++p) {
+    uint32_t* h = hist.data() + p * R;
+    const int sh = lo_bit + BITS * p;
+    if (h[(src[0] >> sh) & (R - 1)] == (uint32_t)n) continue;
+    uint32_t off = 0;
+    for (int d = 0; d < R; ++d) {
+      uint32_t c = h[d];
+      h[d] = off;
+      off += c;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const I k = src[i];
+      dst[h[(k >> sh) & (R - 1)]++] = k;
+    }
+    std::swap(src, dst);
+  }
+  return src;
+}
+
+// sorted[k] = x[idx[k]], ascending, stable (LSD radix on the order-preserving integer image).
 template <typename T>
 void argsort(const T* x, int64_t stride, int64_t n, T* sorted, int32_t* idx, SortBuf<T>& sb) {
   using K = typename KeyOf<T>::K;
+  if (n <= 48) {
+    sb.k0.resize(n);
+    sb.i0.resize(n);
+    for (int64_t i = 0; i < n; ++i) {
+      sb.k0[i] = to_key<T>(x[i * stride]);
+      sb.i0[i] = (int32_t)i;
+    }
+    insertion_sort(sb.k0.data(), sb.i0.data(), n);
+    for (int64_t i = 0; i < n; ++i) {
+      sorted[i] = from_key<T>(sb.k0[i]);
+      idx[i] = sb.i0[i];
+    }
+    return;
+  }
+  if (sizeof(K) == 4) {
+    // one 8-byte item per element: each scatter pass writes one stream per bucket, not two
+    sb.p0.resize(n);
+    sb.p1.resize(n);
+    uint64_t* a = sb.p0.data();
+    for (int64_t i = 0; i < n; ++i) a[i] = ((uint64_t)to_key<T>(x[i * stride]) << 32) | (uint64_t)(uint32_t)i;
+    // large problems: 3 passes of 11 bits (fewer sweeps); small ones: 4 passes of 8 bits
+    // (a 2048-bucket histogram costs more than it saves below ~16k items)
+    const uint64_t* r = n >= 16384 ? radix_items<uint64_t, 3, 11>(a, sb.p1.data(), n, 32)
+                                   : radix_items<uint64_t, 4, 8>(a, sb.p1.data(), n, 32);
+    for (int64_t i = 0; i < n; ++i) {
+      sorted[i] = from_key<T>((K)(r[i] >> 32));
+      idx[i] = (int32_t)(uint32_t)r[i];
+    }
+    return;
+  }
+  // float64: key array sorted by radix, indices carried alongside
   sb.k0.resize(n);
+  sb.k1.resize(n);
   sb.i0.resize(n);
+  sb.i1.resize(n);
   K* k0 = sb.k0.data();
+  K* k1 = sb.k1.data();
   int32_t* i0 = sb.i0.data();
+  int32_t* i1 = sb.i1.data();
   for (int64_t i = 0; i < n; ++i) {
     k0[i] = to_key<T>(x[i * stride]);
     i0[i] = (int32_t)i;
   }
-  if (n <= 48) {  // insertion sort: cheaper than histogram passes for tiny problems
-    for (int64_t i = 1; i < n; ++i) {
-      K k = k0[i];
-      int32_t id = i0[i];
-      int64_t j = i - 1;
-      while (j >= 0 && k0[j] > k) {
-        k0[j + 1] = k0[j];
-        i0[j + 1] = i0[j];
-        --j;
-      }
-      k0[j + 1] = k;
-      i0[j + 1] = id;
+  constexpr int P = sizeof(K);
+  std::array<uint32_t, 256 * P> hist{};
+  for (int64_t i = 0; i < n; ++i) {
+    K k = k0[i];
+    for (int p = 0; p < P; ++p) hist[p * 256 + ((k >> (8 * p)) & 255)]++;
+  }
+  K* src = k0;
+  K* dst = k1;
+  int32_t* isrc = i0;
+  int32_t* idst = i1;
+  for (int p = 0; p < P; ++p) {
+    uint32_t* h = hist.data() + p * 256;
+    if (h[(src[0] >> (8 * p)) & 255] == (uint32_t)n) continue;
+    uint32_t off = 0;
+    for (int d = 0; d < 256; ++d) {
+      uint32_t c = h[d];
+      h[d] = off;
+      off += c;
     }
-  } else {
-    constexpr int P = sizeof(K);
-    sb.k1.resize(n);
-    sb.i1.resize(n);
-    K* k1 = sb.k1.data();
-    int32_t* i1 = sb.i1.data();
-    std::array<uint32_t, 256 * P> hist{};
+    const int sh = 8 * p;
     for (int64_t i = 0; i < n; ++i) {
-      K k = k0[i];
-      for (int p = 0; p < P; ++p) hist[p * 256 + ((k >> (8 * p)) & 255)]++;
+      K k = src[i];
+      uint32_t pos = h[(k >> sh) & 255]++;
+      dst[pos] = k;
+      idst[pos] = isrc[i];
     }
-    K* src = k0;
-    K* dst = k1;
-    int32_t* isrc = i0;
-    int32_t* idst = i1;
-    for (int p = 0; p < P; ++p) {
-      uint32_t* h = hist.data() + p * 256;
-      // a digit shared by every key orders nothing: skip the pass (common for high bytes)
-      if (h[(src[0] >> (8 * p)) & 255] == (uint32_t)n) continue;
-      uint32_t off = 0;
-      for (int d = 0; d < 256; ++d) {
-        uint32_t c = h[d];
-        h[d] = off;
-        off += c;
-      }
-      const int sh = 8 * p;
-      for (int64_t i = 0; i < n; ++i) {
-        K k = src[i];
-        uint32_t pos = h[(k >> sh) & 255]++;
-        dst[pos] = k;
-        idst[pos] = isrc[i];
-      }
-      std::swap(src, dst);
-      std::swap(isrc, idst);
-    }
-    k0 = src;
-    i0 = isrc;
+    std::swap(src, dst);
+    std::swap(isrc, idst);
   }
   for (int64_t i = 0; i < n; ++i) {
-    sorted[i] = from_key<T>(k0[i]);
-    idx[i] = i0[i];
+    sorted[i] = from_key<T>(src[i]);
+    idx[i] = isrc[i];
   }
 }
 
