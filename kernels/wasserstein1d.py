@@ -13,7 +13,8 @@ maps breakpoint gradients to weight gradients (reverse cumsum, normalization) an
 input order.
 
 Histogram W1: one program per row; block-wise tl.cumsum with a carried prefix for the CDFs; the
-backward's reverse cumsum of sign * bin width is written as total minus an exclusive prefix.
+backward's reverse cumsum of sign * bin width is written as total minus an exclusive prefix; the
+first sweep also reports each row's min and sum of p and q, for the caller's validation.
 """
 import math
 
@@ -187,7 +188,7 @@ def wasserstein1d(u, v, uw, vw, p, presorted, grad_values, grad_weights):
 
 
 @triton.jit
-def _hist_w1_kernel(P, Q, S, COST, GP, GQ, K, s_sb,
+def _hist_w1_kernel(P, Q, S, COST, GP, GQ, STATS, K, s_sb,
                     NEED_GRAD: tl.constexpr, BLOCK: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     P += b * K
@@ -198,13 +199,25 @@ def _hist_w1_kernel(P, Q, S, COST, GP, GQ, K, s_sb,
     dt = P.dtype.element_ty
     sp = tl.zeros((BLOCK,), dtype=dt)
     sq = tl.zeros((BLOCK,), dtype=dt)
+    mp = tl.full((BLOCK,), float("inf"), dtype=dt)
+    mq = tl.full((BLOCK,), float("inf"), dtype=dt)
     for k0 in range(0, K, BLOCK):
         k = k0 + tl.arange(0, BLOCK)
         mask = k < K
-        sp += tl.load(P + k, mask=mask, other=0.0)
-        sq += tl.load(Q + k, mask=mask, other=0.0)
-    ip = 1.0 / tl.sum(sp, 0)
-    iq = 1.0 / tl.sum(sq, 0)
+        pv = tl.load(P + k, mask=mask, other=0.0)
+        qv = tl.load(Q + k, mask=mask, other=0.0)
+        sp += pv
+        sq += qv
+        mp = tl.minimum(mp, tl.where(mask, pv, float("inf")))
+        mq = tl.minimum(mq, tl.where(mask, qv, float("inf")))
+    tsp = tl.sum(sp, 0)
+    tsq = tl.sum(sq, 0)
+    tl.store(STATS + b * 4 + 0, tl.min(mp, 0))
+    tl.store(STATS + b * 4 + 1, tsp)
+    tl.store(STATS + b * 4 + 2, tl.min(mq, 0))
+    tl.store(STATS + b * 4 + 3, tsq)
+    ip = 1.0 / tsp
+    iq = 1.0 / tsq
     cp = tl.sum(tl.zeros((BLOCK,), dtype=dt), 0)  # carried prefixes (scalars)
     cq = cp
     csw = cp
@@ -253,7 +266,9 @@ def histogram_w1(p, q, support, need_grad):
     cost = torch.empty(B, device=p.device, dtype=p.dtype)
     gp = torch.empty_like(p) if need_grad else p.new_zeros(0)
     gq = torch.empty_like(q) if need_grad else q.new_zeros(0)
+    stats = torch.empty(B, 4, device=p.device, dtype=p.dtype)
     BLOCK = min(1024, max(16, triton.next_power_of_2(K)))
-    _hist_w1_kernel[(B,)](p, q, support, cost, gp if need_grad else p, gq if need_grad else q, K,
-                          0 if support.shape[0] == 1 else K, NEED_GRAD=need_grad, BLOCK=BLOCK)
-    return cost, gp, gq
+    if B:
+        _hist_w1_kernel[(B,)](p, q, support, cost, gp if need_grad else p, gq if need_grad else q, stats, K,
+                              0 if support.shape[0] == 1 else K, NEED_GRAD=need_grad, BLOCK=BLOCK)
+    return cost, gp, gq, stats

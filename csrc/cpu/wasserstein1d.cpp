@@ -607,7 +607,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sliced_wasserstein_fw
 // W1 = sum_k |P_k - Q_k| (s_{k+1} - s_k), P / Q the normalized CDFs. With sw_k = sign(P_k - Q_k)
 // (s_{k+1} - s_k) and R_i = sum_{k >= i} sw_k: dW/dp_i = (R_i - sum_k sw_k P_k) / sum(p),
 // dW/dq_i = -(R_i - sum_k sw_k Q_k) / sum(q): one forward sweep, one reverse sweep per row.
-std::tuple<Tensor, Tensor, Tensor> histogram_w1_fwd(const Tensor& P, const Tensor& Q, const Tensor& S, bool need_grad) {
+// Also returns stats (B, 4) = (min p, sum p, min q, sum q) per row, gathered in the first sweep,
+// so the caller validates the masses without reading them again.
+std::tuple<Tensor, Tensor, Tensor, Tensor> histogram_w1_fwd(const Tensor& P, const Tensor& Q, const Tensor& S, bool need_grad) {
   TORCH_CHECK(P.dim() == 2 && Q.sizes() == P.sizes(), "histogram_w1: p and q must be (B, K) of one shape");
   TORCH_CHECK(S.dim() == 2 && S.size(1) == P.size(1) && (S.size(0) == 1 || S.size(0) == P.size(0)),
               "histogram_w1: support must be (1, K) or (B, K)");
@@ -621,12 +623,14 @@ std::tuple<Tensor, Tensor, Tensor> histogram_w1_fwd(const Tensor& P, const Tenso
   auto cost = at::empty({B}, P.options());
   auto none = [&] { return at::empty({0}, P.options()); };
   Tensor gp = need_grad ? at::empty_like(P) : none(), gq = need_grad ? at::empty_like(Q) : none();
+  auto stats = at::empty({B, 4}, P.options());
   const int64_t sstride = S.size(0) == 1 ? 0 : K;
   AT_DISPATCH_FLOATING_TYPES(st, "histogram_w1_fwd", [&] {
     const scalar_t* pp = P.data_ptr<scalar_t>();
     const scalar_t* qq = Q.data_ptr<scalar_t>();
     const scalar_t* ss = S.data_ptr<scalar_t>();
     scalar_t* pc = cost.data_ptr<scalar_t>();
+    scalar_t* pst = stats.data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, 8192 / K);
     at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
       std::vector<double> sw(need_grad ? K : 0);
@@ -635,10 +639,17 @@ std::tuple<Tensor, Tensor, Tensor> histogram_w1_fwd(const Tensor& P, const Tenso
         const scalar_t* qr = qq + b * K;
         const scalar_t* sr = ss + b * sstride;
         double sp = 0, sq = 0;
+        scalar_t mp = pr[0], mq = qr[0];
         for (int64_t k = 0; k < K; ++k) {
           sp += (double)pr[k];
           sq += (double)qr[k];
+          mp = pr[k] < mp ? pr[k] : mp;
+          mq = qr[k] < mq ? qr[k] : mq;
         }
+        pst[4 * b + 0] = mp;
+        pst[4 * b + 1] = (scalar_t)sp;
+        pst[4 * b + 2] = mq;
+        pst[4 * b + 3] = (scalar_t)sq;
         const double ip = 1.0 / sp, iq = 1.0 / sq;
         double cp = 0, cq = 0, acc = 0, ap = 0, aq = 0;
         for (int64_t k = 0; k < K - 1; ++k) {
@@ -670,7 +681,7 @@ std::tuple<Tensor, Tensor, Tensor> histogram_w1_fwd(const Tensor& P, const Tenso
       }
     });
   });
-  return {cost, gp, gq};
+  return {cost, gp, gq, stats};
 }
 
 }  // namespace

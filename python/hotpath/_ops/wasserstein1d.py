@@ -140,8 +140,9 @@ def _(x, y, a, b, theta, p, need_gx, need_gy, need_ga, need_gb, need_gtheta, bac
 # ---------------------------------------------------------------------------- histogram W1
 @torch.library.custom_op("hotpath::histogram_w1_fwd", mutates_args=())
 def histogram_w1_fwd(p: Tensor, q: Tensor, support: Tensor, need_grad: bool,
-                     backend: str) -> Tuple[Tensor, Tensor, Tensor]:
-    """p, q (B, K) (normalized inside), support (1, K) or (B, K) increasing -> W1 (B,), d/dp, d/dq."""
+                     backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """p, q (B, K) (normalized inside), support (1, K) or (B, K) increasing -> W1 (B,), d/dp, d/dq,
+    stats (B, 4) = (min p, sum p, min q, sum q) per row (read in the same pass, for validation)."""
     which = _backend.resolve(backend, p.device)
     if which == "cpu":
         return tuple(torch.ops.hotpath_cpu.histogram_w1_fwd(p, q, support, need_grad))
@@ -149,10 +150,12 @@ def histogram_w1_fwd(p: Tensor, q: Tensor, support: Tensor, need_grad: bool,
         return tuple(kernels("wasserstein1d").histogram_w1(p, q, support, need_grad))
     cost, g = _ref_grads(lambda a, b, s: ref.histogram_wasserstein(a, b, s.expand_as(a), 1),
                          [p, q, support], {0, 1} if need_grad else set())
-    return cost, g.get(0, _empty(p)), g.get(1, _empty(p))
+    stats = torch.stack([p.amin(-1), p.sum(-1), q.amin(-1), q.sum(-1)], -1) if p.shape[0] else p.new_zeros(0, 4)
+    return cost, g.get(0, _empty(p)), g.get(1, _empty(p)), stats
 
 
 @histogram_w1_fwd.register_fake
 def _(p, q, support, need_grad, backend):
     e = p.new_empty
-    return p.new_empty(p.shape[0]), torch.empty_like(p) if need_grad else e(0), torch.empty_like(q) if need_grad else e(0)
+    return (p.new_empty(p.shape[0]), torch.empty_like(p) if need_grad else e(0),
+            torch.empty_like(q) if need_grad else e(0), p.new_empty(p.shape[0], 4))

@@ -121,17 +121,27 @@ def wasserstein_1d(u_values, v_values, u_weights=None, v_weights=None, p=1, *, r
     return out
 
 
+def _raise_bad_mass(bad):
+    for flag, msg in zip(bad, ("p must be non-negative",
+                               "p must have a positive total weight in every problem (got a zero total)",
+                               "q must be non-negative",
+                               "q must have a positive total weight in every problem (got a zero total)")):
+        if flag:
+            raise ValueError(msg)
+
+
 class _HistW1(torch.autograd.Function):
     @staticmethod
     def forward(ctx, p, q, support, backend):
         need = bool(ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
-        cost, gp, gq = ops.histogram_w1_fwd(p, q, support, need, backend)
+        cost, gp, gq, stats = ops.histogram_w1_fwd(p, q, support, need, backend)
         ctx.save_for_backward(gp, gq)
         ctx.need = need
-        return cost
+        ctx.mark_non_differentiable(stats)
+        return cost, stats
 
     @staticmethod
-    def backward(ctx, g):
+    def backward(ctx, g, _gstats):
         gp, gq = ctx.saved_tensors
         if not ctx.need:
             return None, None, None, None
@@ -183,16 +193,22 @@ def histogram_wasserstein(p, q, support=None, order=1, *, backend="auto"):
         if t.shape[0] not in (1, B):
             raise ValueError(f"{name} has {t.shape[0]} rows, expected 1 or {B}")
     P2, Q2 = P2.expand(B, K).contiguous(), Q2.expand(B, K).contiguous()
-    check_weights("p", P2)
-    check_weights("q", Q2)
     if order == 1 and not support.requires_grad:
-        cost = _HistW1.apply(P2, Q2, S2.contiguous(), backend)
-    elif order == 1:
-        # gradient w.r.t. the bin positions: the plain torch formula carries it
-        cost = ref.histogram_wasserstein(P2, Q2, S2.expand(B, K), 1)
+        # the kernel reports each row's min and total mass from its first sweep: validation
+        # without reading p and q again (nothing is returned before the check)
+        cost, stats = _HistW1.apply(P2, Q2, S2.contiguous(), backend)
+        if B:
+            _raise_bad_mass(torch.stack([stats[:, 0].min() < 0, (stats[:, 1] <= 0).any(),
+                                         stats[:, 2].min() < 0, (stats[:, 3] <= 0).any()]).tolist())
     else:
-        Sb = S2.expand(B, K).contiguous()
-        cost = _W1D.apply(Sb, Sb, P2, Q2, order, True, backend)
+        check_weights("p", P2)
+        check_weights("q", Q2)
+        if order == 1:
+            # gradient w.r.t. the bin positions: the plain torch formula carries it
+            cost = ref.histogram_wasserstein(P2, Q2, S2.expand(B, K), 1)
+        else:
+            Sb = S2.expand(B, K).contiguous()
+            cost = _W1D.apply(Sb, Sb, P2, Q2, order, True, backend)
     if not batched:
         cost = cost.reshape(())
     if p.dtype in (torch.float16, torch.bfloat16):
