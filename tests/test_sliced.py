@@ -94,9 +94,12 @@ def test_gradcheck(backend):
     if backend != "triton":
         xb, yb, ab, bb = _clouds(2, 5, 7, 2, torch.float64, True, seed=6)
         th = torch.randn(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+        # batch entries weighted differently downstream: the projections' gradient is per entry
+        wts = torch.tensor([0.3, 1.7], dtype=torch.float64)
         assert torch.autograd.gradcheck(
-            lambda x_, y_, a_, b_: hp.ot.sliced_wasserstein(x_, y_, a_, b_, projections=th, p=2, backend=backend),
-            [t.requires_grad_() for t in (xb, yb, ab, bb)])
+            lambda x_, y_, a_, b_, t_: (wts * hp.ot.sliced_wasserstein(x_, y_, a_, b_, projections=t_, p=1.5,
+                                                                       backend=backend)).sum(),
+            [t.requires_grad_() for t in (xb, yb, ab, bb, th)])
 
 
 @pytest.mark.parametrize("backend", backend_param(["cpu"]))

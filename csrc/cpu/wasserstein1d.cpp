@@ -492,7 +492,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> wasserstein1d_fwd(
 
 // ---------------------------------------------------------------- sliced Wasserstein
 // x (B, N, D), y (B, M, D), a (B, N) / b (B, M) optional, theta (D, L). Returns per-direction
-// W_p^p (B, L) and, when asked, the gradients of sum_l W_p^p(l) w.r.t. x, y, a, b, theta.
+// W_p^p (B, L) and, when asked, the gradients of sum_l W_p^p(l) w.r.t. x, y, a, b and theta
+// (the last one per batch entry, (B, D, L)).
 // Projections of narrow clouds are computed on the fly per direction (no (B, L, N) tensor);
 // wide ones (D > 8) go through one GEMM first. Per-sample gradients of the projected values are
 // written to (B, L, N) and contracted with theta / x by GEMMs afterwards (deterministic).
@@ -596,7 +597,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sliced_wasserstein_fw
   auto thT = theta.t().unsqueeze(0);  // (1, L, D)
   if (need_gx) gx = at::matmul(Gx.transpose(1, 2), thT);  // (B, N, D)
   if (need_gy) gy = at::matmul(Gy.transpose(1, 2), thT);
-  if (need_gtheta) gth = (at::matmul(Gx, x) + at::matmul(Gy, y)).sum(0).t().contiguous();  // (D, L)
+  // per batch entry (B, D, L): the caller weights each entry by its own incoming gradient
+  if (need_gtheta) gth = (at::matmul(Gx, x) + at::matmul(Gy, y)).transpose(1, 2).contiguous();
   if (ga) gA = Ga.sum(1);
   if (gb) gB = Gb.sum(1);
   return {costs, gx, gy, gA, gB, gth};

@@ -91,7 +91,7 @@ def _sliced_via_rows(x, y, a, b, theta, p, need, row_solver):
         if need_gy:
             gy = torch.matmul(gpy.transpose(1, 2), tt)
         if need_gt:
-            gt = (torch.matmul(gpx, x) + torch.matmul(gpy, y)).sum(0).t().contiguous()
+            gt = (torch.matmul(gpx, x) + torch.matmul(gpy, y)).transpose(1, 2).contiguous()
     if need_ga and a is not None:
         gA = ga.reshape(B, L, N).sum(1)
     if need_gb and b is not None:
@@ -104,7 +104,8 @@ def sliced_wasserstein_fwd(x: Tensor, y: Tensor, a: Optional[Tensor], b: Optiona
                            need_gx: bool, need_gy: bool, need_ga: bool, need_gb: bool, need_gtheta: bool,
                            backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """x (B, N, D), y (B, M, D), a (B, N) / b (B, M) or None, theta (D, L) -> per-direction W_p^p
-    (B, L) and the gradients of their sum w.r.t. x, y, a, b, theta (empty when not asked)."""
+    (B, L) and the gradients of their sum over directions w.r.t. x, y, a, b and theta (per batch
+    entry: (B, D, L)); empty when not asked."""
     which = _backend.resolve(backend, x.device)
     need = (need_gx, need_gy, need_ga, need_gb, need_gtheta)
     if which == "cpu":
@@ -113,7 +114,7 @@ def sliced_wasserstein_fwd(x: Tensor, y: Tensor, a: Optional[Tensor], b: Optiona
         return _sliced_via_rows(x, y, a, b, theta, p, need, kernels("wasserstein1d").wasserstein1d)
 
     def costs(x_, y_, a_, b_, t_):
-        B, L = x_.shape[0], t_.shape[1]
+        B, L = x_.shape[0], t_.shape[-1]
         px = torch.matmul(x_, t_).transpose(1, 2).reshape(B * L, -1)
         py = torch.matmul(y_, t_).transpose(1, 2).reshape(B * L, -1)
         aa = None if a_ is None else a_.repeat_interleave(L, 0)
@@ -121,7 +122,8 @@ def sliced_wasserstein_fwd(x: Tensor, y: Tensor, a: Optional[Tensor], b: Optiona
         return ref.wasserstein_1d(px, py, aa, bb, p).reshape(B, L)
 
     wanted = {k for k, f in enumerate(need) if f}
-    cost, g = _ref_grads(costs, [x, y, a, b, theta], wanted)
+    # one copy of theta per batch entry, so its gradient comes out per entry (B, D, L)
+    cost, g = _ref_grads(costs, [x, y, a, b, theta.unsqueeze(0).repeat(x.shape[0], 1, 1)], wanted)
     e = _empty
     return (cost, g.get(0, e(x)), g.get(1, e(x)), g.get(2, e(x)) if a is not None else e(x),
             g.get(3, e(x)) if b is not None else e(x), g.get(4, e(x)))
@@ -134,7 +136,7 @@ def _(x, y, a, b, theta, p, need_gx, need_gy, need_ga, need_gb, need_gtheta, bac
             torch.empty_like(y) if need_gy else e(0),
             torch.empty_like(a) if need_ga and a is not None else e(0),
             torch.empty_like(b) if need_gb and b is not None else e(0),
-            torch.empty_like(theta) if need_gtheta else e(0))
+            theta.new_empty(x.shape[0], *theta.shape) if need_gtheta else e(0))
 
 
 # ---------------------------------------------------------------------------- histogram W1

@@ -53,8 +53,7 @@ class _Sliced(torch.autograd.Function):
         if need[3]:
             out[3] = w[:, None] * gb
         if need[4]:
-            # gt is summed over the batch inside the op; exact for one batch entry or a uniform w
-            out[4] = gt * w[0] if w.numel() == 1 else None
+            out[4] = (w[:, None, None] * gt).sum(0)
         return tuple(out)
 
 
@@ -89,7 +88,7 @@ def sliced_wasserstein(x, y, a=None, b=None, *, n_projections=128, p=2, projecti
     convention); otherwise n_projections random unit directions from `generator` (a
     torch.Generator, for reproducibility; the global RNG when None), shared by the batch.
     Returns (mean_l W_p^p along direction l)^(1/p): a 0-d tensor, or (B,) for batched inputs.
-    Differentiable w.r.t. x, y, a, b (and the projections, for unbatched inputs).
+    Differentiable w.r.t. x, y, a, b and the projections.
     """
     check_backend(backend)
     _clouds(x, y)
@@ -114,8 +113,6 @@ def sliced_wasserstein(x, y, a=None, b=None, *, n_projections=128, p=2, projecti
         if not bool(torch.isfinite(projections.detach()).all()):
             raise ValueError("projections must be finite")
         theta = projections.to(dtype)
-    if batched and theta.requires_grad:
-        raise ValueError("projections that require a gradient are supported for unbatched (N, D) inputs only")
 
     def prep(t, nd):
         if t is None:
