@@ -198,3 +198,19 @@ def test_bad_input():
         hp.ot.sliced_wasserstein(torch.randn(10), y)
     with pytest.raises(ValueError, match="at least one point"):
         hp.ot.sliced_wasserstein(torch.randn(0, 3), y)
+
+
+@pytest.mark.parametrize("backend", backend_param(["cpu"]))
+def test_many_points_direction_blocks(backend):
+    # N * L large enough for the kernel to process the directions in several blocks
+    x, y, a, _ = _clouds(0, 40000, 30011, 3, torch.float64, True, seed=19)
+    theta = hp.ot.random_projections(3, 160, generator=torch.Generator().manual_seed(20), dtype=torch.float64)
+    ins = [t.clone().requires_grad_() for t in (x, y, a, theta)]
+    out = hp.ot.sliced_wasserstein(ins[0], ins[1], ins[2], projections=ins[3], p=2, backend=backend)
+    out.backward()
+    ref_ins = [t.clone().requires_grad_() for t in (x, y, a, theta)]
+    expected = ref.sliced_wasserstein(ref_ins[0][None], ref_ins[1][None], ref_ins[2][None], None, ref_ins[3], 2)[0]
+    expected.backward()
+    assert_close(out, expected, torch.float64, scale=10.0)
+    for u, w in zip(ins, ref_ins):
+        assert_close(u.grad, w.grad, torch.float64, scale=100.0)

@@ -494,9 +494,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> wasserstein1d_fwd(
 // x (B, N, D), y (B, M, D), a (B, N) / b (B, M) optional, theta (D, L). Returns per-direction
 // W_p^p (B, L) and, when asked, the gradients of sum_l W_p^p(l) w.r.t. x, y, a, b and theta
 // (the last one per batch entry, (B, D, L)).
-// Projections of narrow clouds are computed on the fly per direction (no (B, L, N) tensor);
-// wide ones (D > 8) go through one GEMM first. Per-sample gradients of the projected values are
-// written to (B, L, N) and contracted with theta / x by GEMMs afterwards (deterministic).
+// Projections of narrow clouds are computed on the fly per direction; wide ones (D > 8) go
+// through a GEMM first. Per-sample gradients of the projected values are written to a (B, Lb, N)
+// buffer per block of Lb directions and contracted with theta / x by GEMMs (deterministic).
 constexpr int64_t kOnTheFlyMaxDim = 8;
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sliced_wasserstein_fwd(
@@ -524,83 +524,101 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sliced_wasserstein_fw
   }
   const bool need_vals = need_gx || need_gy || need_gtheta;
   const bool ga = need_ga && a.has_value(), gb = need_gb && b.has_value();
+  const bool fly = D <= kOnTheFlyMaxDim;
   auto opt = x.options();
   auto costs = at::empty({B, L}, opt);
-  Tensor Gx, Gy, Ga, Gb, px, py;
-  if (need_vals) {
-    Gx = at::empty({B, L, N}, opt);
-    Gy = at::empty({B, L, M}, opt);
-  }
-  if (ga) Ga = at::empty({B, L, N}, opt);
-  if (gb) Gb = at::empty({B, L, M}, opt);
-  const bool fly = D <= kOnTheFlyMaxDim;
-  if (!fly) {
-    auto tt = theta.t().unsqueeze(0);
-    px = at::matmul(tt, x.transpose(1, 2)).contiguous();  // (B, L, N)
-    py = at::matmul(tt, y.transpose(1, 2)).contiguous();
-  }
-  AT_DISPATCH_FLOATING_TYPES(st, "sliced_wasserstein_fwd", [&] {
-    const scalar_t* X = x.data_ptr<scalar_t>();
-    const scalar_t* Y = y.data_ptr<scalar_t>();
-    const scalar_t* TH = theta.data_ptr<scalar_t>();
-    const scalar_t* A = opt_ptr<scalar_t>(a);
-    const scalar_t* Bw = opt_ptr<scalar_t>(b);
-    const scalar_t* PX = fly ? nullptr : px.data_ptr<scalar_t>();
-    const scalar_t* PY = fly ? nullptr : py.data_ptr<scalar_t>();
-    scalar_t* C = costs.data_ptr<scalar_t>();
-    const int64_t grain = std::max<int64_t>(1, 16384 / (N + M));
-    at::parallel_for(0, B * L, grain, [&](int64_t q0, int64_t q1) {
-      Scratch<scalar_t> s;
-      std::vector<scalar_t> bx, by;
-      if (fly) {
-        bx.resize(N);
-        by.resize(M);
-      }
-      for (int64_t q = q0; q < q1; ++q) {
-        const int64_t bi = q / L, l = q % L;
-        const scalar_t *ux, *vy;
-        if (fly) {
-          scalar_t th[kOnTheFlyMaxDim];
-          for (int64_t d = 0; d < D; ++d) th[d] = TH[d * L + l];
-          const scalar_t* xb = X + bi * N * D;
-          const scalar_t* yb = Y + bi * M * D;
-          for (int64_t i = 0; i < N; ++i) {
-            scalar_t acc = 0;
-            for (int64_t d = 0; d < D; ++d) acc += xb[i * D + d] * th[d];
-            bx[i] = acc;
-          }
-          for (int64_t j = 0; j < M; ++j) {
-            scalar_t acc = 0;
-            for (int64_t d = 0; d < D; ++d) acc += yb[j * D + d] * th[d];
-            by[j] = acc;
-          }
-          ux = bx.data();
-          vy = by.data();
-        } else {
-          ux = PX + q * N;
-          vy = PY + q * M;
-        }
-        Out<scalar_t> o;
-        if (need_vals) {
-          o.gu = Gx.data_ptr<scalar_t>() + q * N;
-          o.gv = Gy.data_ptr<scalar_t>() + q * M;
-        }
-        if (ga) o.guw = Ga.data_ptr<scalar_t>() + q * N;
-        if (gb) o.gvw = Gb.data_ptr<scalar_t>() + q * M;
-        C[q] = (scalar_t)solve<scalar_t>(ux, N, A ? A + bi * N : nullptr, vy, M, Bw ? Bw + bi * M : nullptr, p, false,
-                                         1.0, o, s);
-      }
-    });
-  });
   auto none = [&] { return at::empty({0}, opt); };
-  Tensor gx = none(), gy = none(), gA = none(), gB = none(), gth = none();
-  auto thT = theta.t().unsqueeze(0);  // (1, L, D)
-  if (need_gx) gx = at::matmul(Gx.transpose(1, 2), thT);  // (B, N, D)
-  if (need_gy) gy = at::matmul(Gy.transpose(1, 2), thT);
-  // per batch entry (B, D, L): the caller weights each entry by its own incoming gradient
-  if (need_gtheta) gth = (at::matmul(Gx, x) + at::matmul(Gy, y)).transpose(1, 2).contiguous();
-  if (ga) gA = Ga.sum(1);
-  if (gb) gB = Gb.sum(1);
+  Tensor gx = need_gx ? at::zeros({B, N, D}, opt) : none();
+  Tensor gy = need_gy ? at::zeros({B, M, D}, opt) : none();
+  Tensor gA = ga ? at::zeros({B, N}, opt) : none();
+  Tensor gB = gb ? at::zeros({B, M}, opt) : none();
+  Tensor gth = need_gtheta ? at::empty({B, D, L}, opt) : none();
+  // Directions are processed in blocks so the (B, Lb, N) buffers (per-sample gradients of the
+  // projections, or the projections themselves when D is wide) stay within ~4M elements per side,
+  // while a block still has enough problems to keep every thread busy.
+  int64_t Lb = L;
+  if (need_vals || ga || gb || !fly) {
+    const int64_t budget = int64_t(1) << 22;
+    const int64_t Bp = std::max<int64_t>(B, 1);
+    Lb = std::max<int64_t>(1, budget / (Bp * std::max(N, M)));
+    Lb = std::max<int64_t>(Lb, (2 * at::get_num_threads() + Bp - 1) / Bp);
+    Lb = std::min(Lb, L);
+  }
+  for (int64_t l0 = 0; l0 < L; l0 += Lb) {
+    const int64_t lb = std::min(Lb, L - l0);
+    auto thb = theta.narrow(1, l0, lb);       // (D, lb)
+    auto thT = thb.t().unsqueeze(0);          // (1, lb, D)
+    Tensor Gx, Gy, Ga, Gb, px, py;
+    if (need_vals) {
+      Gx = at::empty({B, lb, N}, opt);
+      Gy = at::empty({B, lb, M}, opt);
+    }
+    if (ga) Ga = at::empty({B, lb, N}, opt);
+    if (gb) Gb = at::empty({B, lb, M}, opt);
+    if (!fly) {
+      px = at::matmul(thT, x.transpose(1, 2)).contiguous();  // (B, lb, N)
+      py = at::matmul(thT, y.transpose(1, 2)).contiguous();
+    }
+    AT_DISPATCH_FLOATING_TYPES(st, "sliced_wasserstein_fwd", [&] {
+      const scalar_t* X = x.data_ptr<scalar_t>();
+      const scalar_t* Y = y.data_ptr<scalar_t>();
+      const scalar_t* TH = theta.data_ptr<scalar_t>();
+      const scalar_t* A = opt_ptr<scalar_t>(a);
+      const scalar_t* Bw = opt_ptr<scalar_t>(b);
+      const scalar_t* PX = fly ? nullptr : px.data_ptr<scalar_t>();
+      const scalar_t* PY = fly ? nullptr : py.data_ptr<scalar_t>();
+      scalar_t* C = costs.data_ptr<scalar_t>();
+      const int64_t grain = std::max<int64_t>(1, 16384 / (N + M));
+      at::parallel_for(0, B * lb, grain, [&](int64_t q0, int64_t q1) {
+        Scratch<scalar_t> s;
+        std::vector<scalar_t> bx, by;
+        if (fly) {
+          bx.resize(N);
+          by.resize(M);
+        }
+        for (int64_t q = q0; q < q1; ++q) {
+          const int64_t bi = q / lb, l = l0 + q % lb;
+          const scalar_t *ux, *vy;
+          if (fly) {
+            scalar_t th[kOnTheFlyMaxDim];
+            for (int64_t d = 0; d < D; ++d) th[d] = TH[d * L + l];
+            const scalar_t* xb = X + bi * N * D;
+            const scalar_t* yb = Y + bi * M * D;
+            for (int64_t i = 0; i < N; ++i) {
+              scalar_t acc = 0;
+              for (int64_t d = 0; d < D; ++d) acc += xb[i * D + d] * th[d];
+              bx[i] = acc;
+            }
+            for (int64_t j = 0; j < M; ++j) {
+              scalar_t acc = 0;
+              for (int64_t d = 0; d < D; ++d) acc += yb[j * D + d] * th[d];
+              by[j] = acc;
+            }
+            ux = bx.data();
+            vy = by.data();
+          } else {
+            ux = PX + q * N;
+            vy = PY + q * M;
+          }
+          Out<scalar_t> o;
+          if (need_vals) {
+            o.gu = Gx.data_ptr<scalar_t>() + q * N;
+            o.gv = Gy.data_ptr<scalar_t>() + q * M;
+          }
+          if (ga) o.guw = Ga.data_ptr<scalar_t>() + q * N;
+          if (gb) o.gvw = Gb.data_ptr<scalar_t>() + q * M;
+          C[bi * L + l] = (scalar_t)solve<scalar_t>(ux, N, A ? A + bi * N : nullptr, vy, M,
+                                                    Bw ? Bw + bi * M : nullptr, p, false, 1.0, o, s);
+        }
+      });
+    });
+    // contractions of this block's per-sample gradients (GEMMs, deterministic)
+    if (need_gx) gx.add_(at::matmul(Gx.transpose(1, 2), thT));  // (B, N, D)
+    if (need_gy) gy.add_(at::matmul(Gy.transpose(1, 2), thT));
+    if (need_gtheta) gth.narrow(2, l0, lb).copy_((at::matmul(Gx, x) + at::matmul(Gy, y)).transpose(1, 2));
+    if (ga) gA.add_(Ga.sum(1));
+    if (gb) gB.add_(Gb.sum(1));
+  }
   return {costs, gx, gy, gA, gB, gth};
 }
 
