@@ -33,7 +33,7 @@ def _softmin_dense_kernel(C, H, OUT, n, m, s_cb, s_cr, s_cc, s_hb, s_ob, inv_eps
         safe = tl.where(new == float("-inf"), 0.0, new)
         sm = sm * tl.exp(mx - safe) + tl.sum(tl.exp(s - safe[:, None]), 1)
         mx = new
-    lse = tl.where(mx == float("-inf"), float("-inf"), mx + tl.log(sm))
+    lse = tl.where(mx == float("-inf"), float("-inf"), mx + tl.log(tl.where(sm > 0, sm, 1.0)))
     tl.store(OUT + pb * s_ob + rows, neg_eps * lse, mask=rmask)
 
 
@@ -95,7 +95,7 @@ def _softmin_points_kernel(X, Y, H, F, U, n, m, d, inv_eps, neg_eps,
             sw = sw * alpha + tl.sum(w, 1)
             swy = swy * alpha[:, None] + tl.sum(w[:, :, None] * y[None, :, :], 1)
         mx = new
-    lse = tl.where(mx == float("-inf"), float("-inf"), mx + tl.log(sm))
+    lse = tl.where(mx == float("-inf"), float("-inf"), mx + tl.log(tl.where(sm > 0, sm, 1.0)))
     tl.store(F + pb * n + rows, neg_eps * lse, mask=rmask)
     if WANT:
         ok = mx > float("-inf")

@@ -17,6 +17,9 @@ from .sinkhorn import SinkhornResult, _log_w
 
 def _prep_dense(C, a, b, names=("C", "a", "b")):
     nC, na, nb = names
+    # POT accepts empty lists for uniform marginals
+    a = None if isinstance(a, (list, tuple)) and len(a) == 0 else a
+    b = None if isinstance(b, (list, tuple)) and len(b) == 0 else b
     V.tensor(nC, C, ndims=(2, 3))
     batched = C.dim() == 3
     Cb = C if batched else C[None]

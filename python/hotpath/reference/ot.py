@@ -110,9 +110,9 @@ def sinkhorn_symmetric(Cxy, Cxx, Cyy, a_log, b_log, eps_list, rho_x, rho_y, debi
         gt_ab = dy * softmin_dense(Cxy, a_log + f_ba / eps, eps, dim=1)
         nf, ng = 0.5 * (f_ba + ft_ba), 0.5 * (g_ab + gt_ab)
         zero = torch.zeros((), dtype=nf.dtype, device=nf.device)
-        change = torch.maximum(torch.where(torch.isfinite(a_log), (nf - f_ba).abs(), zero).amax(1, initial=0.0)
+        change = torch.maximum(torch.where(torch.isfinite(a_log), (nf - f_ba).abs(), zero).amax(1)
                                if nf.shape[1] else zero.expand(B),
-                               torch.where(torch.isfinite(b_log), (ng - g_ab).abs(), zero).amax(1, initial=0.0)
+                               torch.where(torch.isfinite(b_log), (ng - g_ab).abs(), zero).amax(1)
                                if ng.shape[1] else zero.expand(B))
         f_ba = torch.where(active[:, None], nf, f_ba)
         g_ab = torch.where(active[:, None], ng, g_ab)
