@@ -42,14 +42,6 @@ class _IntConfig(QuantConfig):
     def _range(self):
         return S.qrange(self.bits, self._symmetric)
 
-
-class _Int8Range:
-    def _range(self):
-        # restricted symmetric range [-qmax, qmax]: -128 never occurs, so the AVX2 path's
-        # sign trick (abs(a) x sign(w, a)) cannot overflow int8 and dot products stay exact
-        qmax = (1 << (self.bits - 1)) - 1
-        return -qmax, qmax
-
     def validate_shape(self, out_features, in_features):
         if out_features < 1 or in_features < 1:
             raise ValueError(f"{type(self).__name__} needs in_features >= 1 and out_features >= 1, "
@@ -65,7 +57,8 @@ class _Int8Range:
         """w (N, K) float32 -> scale, zero (N, K / G), float32 (zero integer valued)."""
         N, K = w.shape
         G = self._group(K)
-        s, z = S.choose_qparams(w.reshape(N * (K // G), G), self.bits, self._symmetric, self.scale_method)
+        s, z = S.choose_qparams(w.reshape(N * (K // G), G), self.bits, self._symmetric, self.scale_method,
+                                  code_range=self._range())
         return s.view(N, K // G), z.view(N, K // G)
 
     def qat_params(self, weight: Tensor) -> Dict[str, Tensor]:
@@ -102,6 +95,14 @@ class _Int8Range:
     @staticmethod
     def _x(x):
         return x.to(torch.float32).contiguous()
+
+
+class _Int8Range:
+    def _range(self):
+        # restricted symmetric range [-qmax, qmax]: -128 never occurs, so the AVX2 path's
+        # sign trick (abs(a) x sign(w, a)) cannot overflow int8 and dot products stay exact
+        qmax = (1 << (self.bits - 1)) - 1
+        return -qmax, qmax
 
 
 @register_format

@@ -43,13 +43,13 @@ def fake_quant_values(w, scale, zero, qmin, qmax):
     return (q.clamp(qmin, qmax) - zero) * scale
 
 
-def choose_qparams(w, bits, symmetric, method="rtn", grid=20, min_ratio=0.5):
+def choose_qparams(w, bits, symmetric, method="rtn", grid=20, min_ratio=0.5, code_range=None):
     """w (R, G) float32 groups -> (scale (R,), zero (R,)) float32; zero is integer valued
     (0 for symmetric formats). See the module docstring for the methods."""
     if method not in METHODS:
         raise ValueError(f"scale_method must be one of {METHODS}, got {method!r}")
     w = w.float()
-    qmin, qmax = qrange(bits, symmetric)
+    qmin, qmax = code_range or qrange(bits, symmetric)
     if symmetric:
         amax = w.abs().amax(dim=1)
         scale = _sym_scale(amax, qmax)
