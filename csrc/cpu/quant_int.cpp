@@ -156,19 +156,58 @@ inline const T* vec_ptr(const T* base, int64_t cv, int64_t ksteps) {
 // C[r][v*L + l] = sum_k A[r][k] * W[channel][k] (+ ACT_OFFSET * colsum), int32, K4 steps of 4 k.
 template <int MR, int NV>
 void i8_tile(const int8_t* A, int64_t lda, const int8_t* const* bp, int64_t K4, int32_t* C, int64_t ldc) {
+  // fully unrolled so GCC keeps the MR x NV accumulators in registers (not on the stack)
   ivec acc[MR][NV];
+#pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) acc[r][v] = izero();
+  const int8_t* b0 = bp[0];
+  const int64_t boff[4] = {0, NV > 1 ? bp[1 < NV ? 1 : 0] - b0 : 0, NV > 2 ? bp[2 < NV ? 2 : 0] - b0 : 0,
+                           NV > 3 ? bp[3 < NV ? 3 : 0] - b0 : 0};
   for (int64_t k4 = 0; k4 < K4; ++k4) {
     ivec b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = iload(bp[v] + k4 * 64);
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) b[v] = iload(b0 + boff[v] + k4 * 64);
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const ivec a = bcast32(A + r * lda + k4 * 4);
+#pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) acc[r][v] = dp_act_w8(acc[r][v], a, b[v]);
     }
   }
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) istore(C + r * ldc + v * L, acc[r][v]);
+}
+
+// Full-width tile (4 vectors) with named accumulators: GCC spills arrays of this many vector
+// registers to the stack, so the hot kernel spells them out. Rows >= MR are compiled away.
+template <int MR>
+void i8_tile_nv4(const int8_t* A, int64_t lda, const int8_t* const* bp, int64_t K4, int32_t* C, int64_t ldc) {
+#define HP_DECL(r) ivec c##r##0 = izero(), c##r##1 = izero(), c##r##2 = izero(), c##r##3 = izero();
+  HP_DECL(0) HP_DECL(1) HP_DECL(2) HP_DECL(3) HP_DECL(4) HP_DECL(5)
+#undef HP_DECL
+  const int8_t *p0 = bp[0], *p1 = bp[1], *p2 = bp[2], *p3 = bp[3];
+  for (int64_t k4 = 0; k4 < K4; ++k4) {
+    const ivec b0 = iload(p0 + k4 * 64), b1 = iload(p1 + k4 * 64), b2 = iload(p2 + k4 * 64), b3 = iload(p3 + k4 * 64);
+#define HP_ROW(r)                                        \
+    if constexpr (MR > r) {                              \
+      const ivec a = bcast32(A + r * lda + k4 * 4);      \
+      c##r##0 = dp_act_w8(c##r##0, a, b0);               \
+      c##r##1 = dp_act_w8(c##r##1, a, b1);               \
+      c##r##2 = dp_act_w8(c##r##2, a, b2);               \
+      c##r##3 = dp_act_w8(c##r##3, a, b3);               \
+    }
+    HP_ROW(0) HP_ROW(1) HP_ROW(2) HP_ROW(3) HP_ROW(4) HP_ROW(5)
+#undef HP_ROW
+  }
+#define HP_ST(r)                                                                              \
+  if constexpr (MR > r) {                                                                     \
+    istore(C + r * ldc, c##r##0); istore(C + r * ldc + L, c##r##1);                           \
+    istore(C + r * ldc + 2 * L, c##r##2); istore(C + r * ldc + 3 * L, c##r##3);               \
+  }
+  HP_ST(0) HP_ST(1) HP_ST(2) HP_ST(3) HP_ST(4) HP_ST(5)
+#undef HP_ST
 }
 
 using i8_tile_fn = void (*)(const int8_t*, int64_t, const int8_t* const*, int64_t, int32_t*, int64_t);
@@ -181,7 +220,7 @@ i8_tile_fn i8_pick_nv(int nv) {
     case 1: return i8_tile<MR, 1>;
     case 2: return i8_tile<MR, 2>;
     case 3: return i8_tile<MR, 3>;
-    default: return i8_tile<MR, 4>;
+    default: return i8_tile_nv4<MR>;
   }
 }
 i8_tile_fn i8_pick(int mr, int nv) {
