@@ -123,4 +123,5 @@ def run(h, quick):
         h.case(f"MiniLM encode 256 sentences, {name}", work=256, unit="sentences")
         h.measure("hotpath", lambda m=qmodels[name]: minilm.encode(m, sents))
         h.measure("float model", lambda: minilm.encode(model, sents))
-        h.target("float model", 1.0)
+        if name == "Int8Dynamic":  # weight-only GEMM dequantizes then runs fp32: no prefill speed-up expected
+            h.target("float model", 1.0)
