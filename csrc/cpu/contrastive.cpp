@@ -52,8 +52,11 @@ Tensor vec_or_empty(const std::optional<Tensor>& t, int64_t n, const Tensor& lik
 }
 
 // S (R x C, row stride C) = X[i0:i0+R] @ Y[j0:j0+C]^T, written into buf.
+// Grad mode is thread local: the pool's worker threads do not inherit the caller's no-grad
+// state, so each BLAS call states it (inputs may require grad; these are plain kernels).
 template <typename T>
 inline T* gemm_tile(const Tensor& X, const Tensor& Y, int64_t i0, int64_t R, int64_t j0, int64_t C, T* buf) {
+  at::NoGradGuard no_grad;
   auto S = at::from_blob(buf, {R, C}, X.options());
   at::mm_out(S, X.narrow(0, i0, R), Y.narrow(0, j0, C).t());
   return buf;
@@ -62,6 +65,7 @@ inline T* gemm_tile(const Tensor& X, const Tensor& Y, int64_t i0, int64_t R, int
 // acc[i0:i0+R] += W (R x C) @ Y[j0:j0+C]
 template <typename T>
 inline void gemm_acc(const Tensor& acc, const T* W, const Tensor& Y, int64_t i0, int64_t R, int64_t j0, int64_t C) {
+  at::NoGradGuard no_grad;
   auto Wt = at::from_blob(const_cast<T*>(W), {R, C}, Y.options());
   auto a = acc.narrow(0, i0, R);
   a.addmm_(Wt, Y.narrow(0, j0, C));
@@ -215,7 +219,7 @@ void lse_sweep_impl(const Tensor& X, const Tensor& Y, T scale, bool want_col, bo
 
 std::tuple<Tensor, Tensor> lse_sweep(const Tensor& x_, const Tensor& y_, double scale, bool want_col, bool exclude_diag) {
   check_pair(x_, y_);
-  const auto X = x_.contiguous(), Y = y_.contiguous();
+  const auto X = x_.detach().contiguous(), Y = y_.detach().contiguous();
   const int64_t n = X.size(0), m = Y.size(0);
   TORCH_CHECK(!exclude_diag || n == m, "lse_sweep: exclude_diag needs n == m");
   auto lr = at::full({n}, -std::numeric_limits<double>::infinity(), X.options());
@@ -292,7 +296,7 @@ Tensor softmax_acc(const Tensor& x_, const Tensor& y_, double scale, const std::
                    const std::optional<Tensor>& rl_, const std::optional<Tensor>& ca_,
                    const std::optional<Tensor>& cl_, bool exclude_diag) {
   check_pair(x_, y_);
-  const auto X = x_.contiguous(), Y = y_.contiguous();
+  const auto X = x_.detach().contiguous(), Y = y_.detach().contiguous();
   const int64_t n = X.size(0), m = Y.size(0);
   TORCH_CHECK(!exclude_diag || n == m, "softmax_acc: exclude_diag needs n == m");
   const Tensor ra = vec_or_empty(ra_, n, X, "ra"), rl = vec_or_empty(rl_, n, X, "rl");
@@ -365,7 +369,7 @@ void siglip_impl(const Tensor& X, const Tensor& Y, T scale, T bias, bool grad, T
 
 Tensor siglip_rows(const Tensor& x_, const Tensor& y_, double scale, double bias) {
   check_pair(x_, y_);
-  const auto X = x_.contiguous(), Y = y_.contiguous();
+  const auto X = x_.detach().contiguous(), Y = y_.detach().contiguous();
   auto out = at::zeros({X.size(0)}, X.options());
   if (X.size(0) == 0 || Y.size(0) == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(X.scalar_type(), "siglip_rows", [&] {
@@ -376,7 +380,7 @@ Tensor siglip_rows(const Tensor& x_, const Tensor& y_, double scale, double bias
 
 std::tuple<Tensor, Tensor> siglip_acc(const Tensor& x_, const Tensor& y_, double scale, double bias) {
   check_pair(x_, y_);
-  const auto X = x_.contiguous(), Y = y_.contiguous();
+  const auto X = x_.detach().contiguous(), Y = y_.detach().contiguous();
   auto rs = at::zeros({X.size(0)}, X.options());
   auto acc = at::zeros({X.size(0), Y.size(1)}, X.options());
   if (X.size(0) == 0 || Y.size(0) == 0) return {acc, rs};
@@ -434,7 +438,7 @@ std::tuple<Tensor, Tensor> hard_mine(const Tensor& x_, const Tensor& labels_) {
   check_2d(x_, "x");
   TORCH_CHECK(labels_.dim() == 1 && labels_.size(0) == x_.size(0), "hard_mine: labels must have shape (n)");
   TORCH_CHECK(labels_.scalar_type() == at::kLong, "hard_mine: labels must be int64");
-  const auto X = x_.contiguous();
+  const auto X = x_.detach().contiguous();
   const auto lab = labels_.contiguous();
   const int64_t n = X.size(0);
   auto pi = at::full({n}, -1, lab.options()), ni = at::full({n}, -1, lab.options());
@@ -479,12 +483,19 @@ void topk_impl(const Tensor& Q, const Tensor& K, int64_t k, T* vals, int64_t* id
             while (p > 0 && (bi[p - 1] < 0 || v > bv[p - 1])) { bv[p] = bv[p - 1]; bi[p] = bi[p - 1]; --p; }
             bv[p] = v; bi[p] = j0 + c;
           };
+          if (bi[k - 1] >= 0 && Cv > 0) {
+            // once the buffer is full most tile rows hold nothing above the k-th value: one
+            // vectorized max decides that for the whole row
+            V mv = VV::load(s);
+            for (int64_t c = W; c < Cv; c += W) mv = VV::vmax(mv, VV::load(s + c));
+            if (!(VV::hmax(mv) > bv[k - 1])) {
+              for (int64_t c = Cv; c < C; ++c) insert(c);
+              continue;
+            }
+          }
           for (int64_t c = 0; c < Cv; c += W) {
             const T thr = bi[k - 1] >= 0 ? bv[k - 1] : ninf<T>();
-            const auto hit = VV::load(s + c) > VV::set1(thr);
-            bool any = bi[k - 1] < 0;
-            for (int l = 0; l < W && !any; ++l) any = hit[l] != 0;
-            if (!any) continue;
+            if (bi[k - 1] >= 0 && !(VV::hmax(VV::load(s + c)) > thr)) continue;
             for (int l = 0; l < W; ++l) insert(c + l);
           }
           for (int64_t c = Cv; c < C; ++c) insert(c);
@@ -497,7 +508,7 @@ void topk_impl(const Tensor& Q, const Tensor& K, int64_t k, T* vals, int64_t* id
 std::tuple<Tensor, Tensor> topk_dot(const Tensor& q_, const Tensor& k_, int64_t k) {
   check_pair(q_, k_);
   TORCH_CHECK(k >= 1 && k <= k_.size(0), "topk_dot: k must be in [1, number of keys]");
-  const auto Q = q_.contiguous(), K = k_.contiguous();
+  const auto Q = q_.detach().contiguous(), K = k_.detach().contiguous();
   const int64_t n = Q.size(0);
   auto vals = at::empty({n, k}, Q.options());
   auto idx = at::empty({n, k}, Q.options().dtype(at::kLong));

@@ -86,13 +86,40 @@ class RowLSE(torch.autograd.Function):
         g = g.contiguous()
         gx = gy = gs = None
         ax = ops.softmax_acc(x, y, scale, g, lse, None, None, excl, backend)
-        if ctx.needs_input_grad[0]:
-            gx = scale * ax
-        if ctx.needs_input_grad[1]:
-            gy = scale * ops.softmax_acc(y, x, scale, None, None, g, lse, excl, backend)
         if ctx.needs_input_grad[2]:
-            gs = (x * ax).sum()
+            gs = _dot(x, ax)
+        if ctx.needs_input_grad[0]:
+            gx = ax.mul_(scale)
+        if ctx.needs_input_grad[1]:
+            gy = ops.softmax_acc(y, x, scale, None, None, g, lse, excl, backend).mul_(scale)
         return gx, gy, gs, None, None, None
+
+
+class SelfLSE(torch.autograd.Function):
+    """lse_i = LSE_{j != i} scale <x_i, x_j> (x against itself). The score matrix is symmetric, so
+    the row and column parts of the gradient come out of one sweep:
+    d/dx sum_i g_i lse_i = scale * sum_j (g_i P_ij + g_j P_ji) x_j."""
+
+    @staticmethod
+    def forward(ctx, x, scale_t, scale, backend):
+        lse, _ = ops.lse_sweep(x, x, scale, False, True, backend)
+        ctx.save_for_backward(x, lse)
+        ctx.cfg = (scale, backend)
+        return lse
+
+    @staticmethod
+    def backward(ctx, g):
+        x, lse = ctx.saved_tensors
+        scale, backend = ctx.cfg
+        g = g.contiguous()
+        acc = ops.softmax_acc(x, x, scale, g, lse, g, lse, True, backend)
+        gs = _dot(x, acc) / 2 if ctx.needs_input_grad[1] else None
+        return acc.mul_(scale), gs, None, None
+
+
+def _dot(a, b):
+    """sum(a * b) without an (n, d) temporary."""
+    return torch.dot(a.reshape(-1), b.reshape(-1))
 
 
 class RowColLSE(torch.autograd.Function):
@@ -113,9 +140,9 @@ class RowColLSE(torch.autograd.Function):
         gc = torch.zeros_like(lc) if gc is None else gc.contiguous()
         # dL/ds_ij = gr_i P_ij + gc_j Q_ij (row and column softmaxes): one sweep per side.
         ax = ops.softmax_acc(x, y, scale, gr, lr, gc, lc, False, backend)
-        gx = scale * ax if ctx.needs_input_grad[0] else None
-        gy = scale * ops.softmax_acc(y, x, scale, gc, lc, gr, lr, False, backend) if ctx.needs_input_grad[1] else None
-        gs = (x * ax).sum() if ctx.needs_input_grad[2] else None
+        gs = _dot(x, ax) if ctx.needs_input_grad[2] else None
+        gx = ax.mul_(scale) if ctx.needs_input_grad[0] else None
+        gy = ops.softmax_acc(y, x, scale, gc, lc, gr, lr, False, backend).mul_(scale) if ctx.needs_input_grad[1] else None
         return gx, gy, gs, None, None
 
 
@@ -134,11 +161,11 @@ class SoftplusSum(torch.autograd.Function):
         x, y = ctx.saved_tensors
         scale, bias, backend = ctx.cfg
         ax, rs = ops.siglip_acc(x, y, scale, bias, backend)
-        gx = g * scale * ax if ctx.needs_input_grad[0] else None
+        gs = g * _dot(x, ax) if ctx.needs_input_grad[2] else None
+        gb = g * rs.sum() if ctx.needs_input_grad[3] else None
+        gx = ax.mul_(g * scale) if ctx.needs_input_grad[0] else None
         gy = None
         if ctx.needs_input_grad[1]:
             ay, _ = ops.siglip_acc(y, x, scale, bias, backend)
-            gy = g * scale * ay
-        gs = g * (x * ax).sum() if ctx.needs_input_grad[2] else None
-        gb = g * rs.sum() if ctx.needs_input_grad[3] else None
+            gy = ay.mul_(g * scale)
         return gx, gy, gs, gb, None, None, None

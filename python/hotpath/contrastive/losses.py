@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from .. import _validate as V
 from .._backend import check_backend
 from .._ops import contrastive as ops
-from ._core import RowColLSE, RowLSE, SoftplusSum, cast, features_pair, labels_arg, scale_arg
+from ._core import RowColLSE, RowLSE, SelfLSE, SoftplusSum, cast, features_pair, labels_arg, scale_arg
 
 
 def _bias_arg(logit_bias, dtype, device):
@@ -211,7 +211,7 @@ def supcon_loss(features, labels, *, temperature=0.1, backend="auto"):
     if uniq.numel() == 1:  # no negatives anywhere: pytorch-metric-learning returns zero
         return x.sum() * 0
     inv_t = (1.0 / t_t.to(dtype)) if t_t is not None else 1.0 / t_f
-    lse = RowLSE.apply(x, x, (1.0 / t_t.to(dtype)) if t_t is not None else None, 1.0 / t_f, True, backend)
+    lse = SelfLSE.apply(x, (1.0 / t_t.to(dtype)) if t_t is not None else None, 1.0 / t_f, backend)
     csum = torch.zeros(uniq.numel(), x.shape[1], dtype=dtype, device=x.device).index_add(0, inv, x)
     npos = (counts[inv] - 1).to(dtype)
     pos_score = inv_t * (x * (csum[inv] - x)).sum(1)

@@ -72,7 +72,9 @@ def supcon_loss(features, labels, temperature):
 
 def pairwise_distance(x, distance):
     if distance == "euclidean":
-        d2 = (x[:, None, :] - x[None, :, :]).pow(2).sum(-1)
+        sq = x.pow(2).sum(1)
+        d2 = (sq[:, None] + sq[None, :] - 2 * x @ x.T).clamp(min=0)
+        d2 = d2.masked_fill(torch.eye(x.shape[0], dtype=torch.bool, device=x.device), 0.0)
         # sqrt's gradient at 0 (the diagonal) would be inf * 0 = NaN: use the zero subgradient
         return torch.where(d2 > 0, d2.clamp(min=torch.finfo(d2.dtype).tiny).sqrt(), 0.0)
     return 1 - x @ x.T
