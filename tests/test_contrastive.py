@@ -367,3 +367,47 @@ def test_nan_propagates():
     x[2, 1] = float("nan")
     assert torch.isnan(C.clip_loss(x, y, 2.0))
     assert torch.isnan(C.siglip_loss(x, y, 2.0, -1.0))
+
+
+def test_cpu_kernels_across_tiles():
+    """Sizes crossing the C++ row blocks (128) and column tiles (1024) with ragged tails, so the
+    multi-task paths and the per-thread column partials of the one-sweep CLIP forward run."""
+    n, m = 1100, 1031
+    x, y = torch.randn(n, 9, dtype=torch.float64), torch.randn(m, 9, dtype=torch.float64)
+    for dt in (torch.float64, torch.float32):
+        xs, ys = x.to(dt), y.to(dt)
+        scale = 1.3
+        S = scale * x @ y.T
+        lr, lc = ops.lse_sweep(xs, ys, scale, True, False, "cpu")
+        assert_close(lr, S.logsumexp(1), dt, scale=5)
+        assert_close(lc, S.logsumexp(0), dt, scale=5)
+        ra, ca = torch.rand(n, dtype=torch.float64), torch.rand(m, dtype=torch.float64)
+        rl, cl = S.logsumexp(1), S.logsumexp(0)
+        acc = ops.softmax_acc(xs, ys, scale, ra.to(dt), rl.to(dt), ca.to(dt), cl.to(dt), False, "cpu")
+        ref = ops.softmax_acc(x, y, scale, ra, rl, ca, cl, False, "reference")
+        assert_close(acc, ref, dt, scale=20)
+        assert_close(ops.siglip_rows(xs, ys, scale, -2.0, "cpu"), ops.siglip_rows(x, y, scale, -2.0, "reference"), dt,
+                     scale=200)
+        a1, r1 = ops.siglip_acc(xs, ys, scale, -2.0, "cpu")
+        a2, r2 = ops.siglip_acc(x, y, scale, -2.0, "reference")
+        assert_close(a1, a2, dt, scale=200)
+        assert_close(r1, r2, dt, scale=200)
+    lse = ops.lse_sweep(x, x, 0.5, False, True, "cpu")[0]
+    assert_close(lse, R.lse_offdiag(x, 0.5))
+    lab = torch.randint(0, 13, (n,))
+    for got, want in zip(ops.hard_mine(x, lab, "cpu"), R.hard_mine(x, lab)):
+        assert torch.equal(got, want)
+    v, i = ops.topk(x, y, 4, "cpu")
+    rv, ri = torch.topk(x @ y.T, 4, dim=1)
+    assert torch.equal(i, ri)
+    assert_close(v, rv)
+
+
+def test_noncontiguous_inputs():
+    x, y = feats(40, 16, grad=False)
+    xt, yt = x.T.contiguous().T, y[:, ::1].T.contiguous().T
+    xs, ys = torch.randn(40, 32, dtype=torch.float64)[:, ::2], torch.randn(40, 32, dtype=torch.float64)[:, ::2]
+    assert not xs.is_contiguous()
+    assert_close(C.clip_loss(xs, ys, 2.0), R.clip_loss(xs, ys, 2.0))
+    assert_close(C.siglip_loss(xs, ys, 2.0, -1.0), R.siglip_loss(xs, ys, 2.0, -1.0))
+    assert_close(C.clip_loss(xt, yt, 2.0), R.clip_loss(x, y, 2.0))
