@@ -95,10 +95,32 @@ inline void score_tile_impl(const Pairs<T>& P, int64_t i0, int R, int64_t j0, in
   }
 }
 
+// Wide inner products go to BLAS on the tile (at::mm_out on views, no copies): at d >= 128 its
+// packed GEMM beats the register-blocked micro-kernel and the call overhead is amortized.
+constexpr int64_t kBlasMinDim = 128;
+
+template <typename T>
+inline void score_tile_blas(const Pairs<T>& P, int64_t i0, int R, int64_t j0, int TC, T* S) {
+  using VV = Vec<T>;
+  at::NoGradGuard no_grad;  // grad mode is thread local: pool threads do not inherit no_grad
+  const auto opt = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  auto Xb = at::from_blob(const_cast<T*>(P.rows + i0 * P.d), {R, P.d}, opt);
+  auto Yb = at::from_blob(const_cast<T*>(P.colsT + j0), {P.d, TC}, {P.ldc, 1}, opt);
+  auto Sb = at::from_blob(S, {R, TC}, opt);
+  at::mm_out(Sb, Xb, Yb);
+  const typename VV::V a = VV::set1(P.alpha);
+  for (int r = 0; r < R; ++r) {
+    const typename VV::V b = VV::set1(P.rowb ? P.rowb[i0 + r] : T(0));
+    T* s = S + r * TC;
+    for (int c = 0; c < TC; c += VV::W) VV::store(s + c, a * VV::load(s + c) + VV::load(P.colb + j0 + c) + b);
+  }
+}
+
 // S[r][c] = score(i0 + r, j0 + c) for r < R, c < TC (TC a multiple of col_pad<T>()).
 template <typename T>
 inline void score_tile(const Pairs<T>& P, int64_t i0, int R, int64_t j0, int TC, T* S) {
   if (P.sqdist) score_tile_impl<T, true>(P, i0, R, j0, TC, S);
+  else if (P.d >= kBlasMinDim) score_tile_blas<T>(P, i0, R, j0, TC, S);
   else score_tile_impl<T, false>(P, i0, R, j0, TC, S);
 }
 
