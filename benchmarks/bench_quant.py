@@ -60,6 +60,19 @@ def run(h, quick):
     h.measure("reference", lambda: ref.int8_dynamic_linear(x, q["qweight"], q["scale"], q["colsum"], None), repeat=1)
     h.target("torch.ao quantize_dynamic", 0.8)
     h.target("F.linear fp32", 4.0)
+    # the same case on one thread: on a shared machine two-thread times also measure how long the
+    # second thread waits for a core; one thread shows the kernels' own speed
+    nthreads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        h.case(f"Int8Dynamic GEMM M={M_gemm} K={K} N={N_gemm}, 1 thread", work=2 * M_gemm * K * N_gemm, unit="op")
+        h.measure("hotpath", lambda: cfg.linear(x, q, None))
+        h.measure("torch.ao quantize_dynamic", lambda: qd(x))
+        h.measure("F.linear fp32", lambda: F.linear(x, w))
+        h.target("torch.ao quantize_dynamic", 0.8)
+        h.target("F.linear fp32", 4.0)
+    finally:
+        torch.set_num_threads(nthreads)
 
     # ---- Int4Dynamic GEMM (W4A8)
     c4d = Int4Dynamic(group_size=128, symmetric=True, scale_method="rtn")

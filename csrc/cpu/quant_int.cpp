@@ -28,6 +28,12 @@
 #include <immintrin.h>
 #endif
 
+#if defined(__AMX_INT8__) && defined(__AMX_TILE__) && defined(__linux__)
+#define HP_Q_AMX 1
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512F__)
 #define HP_Q_VNNI512 1
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -37,6 +43,8 @@
 namespace {
 
 constexpr int64_t GEMV_MAX_M = 4;
+// below this many rows the W8A8 GEMM stays on VNNI (AMX tiles hold 16 rows)
+constexpr int64_t AMX_MIN_M = 8;
 
 inline int64_t roundup(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 
@@ -239,6 +247,68 @@ i8_tile_fn i8_pick(int mr, int nv) {
 }
 #endif
 
+
+// ------------------------------------------------------------------ W8A8 on AMX
+// The VNNI weight layout (16 channels x 4 k per 64-byte row, k-steps consecutive) is exactly the
+// AMX B-tile layout: 16 consecutive 64-byte rows = 64 k x 16 channels, loaded with stride 64.
+// A tiles are 16 activation rows x 64 k (s8, no offset: _tile_dpbssd is signed x signed), so
+// neither the +128 offset nor the colsum correction is needed. Used when K % 64 == 0.
+#if HP_Q_AMX
+// Linux keeps AMX tile data disabled until the process asks for it once.
+bool amx_enabled() {
+  static const bool ok = [] {
+    constexpr int ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+  }();
+  return ok;
+}
+
+struct alignas(64) TileConfig {
+  uint8_t palette_id = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+// tiles 0-3: C (int32 16 x 16), 4-5: A (16 rows x 64 k), 6-7: B (16 k-steps x 64 bytes)
+inline void amx_config() {
+  TileConfig cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = 16;
+    cfg.colsb[t] = 64;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+// C[r][c] for a (16 * MB) x (16 * NB) block: A rows at A (stride lda bytes), weight blocks
+// at B0, B0 + bstride; C written as int32 with row stride ldc (elements).
+template <int MB, int NB>
+void amx_block(const int8_t* A, int64_t lda, const int8_t* B0, int64_t bstride, int64_t K64, int32_t* C, int64_t ldc) {
+  _tile_zero(0);
+  if constexpr (NB > 1) _tile_zero(1);
+  if constexpr (MB > 1) _tile_zero(2);
+  if constexpr (MB > 1 && NB > 1) _tile_zero(3);
+  for (int64_t kb = 0; kb < K64; ++kb) {
+    _tile_loadd(6, B0 + kb * 1024, 64);
+    if constexpr (NB > 1) _tile_loadd(7, B0 + bstride + kb * 1024, 64);
+    _tile_loadd(4, A + kb * 64, lda);
+    _tile_dpbssd(0, 4, 6);
+    if constexpr (NB > 1) _tile_dpbssd(1, 4, 7);
+    if constexpr (MB > 1) {
+      _tile_loadd(5, A + 16 * lda + kb * 64, lda);
+      _tile_dpbssd(2, 5, 6);
+      if constexpr (NB > 1) _tile_dpbssd(3, 5, 7);
+    }
+  }
+  const int64_t cs = ldc * 4;
+  _tile_stored(0, C, cs);
+  if constexpr (NB > 1) _tile_stored(1, C + 16, cs);
+  if constexpr (MB > 1) _tile_stored(2, C + 16 * ldc, cs);
+  if constexpr (MB > 1 && NB > 1) _tile_stored(3, C + 16 * ldc + 16, cs);
+}
+#endif
+
 at::Tensor check_x(const at::Tensor& x, const char* op) {
   TORCH_CHECK(x.dim() == 2, op, ": x must be 2-D (M, K), got ", x.dim(), "-D");
   TORCH_CHECK(x.scalar_type() == at::kFloat, op, ": x must be float32, got ", x.scalar_type());
@@ -274,7 +344,18 @@ at::Tensor int8_dynamic_linear(const at::Tensor& x_, const at::Tensor& qweight, 
   // row stride padded by 64 bytes so consecutive rows of A do not alias in L1 (Kp is often a
   // multiple of 4 KB)
   const int64_t lda = Kp + 64;
-  std::vector<int8_t> A(static_cast<size_t>(M * lda));
+#if HP_Q_AMX
+  // AMX for GEMM when K fills whole 64-k tiles (B tiles must not run past a channel block)
+  const bool use_amx = M >= AMX_MIN_M && K % 64 == 0 && amx_enabled();
+#else
+  const bool use_amx = false;
+#endif
+  // AMX multiplies signed x signed: no activation offset, no colsum correction
+  const int32_t off = use_amx ? 0 : ACT_OFFSET;
+  // AMX reads whole 32-row blocks: padded rows are zero (their outputs are discarded)
+  const int64_t Mrows = use_amx ? roundup(M, 32) : M;
+  std::vector<int8_t> A(static_cast<size_t>(Mrows * lda));
+  if (Mrows > M) std::memset(A.data() + M * lda, 0, static_cast<size_t>((Mrows - M) * lda));
   std::vector<float> sx(M);
   const float* xp = x.data_ptr<float>();
   at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
@@ -282,7 +363,7 @@ at::Tensor int8_dynamic_linear(const at::Tensor& x_, const at::Tensor& qweight, 
       int8_t* q = A.data() + m * lda;
       sx[m] = quantize_row(xp + m * K, K, q);
       std::memset(q + K, 0, Kp - K);
-      if (ACT_OFFSET)  // u8 = qx + 128: flip the sign bit
+      if (off)  // u8 = qx + 128: flip the sign bit
         for (int64_t k = 0; k < Kp; ++k) q[k] = static_cast<int8_t>(static_cast<uint8_t>(q[k]) ^ 0x80u);
     }
   });
@@ -298,12 +379,42 @@ at::Tensor int8_dynamic_linear(const at::Tensor& x_, const at::Tensor& qweight, 
     for (int64_t j = 0; j < nn; ++j) {
       const int64_t n = n0 + j;
       const float t = s * sw[n];
-      float v = static_cast<float>(acc[j] - ACT_OFFSET * cs[n]) * t;
+      float v = static_cast<float>(acc[j] - off * cs[n]) * t;
       if (bp) v += bp[n];
       yr[n] = v;
     }
   };
 
+#if HP_Q_AMX
+  if (use_amx) {
+    // panels of 32 channels (2 weight blocks), all rows inside: each weight panel is read from
+    // memory once and reused from L2 for every 32-row block
+    const int64_t nblk = Np / 16, n_panels = (nblk + 1) / 2;
+    at::parallel_for(0, n_panels, 1, [&](int64_t p0, int64_t p1) {
+      amx_config();
+      alignas(64) int32_t C[32 * 32];
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t b0 = 2 * p, nb = std::min<int64_t>(2, nblk - b0);
+        const int64_t n0 = b0 * 16, nn = std::min<int64_t>(16 * nb, N - n0);
+        const int8_t* Bp = W + b0 * K4 * 64;
+        for (int64_t m0 = 0; m0 < M; m0 += 32) {
+          const int64_t mr = std::min<int64_t>(32, M - m0);
+          const int8_t* Ap = A.data() + m0 * lda;
+          if (mr > 16) {
+            if (nb == 2) amx_block<2, 2>(Ap, lda, Bp, K4 * 64, K / 64, C, 32);
+            else amx_block<2, 1>(Ap, lda, Bp, K4 * 64, K / 64, C, 32);
+          } else {
+            if (nb == 2) amx_block<1, 2>(Ap, lda, Bp, K4 * 64, K / 64, C, 32);
+            else amx_block<1, 1>(Ap, lda, Bp, K4 * 64, K / 64, C, 32);
+          }
+          for (int64_t r = 0; r < mr; ++r) epilogue(m0 + r, n0, nn, C + r * 32);
+        }
+      }
+      _tile_release();
+    });
+    return y;
+  }
+#endif
 #if HP_Q_VNNI512 || HP_Q_AVX2
   const int64_t NR = I8_NV * L;                 // channels per tile
   const int64_t MR = (M == 1) ? 1 : I8_MR;

@@ -14,8 +14,8 @@ from .. import _backend
 from .._triton import kernels
 from ..reference import quant_int as ref
 
-# set when kernels/quant_int.py provides the Triton kernels (else "triton" runs the reference)
-_HAS_TRITON_KERNELS = False
+# kernels/quant_int.py provides Triton kernels for all four ops
+_HAS_TRITON_KERNELS = True
 
 
 def _which(backend, x):
