@@ -9,7 +9,7 @@
 // vcvtph2ps then gives float32. Ternary weights are two bit planes used as AVX-512 write masks:
 // acc = mask_add(acc, pos, x), acc = mask_sub(acc, neg, x) on int16 lanes, flushed to int32 every
 // 256 words, so the weight path has no multiplications at all.
-// Small M runs the decode-and-FMA kernels; M >= 4 dequantizes tiles of rows to float32 in parallel
+// M <= 16 runs the decode-and-FMA kernels; larger M dequantizes tiles of rows to float32 in parallel
 // and calls at::mm (compute-bound there, the decode is amortized over M).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -69,7 +69,19 @@ void fp4_dequant_rows(const Fp4W& w, int64_t n0, int64_t n1, float* out) {
     const uint8_t* p = w.packed + n * w.rowbytes;
     const uint8_t* sc = w.scales + n * w.nblk;
     float* o = out + (n - n0) * w.K;
-    for (int64_t k = 0; k < w.K; ++k) {
+    int64_t k = 0;
+#ifdef __AVX512F__
+    const __m512 ftab = _mm512_setr_ps(0.f, .5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f, -0.f, -.5f, -1.f, -1.5f, -2.f, -3.f, -4.f, -6.f);
+    const __m512 g = _mm512_set1_ps(w.gscale);
+    for (; k + 32 <= w.K; k += 32) {
+      __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(p + k / 2)));
+      __m512 t0 = _mm512_mul_ps(ftab, _mm512_set1_ps(w.stab[sc[k / w.block]]));
+      __m512 t1 = _mm512_mul_ps(ftab, _mm512_set1_ps(w.stab[sc[(k + 16) / w.block]]));
+      _mm512_storeu_ps(o + k, _mm512_mul_ps(_mm512_permutexvar_ps(idx, t0), g));
+      _mm512_storeu_ps(o + k + 16, _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(idx, 4), t1), g));
+    }
+#endif
+    for (; k < w.K; ++k) {
       int64_t c = k >> 5, j = k & 31;
       int code = j < 16 ? (p[c * 16 + j] & 15) : (p[c * 16 + j - 16] >> 4);
       o[k] = (e2m1_value(code) * w.stab[sc[k / w.block]]) * w.gscale;
@@ -77,7 +89,7 @@ void fp4_dequant_rows(const Fp4W& w, int64_t n0, int64_t n1, float* out) {
   }
 }
 
-// y[m, n] for rows [n0, n1) of W and MM rows of x (MM = 1..3), decode + FMA.
+// y[m, n] for rows [n0, n1) of W and MM rows of x (MM = 1..4), decode + FMA.
 template <int MM>
 void fp4_gemv_rows(const Fp4W& w, const float* x, int64_t ldx, float* y, int64_t ldy, int64_t n0, int64_t n1) {
   const int64_t K = w.K, nfull = K / 32, tail = K % 32;  // tail is 0 or 16 (K % 16 == 0)
@@ -156,7 +168,7 @@ void fp4_gemv_rows(const Fp4W& w, const float* x, int64_t ldx, float* y, int64_t
 #endif
 }
 
-// Shared driver: small M -> decode kernels; M >= 4 -> tiles dequantized in parallel + at::mm.
+// Shared driver: M <= 16 -> decode kernels (4 activation rows per pass); larger M -> tiles dequantized in parallel + at::mm.
 template <typename GemvFn, typename DequantFn>
 at::Tensor run_linear(const at::Tensor& x, int64_t N, int64_t K, GemvFn gemv, DequantFn dequant, const std::optional<at::Tensor>& bias) {
   const int64_t M = x.size(0);
@@ -164,11 +176,11 @@ at::Tensor run_linear(const at::Tensor& x, int64_t N, int64_t K, GemvFn gemv, De
   if (M == 0 || N == 0) return y;
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  if (M < 4) {
+  if (M <= 16) {
     at::parallel_for(0, (N + 15) / 16, 1, [&](int64_t b0, int64_t b1) {
       const int64_t n0 = b0 * 16, n1 = std::min(N, b1 * 16);
       for (int64_t m = 0; m < M;) {
-        const int64_t mm = std::min<int64_t>(3, M - m);
+        const int64_t mm = std::min<int64_t>(4, M - m);
         gemv(mm, xp + m * K, K, yp + m * N, N, n0, n1);
         m += mm;
       }
@@ -214,7 +226,8 @@ at::Tensor fp4_linear(at::Tensor x, at::Tensor packed, at::Tensor scales, int64_
   auto gemv = [&](int64_t mm, const float* xp, int64_t ldx, float* yp, int64_t ldy, int64_t n0, int64_t n1) {
     if (mm == 1) fp4_gemv_rows<1>(w, xp, ldx, yp, ldy, n0, n1);
     else if (mm == 2) fp4_gemv_rows<2>(w, xp, ldx, yp, ldy, n0, n1);
-    else fp4_gemv_rows<3>(w, xp, ldx, yp, ldy, n0, n1);
+    else if (mm == 3) fp4_gemv_rows<3>(w, xp, ldx, yp, ldy, n0, n1);
+    else fp4_gemv_rows<4>(w, xp, ldx, yp, ldy, n0, n1);
   };
   auto dq = [&](int64_t a, int64_t b, float* out) { fp4_dequant_rows(w, a, b, out); };
   return run_linear(x, N, K, gemv, dq, bias);
@@ -235,16 +248,6 @@ at::Tensor fp4_dequantize(at::Tensor packed, at::Tensor scales, int64_t scale_ki
 // ---------------------------------------------------------------- FP8
 struct Fp8W { const uint8_t* codes; const float* scales; int64_t N, K; bool e4m3; };
 
-void fp8_dequant_rows(const Fp8W& w, int64_t n0, int64_t n1, float* out) {
-  const float* tab = w.e4m3 ? tables().e4m3 : tables().e5m2;
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint8_t* c = w.codes + n * w.K;
-    float s = w.scales[n];
-    float* o = out + (n - n0) * w.K;
-    for (int64_t k = 0; k < w.K; ++k) o[k] = tab[c[k]] * s;
-  }
-}
-
 #ifdef __AVX512F__
 // 32 FP8 codes -> two vectors of 16 float32 (E4M3: value * 2^-8; E5M2: exact value).
 inline void fp8_decode32(const uint8_t* p, bool e4m3, __m512& lo, __m512& hi) {
@@ -263,6 +266,26 @@ inline void fp8_decode32(const uint8_t* p, bool e4m3, __m512& lo, __m512& hi) {
   hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
 }
 #endif
+
+void fp8_dequant_rows(const Fp8W& w, int64_t n0, int64_t n1, float* out) {
+  const float* tab = w.e4m3 ? tables().e4m3 : tables().e5m2;
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* c = w.codes + n * w.K;
+    float s = w.scales[n];
+    float* o = out + (n - n0) * w.K;
+    int64_t k = 0;
+#ifdef __AVX512F__
+    const __m512 sv = _mm512_set1_ps(w.e4m3 ? s * 256.f : s);
+    for (; k + 32 <= w.K; k += 32) {
+      __m512 lo, hi;
+      fp8_decode32(c + k, w.e4m3, lo, hi);
+      _mm512_storeu_ps(o + k, _mm512_mul_ps(lo, sv));
+      _mm512_storeu_ps(o + k + 16, _mm512_mul_ps(hi, sv));
+    }
+#endif
+    for (; k < w.K; ++k) o[k] = tab[c[k]] * s;
+  }
+}
 
 template <int MM>
 void fp8_gemv_rows(const Fp8W& w, const float* x, int64_t ldx, float* y, int64_t ldy, int64_t n0, int64_t n1) {
@@ -313,7 +336,8 @@ at::Tensor fp8_linear(at::Tensor x, at::Tensor codes, at::Tensor scales, bool e4
   auto gemv = [&](int64_t mm, const float* xp, int64_t ldx, float* yp, int64_t ldy, int64_t n0, int64_t n1) {
     if (mm == 1) fp8_gemv_rows<1>(w, xp, ldx, yp, ldy, n0, n1);
     else if (mm == 2) fp8_gemv_rows<2>(w, xp, ldx, yp, ldy, n0, n1);
-    else fp8_gemv_rows<3>(w, xp, ldx, yp, ldy, n0, n1);
+    else if (mm == 3) fp8_gemv_rows<3>(w, xp, ldx, yp, ldy, n0, n1);
+    else fp8_gemv_rows<4>(w, xp, ldx, yp, ldy, n0, n1);
   };
   auto dq = [&](int64_t a, int64_t b, float* out) { fp8_dequant_rows(w, a, b, out); };
   return run_linear(x, N, K, gemv, dq, bias);
@@ -398,19 +422,17 @@ at::Tensor ternary_linear(at::Tensor x, at::Tensor pos, at::Tensor neg, at::Tens
   const float ws = wscale.item<float>();
   const uint32_t* pp = (const uint32_t*)pos.data_ptr<int32_t>();
   const uint32_t* np = (const uint32_t*)neg.data_ptr<int32_t>();
-  const float* bp = bias.has_value() ? bias->data_ptr<float>() : nullptr;
   at::parallel_for(0, (N + 15) / 16, 1, [&](int64_t b0, int64_t b1) {
     const int64_t n0 = b0 * 16, n1 = std::min(N, b1 * 16);
     std::vector<int32_t> acc(N);
     for (int64_t m = 0; m < M; ++m) {  // the 16-row slab of bit planes stays in L1 across m
       ternary_rows(pp, np, nw, xq.data() + m * Kp, acc.data(), n0, n1);
       const float f = step[m] * ws;
-      for (int64_t n = n0; n < n1; ++n) {
-        float v = (float)acc[n] * f;
-        yp[m * N + n] = bp ? v + bp[n] : v;
-      }
+      for (int64_t n = n0; n < n1; ++n) yp[m * N + n] = (float)acc[n] * f;
     }
   });
+  // bias in a separate pass: a fused multiply-add here would round differently from the reference
+  if (bias.has_value()) y.add_(bias->view({1, N}));
   return y;
 }
 

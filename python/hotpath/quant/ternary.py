@@ -25,7 +25,7 @@ def ternarize(w: Tensor, eps=1e-5):
     w = w.float()
     fin = torch.isfinite(w)
     wz = torch.where(fin, w, torch.zeros_like(w))
-    gamma = (wz.abs().sum() / max(1, int(fin.sum()))).clamp_min(eps).reshape(1)
+    gamma = wz.abs().mean().clamp_min(eps).reshape(1)   # non-finite entries count as 0 (QAT passthrough)
     t = torch.round(wz / gamma).clamp(-1, 1).to(torch.int8)
     return t, gamma
 
