@@ -4,6 +4,7 @@
 // every query tile over the chunk; a score enters a list only when it beats the list's current
 // k-th best (strictly: equal scores keep the smaller index, as the reference's stable sort).
 //
+// Loop order: a small chunk of keys (L1) against all query tiles of the thread.
 // int8: keys are stored as unsigned bytes k + 128 in the VNNI layout [n/16][d/4][16][4], so one
 // vpdpbusd (u8 keys x s8 query bytes, broadcast from memory) does 64 multiply-adds for 16 keys;
 // sum_j q_j (k_j + 128) = q.k + 128 sum_j q_j, so the query sum corrects it exactly in int32.
@@ -12,6 +13,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <limits>
 #include <vector>
@@ -48,7 +51,9 @@ std::tuple<at::Tensor, at::Tensor> embedding_search_int8(at::Tensor qq, at::Tens
   at::Tensor vals = at::empty({Q, k}, qstep.options());
   at::Tensor idx = at::empty({Q, k}, qstep.options().dtype(at::kLong));
   // queries padded to d4*4 with zeros; their sums for the +128 correction
-  std::vector<int8_t> qpad(std::max<int64_t>(1, Q * d4 * 4), 0);
+  constexpr int QT = 6;
+  const int64_t Qp = (Q + QT - 1) / QT * QT + QT;  // full query tiles only: zero rows are computed, never reported
+  std::vector<int8_t> qpad(Qp * d4 * 4, 0);
   std::vector<int32_t> qsum(std::max<int64_t>(1, Q), 0);
   const int8_t* qp = qq.data_ptr<int8_t>();
   for (int64_t q = 0; q < Q; ++q)
@@ -57,7 +62,10 @@ std::tuple<at::Tensor, at::Tensor> embedding_search_int8(at::Tensor qq, at::Tens
   const float* ks = key_scale.data_ptr<float>();
   float* vp = vals.data_ptr<float>();
   int64_t* ip = idx.data_ptr<int64_t>();
-  const int64_t chunk16 = std::max<int64_t>(2, (int64_t)(1 << 20) / (d4 * 64));  // ~1 MB of keys per chunk
+  // 32 keys (d = 384: 12 KB) stay in L1 while every query tile of the thread runs over them; the
+  // queries (a few hundred KB) stream from L2 as 4-byte broadcasts. (Chunks of ~1 MB, i.e. keys
+  // from L2 for every tile, ran at half the speed: two 64-byte key loads per 12 vpdpbusd.)
+  const int64_t chunk16 = 2;
   const int nthreads = at::get_num_threads();
   const int64_t per = (Q + nthreads - 1) / nthreads;
   at::parallel_for(0, nthreads, 1, [&](int64_t t0, int64_t t1) {
@@ -68,7 +76,6 @@ std::tuple<at::Tensor, at::Tensor> embedding_search_int8(at::Tensor qq, at::Tens
       for (int64_t q = q0; q < q1; ++q) lists.push_back(TopK{k, 0, vp + q * k, ip + q * k});
       for (int64_t c0 = 0; c0 < n16; c0 += chunk16) {
         const int64_t c1 = std::min(n16, c0 + chunk16);
-        constexpr int QT = 6;
         for (int64_t qa = q0; qa < q1; qa += QT) {
           const int nq = (int)std::min<int64_t>(QT, q1 - qa);
           int64_t b = c0;
@@ -78,15 +85,23 @@ std::tuple<at::Tensor, at::Tensor> embedding_search_int8(at::Tensor qq, at::Tens
             for (int i = 0; i < QT; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_si512();
             const uint8_t* k0 = kp + b * d4 * 64;
             const uint8_t* k1 = k0 + d4 * 64;
+            const int32_t* qrow = (const int32_t*)(qpad.data() + qa * d4 * 4);
             for (int64_t t = 0; t < d4; ++t) {
               __m512i kv0 = _mm512_loadu_si512((const void*)(k0 + t * 64));
               __m512i kv1 = _mm512_loadu_si512((const void*)(k1 + t * 64));
+#pragma GCC unroll 8
               for (int i = 0; i < QT; ++i) {
-                if (i >= nq) break;
-                __m512i qv = _mm512_set1_epi32(*(const int32_t*)(qpad.data() + (qa + i) * d4 * 4 + t * 4));
+                __m512i qv = _mm512_set1_epi32(qrow[i * d4 + t]);
                 acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], kv0, qv);
                 acc[i][1] = _mm512_dpbusd_epi32(acc[i][1], kv1, qv);
               }
+            }
+            // spill once, with constant indices, so the accumulators live in registers in the loop
+            alignas(64) int32_t accb[QT][2][16];
+#pragma GCC unroll 8
+            for (int i = 0; i < QT; ++i) {
+              _mm512_store_si512((void*)accb[i][0], acc[i][0]);
+              _mm512_store_si512((void*)accb[i][1], acc[i][1]);
             }
             for (int i = 0; i < nq; ++i) {
               TopK& L = lists[qa + i - q0];
@@ -96,7 +111,7 @@ std::tuple<at::Tensor, at::Tensor> embedding_search_int8(at::Tensor qq, at::Tens
                 __m512 sc;
                 if (j0 + 16 <= n) sc = _mm512_loadu_ps(ks + j0);
                 else { __mmask16 mk = (__mmask16)((1u << (n - j0)) - 1u); sc = _mm512_maskz_loadu_ps(mk, ks + j0); }
-                __m512 s = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc[i][h], corr)), sc);
+                __m512 s = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_load_si512((const void*)accb[i][h]), corr)), sc);
                 __mmask16 hit = _mm512_cmp_ps_mask(s, _mm512_set1_ps(L.thresh()), _CMP_GT_OQ);
                 if (j0 + 16 > n) hit &= (__mmask16)((1u << (n - j0)) - 1u);
                 if (!L.full()) hit = j0 + 16 > n ? (__mmask16)((1u << (n - j0)) - 1u) : (__mmask16)0xFFFF;
@@ -143,7 +158,10 @@ std::tuple<at::Tensor, at::Tensor> embedding_search_binary(at::Tensor qbits, at:
   TORCH_CHECK(k >= 1 && k <= n, "k must be in [1, n]");
   at::Tensor vals = at::empty({Q, k}, qbits.options().dtype(at::kFloat));
   at::Tensor idx = at::empty({Q, k}, qbits.options().dtype(at::kLong));
-  const uint64_t* qp = (const uint64_t*)qbits.data_ptr<uint8_t>();
+  constexpr int QT = 8;
+  std::vector<uint64_t> qbuf(((Q + QT - 1) / QT * QT + QT) * W, 0);  // padded to full query tiles
+  std::memcpy(qbuf.data(), qbits.data_ptr<uint8_t>(), Q * W * 8);
+  const uint64_t* qp = qbuf.data();
   const uint64_t* kp = (const uint64_t*)kbits.data_ptr<uint8_t>();
   float* vp = vals.data_ptr<float>();
   int64_t* ip = idx.data_ptr<int64_t>();
@@ -167,7 +185,6 @@ std::tuple<at::Tensor, at::Tensor> embedding_search_binary(at::Tensor qbits, at:
               const int64_t j = b * 8 + l;
               kt[((b - c0) * W + w) * 8 + l] = j < n ? kp[j * W + w] : 0;
             }
-        constexpr int QT = 4;
         for (int64_t qa = q0; qa < q1; qa += QT) {
           const int nq = (int)std::min<int64_t>(QT, q1 - qa);
           for (int64_t b = c0; b < c1; ++b) {
@@ -177,21 +194,22 @@ std::tuple<at::Tensor, at::Tensor> embedding_search_binary(at::Tensor qbits, at:
             for (int i = 0; i < QT; ++i) acc[i] = _mm512_setzero_si512();
             for (int64_t w = 0; w < W; ++w) {
               __m512i kv = _mm512_loadu_si512((const void*)(kb + w * 8));
+#pragma GCC unroll 8
               for (int i = 0; i < QT; ++i) {
-                if (i >= nq) break;
                 acc[i] = _mm512_add_epi64(acc[i], _mm512_popcnt_epi64(_mm512_xor_si512(kv, _mm512_set1_epi64((long long)qp[(qa + i) * W + w]))));
               }
             }
+            alignas(64) int64_t accb[QT][8];
+#pragma GCC unroll 8
+            for (int i = 0; i < QT; ++i) _mm512_store_si512((void*)accb[i], acc[i]);
+            const __mmask8 valid = (b + 1) * 8 <= n ? (__mmask8)0xFF : (__mmask8)((1u << (n - b * 8)) - 1u);
             for (int i = 0; i < nq; ++i) {
               TopK& L = lists[qa + i - q0];
-              alignas(64) int64_t h[8];
-              _mm512_store_si512((void*)h, acc[i]);
-              const float th = L.thresh();
-              for (int l = 0; l < 8; ++l) {
-                const int64_t j = b * 8 + l;
-                if (j >= n) break;
-                const float s = (float)(d - 2 * h[l]);
-                if (s > th || !L.full()) L.push(s, j);
+              // score d - 2h beats the k-th best th  <=>  h < (d - th) / 2  <=>  h < ceil((d - th) / 2)
+              __mmask8 hit = valid;
+              if (L.full()) hit &= _mm512_cmplt_epi64_mask(_mm512_load_si512((const void*)accb[i]), _mm512_set1_epi64((long long)std::ceil((d - (double)L.thresh()) / 2.0)));
+              if (hit) {
+                for (int l = 0; l < 8; ++l) if ((hit >> l) & 1) L.push((float)(d - 2 * accb[i][l]), b * 8 + l);
               }
             }
 #else
