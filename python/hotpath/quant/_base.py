@@ -50,5 +50,18 @@ class QuantConfig(abc.ABC):
     def fake_quantize(self, w: Tensor) -> Tensor:
         """Quantize-dequantize with a straight-through gradient (QAT); same values as dequantize(quantize(w))."""
 
+    # ---- optional extensions (defaults keep formats that do not need them working) ----------
+    def qat_params(self, weight: Tensor) -> Dict[str, Tensor]:
+        """Initial quantization parameters for QAT. Entries named "scale" are learned (LSQ) by
+        prepare_qat; the others are kept fixed. A format returning {} (the default) is trained
+        with plain fake_quantize(w); one returning parameters must accept
+        fake_quantize(w, qparams) and quantize_weight(w, qparams) so convert_qat reproduces the
+        fake-quantized values exactly."""
+        return {}
+
+    def fake_quantize_input(self, x: Tensor) -> Tensor:
+        """Fake quantization of the layer input during QAT (dynamic-activation formats); identity by default."""
+        return x
+
     def to_dict(self):
         return {"format": type(self).__name__, **dataclasses.asdict(self)}

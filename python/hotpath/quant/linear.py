@@ -1,0 +1,136 @@
+"""QuantLinear and quantize_: format-generic (only the QuantConfig contract is used)."""
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ._base import QuantConfig, config_from_dict
+from .._backend import check_backend
+
+
+class QuantLinear(nn.Module):
+    """y = x @ W^T + bias with W stored in a quantized format (buffers from config.quantize_weight).
+
+    x may have any leading batch dimensions; float32 / bfloat16 / float16 inputs compute with
+    float32 accumulation and return the input dtype. state_dict holds the packed buffers, the bias
+    and (as extra state) the config and shape, so save / load round-trips bit-exactly.
+    """
+
+    def __init__(self, in_features: int, out_features: int, config: QuantConfig, bias: bool = True,
+                 weight: Optional[Tensor] = None, backend: str = "auto", device=None):
+        super().__init__()
+        if not isinstance(config, QuantConfig):
+            raise TypeError(f"config must be a QuantConfig (e.g. Int8WeightOnly()), got {type(config).__name__}")
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        check_backend(backend)
+        config.validate_shape(out_features, in_features)
+        self.in_features, self.out_features = in_features, out_features
+        self.config = config
+        self.backend = backend
+        if weight is None:
+            weight = torch.zeros(out_features, in_features, device=device)
+        elif tuple(weight.shape) != (out_features, in_features):
+            raise ValueError(f"weight must have shape ({out_features}, {in_features}), got {tuple(weight.shape)}")
+        self._names = []
+        self._set_buffers(config.quantize_weight(weight.detach()))
+        self.bias = nn.Parameter(torch.zeros(out_features, device=weight.device), requires_grad=False) if bias else None
+
+    def _set_buffers(self, q):
+        for name in self._names:
+            delattr(self, name)
+        self._names = list(q)
+        for name, t in q.items():
+            self.register_buffer(name, t)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, config: QuantConfig, backend: str = "auto", qparams=None):
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        w = linear.weight.detach()
+        mod = cls.__new__(cls)
+        nn.Module.__init__(mod)
+        check_backend(backend)
+        config.validate_shape(linear.out_features, linear.in_features)
+        mod.in_features, mod.out_features, mod.config, mod.backend = linear.in_features, linear.out_features, config, backend
+        mod._names = []
+        mod._set_buffers(config.quantize_weight(w, qparams) if qparams else config.quantize_weight(w))
+        mod.bias = None
+        if linear.bias is not None:
+            mod.bias = nn.Parameter(linear.bias.detach().float().clone(), requires_grad=False)
+        return mod
+
+    def qbuffers(self):
+        return {name: getattr(self, name) for name in self._names}
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"input must have last dimension in_features={self.in_features}, got shape {tuple(x.shape)}")
+        if x.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+            raise TypeError(f"input must be float32, bfloat16, float16 or float64, got {x.dtype}")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        y = self.config.linear(x2, self.qbuffers(), self.bias, self.backend)
+        return y.reshape(*lead, self.out_features).to(x.dtype)
+
+    def dequantize(self) -> nn.Linear:
+        """A float nn.Linear holding the weight these buffers encode."""
+        w = self.config.dequantize_weight(self.qbuffers())
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=w.device)
+        with torch.no_grad():
+            lin.weight.copy_(w)
+            if self.bias is not None:
+                lin.bias.copy_(self.bias)
+        return lin
+
+    def get_extra_state(self):
+        return {"config": self.config.to_dict(), "in_features": self.in_features, "out_features": self.out_features}
+
+    def set_extra_state(self, state):
+        if (state["in_features"], state["out_features"]) != (self.in_features, self.out_features):
+            raise ValueError(f"state_dict is for a ({state['out_features']}, {state['in_features']}) layer, "
+                             f"this QuantLinear is ({self.out_features}, {self.in_features})")
+        config = config_from_dict(state["config"])
+        if config != self.config:
+            # a different format: rebuild buffers of the right shapes; load_state_dict fills them
+            self.config = config
+            self._set_buffers(config.quantize_weight(torch.zeros(self.out_features, self.in_features)))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        # apply the recorded config first so buffers have the shapes of the saved format
+        extra = state_dict.get(prefix + "_extra_state")
+        if extra is not None:
+            self.set_extra_state(extra)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, config={self.config}"
+
+
+def quantize_(model: nn.Module, config: QuantConfig, filter_fn: Optional[Callable[[nn.Module, str], bool]] = None,
+              backend: str = "auto") -> nn.Module:
+    """Replace, in place, every nn.Linear of model (for which filter_fn(module, fqn) is true) by a
+    QuantLinear in format `config`. Returns model (an nn.Linear passed directly is returned
+    converted, since it cannot be replaced in place)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(config, QuantConfig):
+        raise TypeError(f"config must be a QuantConfig (e.g. Int8WeightOnly()), got {type(config).__name__}")
+    if filter_fn is not None and not callable(filter_fn):
+        raise TypeError("filter_fn must be callable (module, fqn) -> bool or None")
+    check_backend(backend)
+
+    def want(mod, fqn):
+        return type(mod) is nn.Linear and (filter_fn is None or filter_fn(mod, fqn))
+
+    if want(model, ""):
+        return QuantLinear.from_linear(model, config, backend)
+    for fqn, mod in list(model.named_modules()):
+        for name, child in list(mod.named_children()):
+            full = f"{fqn}.{name}" if fqn else name
+            if want(child, full):
+                setattr(mod, name, QuantLinear.from_linear(child, config, backend))
+    return model
