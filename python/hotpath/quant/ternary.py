@@ -50,15 +50,15 @@ class Ternary(QuantConfig):
         self.validate_shape(*weight.shape)
         t, gamma = ternarize(weight.detach(), self.eps)
         return {"pos": ref.pack_bits(t > 0), "neg": ref.pack_bits(t < 0), "wscale": gamma.contiguous(),
-                "in_features": torch.tensor([weight.shape[1]], dtype=torch.int64, device=weight.device)}
+                "ternary_k": torch.tensor([weight.shape[1]], dtype=torch.int64, device=weight.device)}
 
     def dequantize_weight(self, q):
         K = self._k(q)
         return ref.ternary_weight(q["pos"], q["neg"], K).float() * q["wscale"]
 
     def _k(self, q):
-        if "in_features" in q:
-            return int(q["in_features"][0])
+        if "ternary_k" in q:   # K (the bit planes are padded to 32)
+            return int(q["ternary_k"][0])
         return q["pos"].shape[1] * 32
 
     def linear(self, x, q, bias: Optional[Tensor] = None, backend: str = "auto"):
@@ -69,8 +69,12 @@ class Ternary(QuantConfig):
         y = ops.ternary_linear(xf, q["pos"], q["neg"], q["wscale"], prep_bias(bias, N, x.device), backend)
         return y.to(x.dtype)
 
+    def fake_quantize_input(self, x):
+        """QAT: the per-token int8 activation quantization the kernel applies (straight-through)."""
+        return fake_quantize_act_int8(x)
+
     def fake_quantize(self, w):
-        """Weights only (the int8 activation quantization is applied by QuantLinear's kernel)."""
+        """Weights only (activations: fake_quantize_input)."""
         V.tensor("w", w)
         w2 = w.detach().reshape(-1, w.shape[-1]) if w.dim() else w.detach().reshape(1, 1)
         t, gamma = ternarize(w2, self.eps)
