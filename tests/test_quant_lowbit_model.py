@@ -136,7 +136,7 @@ def test_minilm_hadamard_sqnr(minilm):
         d = cfg.dequantize_weight(cfg.quantize_weight(w))
         return 10 * math.log10(w.pow(2).sum() / (w - d).pow(2).sum())
     ws = [m.weight.detach() for m in model.modules() if isinstance(m, nn.Linear)]
-    assert len(ws) == 36
+    assert len(ws) >= 36
     nv_plain = statistics.mean(sqnr(L.NVFP4(hadamard=False), w) for w in ws)
     nv_had = statistics.mean(sqnr(L.NVFP4(hadamard=True), w) for w in ws)
     mx_plain = statistics.mean(sqnr(L.MXFP4(hadamard=False), w) for w in ws)
