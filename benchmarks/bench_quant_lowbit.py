@@ -69,6 +69,27 @@ def run(h, quick):
         if quick:
             h.measure("reference", lambda: cfg.linear(x, q, None, backend="reference"), repeat=1)
 
+    # The same GEMVs on one thread (ours and the baselines alike): on a shared machine the 2-thread
+    # figures include waits for a descheduled worker; one thread shows the kernels themselves.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, cfg in [("MXFP4", L.MXFP4()), ("NVFP4(hadamard=True)", L.NVFP4(hadamard=True, hadamard_mode="always")),
+                          ("Ternary", L.Ternary())]:
+            q = cfg.quantize_weight(w)
+            h.case(f"{name} GEMV M=1 K={K} N={N}, 1 thread", work=N * K, unit="weights")
+            h.measure("hotpath", lambda: cfg.linear(x, q, None))
+            if name == "Ternary":
+                h.measure(i8name, lambda: i8(x))
+                h.target(i8name, 2.0)
+            else:
+                h.measure("torch bf16 F.linear", lambda: F.linear(xb, wb))
+                h.measure("torch f32 F.linear", lambda: F.linear(x, w))
+                h.target("torch bf16 F.linear", 1.5)
+                h.target("torch f32 F.linear", 3.0)
+    finally:
+        torch.set_num_threads(threads)
+
     # a prefill-sized GEMM for the record (no target in the issue)
     M = 64 if quick else 128
     xm = torch.randn(M, K)
