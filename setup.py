@@ -37,16 +37,31 @@ def extension_modules():
     from _buildflags import cxx_flags, link_flags  # one place for the flags, shared with the JIT build
     sys.path.pop(0)
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    ext = CppExtension("hotpath._C", sources, extra_compile_args=cxx_flags(), extra_link_args=link_flags())
+    from torch.utils.cpp_extension import CUDA_HOME, CUDAExtension
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    if torch.version.cuda is not None and CUDA_HOME is not None and cuda_sources:
+        ext = CUDAExtension("hotpath._C", sources + cuda_sources, extra_link_args=link_flags(),
+                            extra_compile_args={"cxx": cxx_flags(),
+                                                "nvcc": ["-O3", "--expt-relaxed-constexpr", "-diag-suppress", "3306"]})
+    else:
+        ext = CppExtension("hotpath._C", sources, extra_compile_args=cxx_flags(), extra_link_args=link_flags())
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
 
 exts, cmdclass = extension_modules()
 cmdclass["build_py"] = BuildPyWithSources
 
+def python_packages():
+    """hotpath and every subpackage under python/hotpath, plus kernels/ and benchmarks/."""
+    found = []
+    for dirpath, _, files in os.walk(os.path.join(HERE, "python", "hotpath")):
+        if "__init__.py" in files and "__pycache__" not in dirpath:
+            found.append(os.path.relpath(dirpath, os.path.join(HERE, "python")).replace(os.sep, "."))
+    return sorted(found) + ["hotpath.kernels", "hotpath.benchmarks"]
+
+
 setup(
-    packages=["hotpath", "hotpath.reference", "hotpath.ot", "hotpath.contrastive", "hotpath.quant",
-              "hotpath.kernels", "hotpath.benchmarks"],
+    packages=python_packages(),
     package_dir={"": "python", "hotpath.kernels": "kernels", "hotpath.benchmarks": "benchmarks"},
     ext_modules=exts,
     cmdclass=cmdclass,

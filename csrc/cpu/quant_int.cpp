@@ -156,14 +156,23 @@ inline const T* vec_ptr(const T* base, int64_t cv, int64_t ksteps) {
 // C[r][v*L + l] = sum_k A[r][k] * W[channel][k] (+ ACT_OFFSET * colsum), int32, K4 steps of 4 k.
 template <int MR, int NV>
 void i8_tile(const int8_t* A, int64_t lda, const int8_t* const* bp, int64_t K4, int32_t* C, int64_t ldc) {
+  // fully unrolled so GCC keeps the MR x NV accumulators in registers (not on the stack)
   ivec acc[MR][NV];
+#pragma GCC unroll 8
   for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) acc[r][v] = izero();
+  const int8_t* b0 = bp[0];
+  const int64_t boff[4] = {0, NV > 1 ? bp[1 < NV ? 1 : 0] - b0 : 0, NV > 2 ? bp[2 < NV ? 2 : 0] - b0 : 0,
+                           NV > 3 ? bp[3 < NV ? 3 : 0] - b0 : 0};
   for (int64_t k4 = 0; k4 < K4; ++k4) {
     ivec b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = iload(bp[v] + k4 * 64);
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) b[v] = iload(b0 + boff[v] + k4 * 64);
+#pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
       const ivec a = bcast32(A + r * lda + k4 * 4);
+#pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) acc[r][v] = dp_act_w8(acc[r][v], a, b[v]);
     }
   }
@@ -171,8 +180,39 @@ void i8_tile(const int8_t* A, int64_t lda, const int8_t* const* bp, int64_t K4, 
     for (int v = 0; v < NV; ++v) istore(C + r * ldc + v * L, acc[r][v]);
 }
 
+// Full-width tile (4 vectors) with named accumulators: GCC spills arrays of this many vector
+// registers to the stack, so the hot kernel spells them out. Rows >= MR are compiled away.
+template <int MR>
+void i8_tile_nv4(const int8_t* A, int64_t lda, const int8_t* const* bp, int64_t K4, int32_t* C, int64_t ldc) {
+#define HP_DECL(r) ivec c##r##0 = izero(), c##r##1 = izero(), c##r##2 = izero(), c##r##3 = izero();
+  HP_DECL(0) HP_DECL(1) HP_DECL(2) HP_DECL(3) HP_DECL(4) HP_DECL(5)
+#undef HP_DECL
+  const int8_t *p0 = bp[0], *p1 = bp[1], *p2 = bp[2], *p3 = bp[3];
+  for (int64_t k4 = 0; k4 < K4; ++k4) {
+    const ivec b0 = iload(p0 + k4 * 64), b1 = iload(p1 + k4 * 64), b2 = iload(p2 + k4 * 64), b3 = iload(p3 + k4 * 64);
+#define HP_ROW(r)                                        \
+    if constexpr (MR > r) {                              \
+      const ivec a = bcast32(A + r * lda + k4 * 4);      \
+      c##r##0 = dp_act_w8(c##r##0, a, b0);               \
+      c##r##1 = dp_act_w8(c##r##1, a, b1);               \
+      c##r##2 = dp_act_w8(c##r##2, a, b2);               \
+      c##r##3 = dp_act_w8(c##r##3, a, b3);               \
+    }
+    HP_ROW(0) HP_ROW(1) HP_ROW(2) HP_ROW(3) HP_ROW(4) HP_ROW(5)
+#undef HP_ROW
+  }
+#define HP_ST(r)                                                                              \
+  if constexpr (MR > r) {                                                                     \
+    istore(C + r * ldc, c##r##0); istore(C + r * ldc + L, c##r##1);                           \
+    istore(C + r * ldc + 2 * L, c##r##2); istore(C + r * ldc + 3 * L, c##r##3);               \
+  }
+  HP_ST(0) HP_ST(1) HP_ST(2) HP_ST(3) HP_ST(4) HP_ST(5)
+#undef HP_ST
+}
+
 using i8_tile_fn = void (*)(const int8_t*, int64_t, const int8_t* const*, int64_t, int32_t*, int64_t);
-constexpr int I8_MR = 4, I8_NV = (L == 16 ? 4 : 4);
+// 6 rows x 4 vectors: 24 accumulators + 4 weight vectors + 1 broadcast fit the 32 zmm registers
+constexpr int I8_MR = (L == 16 ? 6 : 4), I8_NV = 4;
 
 template <int MR>
 i8_tile_fn i8_pick_nv(int nv) {
@@ -180,7 +220,7 @@ i8_tile_fn i8_pick_nv(int nv) {
     case 1: return i8_tile<MR, 1>;
     case 2: return i8_tile<MR, 2>;
     case 3: return i8_tile<MR, 3>;
-    default: return i8_tile<MR, 4>;
+    default: return i8_tile_nv4<MR>;
   }
 }
 i8_tile_fn i8_pick(int mr, int nv) {
@@ -188,7 +228,13 @@ i8_tile_fn i8_pick(int mr, int nv) {
     case 1: return i8_pick_nv<1>(nv);
     case 2: return i8_pick_nv<2>(nv);
     case 3: return i8_pick_nv<3>(nv);
+    case 4: return i8_pick_nv<4>(nv);
+#if HP_Q_VNNI512
+    case 5: return i8_pick_nv<5>(nv);
+    default: return i8_pick_nv<6>(nv);
+#else
     default: return i8_pick_nv<4>(nv);
+#endif
   }
 }
 #endif
@@ -225,12 +271,15 @@ at::Tensor int8_dynamic_linear(const at::Tensor& x_, const at::Tensor& qweight, 
   if (M == 0 || N == 0) return y;
 
   // quantized activations, padded to Kp (padding contributes 0: padded weights are 0)
-  std::vector<int8_t> A(static_cast<size_t>(M * Kp));
+  // row stride padded by 64 bytes so consecutive rows of A do not alias in L1 (Kp is often a
+  // multiple of 4 KB)
+  const int64_t lda = Kp + 64;
+  std::vector<int8_t> A(static_cast<size_t>(M * lda));
   std::vector<float> sx(M);
   const float* xp = x.data_ptr<float>();
   at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
-      int8_t* q = A.data() + m * Kp;
+      int8_t* q = A.data() + m * lda;
       sx[m] = quantize_row(xp + m * K, K, q);
       std::memset(q + K, 0, Kp - K);
       if (ACT_OFFSET)  // u8 = qx + 128: flip the sign bit
@@ -269,7 +318,7 @@ at::Tensor int8_dynamic_linear(const at::Tensor& x_, const at::Tensor& qweight, 
       const int nv = static_cast<int>((nn + L - 1) / L);
       const int8_t* ptrs[I8_NV];
       for (int v = 0; v < nv; ++v) ptrs[v] = vec_ptr(W, n0 / L + v, K4);
-      i8_pick(static_cast<int>(mr), nv)(A.data() + m0 * Kp, Kp, ptrs, K4, C.data(), NR);
+      i8_pick(static_cast<int>(mr), nv)(A.data() + m0 * lda, lda, ptrs, K4, C.data(), NR);
       for (int64_t r = 0; r < mr; ++r) epilogue(m0 + r, n0, nn, C.data() + r * NR);
     }
   });
@@ -277,7 +326,7 @@ at::Tensor int8_dynamic_linear(const at::Tensor& x_, const at::Tensor& qweight, 
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     std::vector<int32_t> acc(1);
     for (int64_t m = 0; m < M; ++m) {
-      const int8_t* a = A.data() + m * Kp;
+      const int8_t* a = A.data() + m * lda;
       for (int64_t n = n0; n < n1; ++n) {
         const int8_t* wb = W + (n / 16) * K4 * 64 + (n % 16) * 4;
         int32_t s = 0;
@@ -377,13 +426,14 @@ at::Tensor int4_dynamic_linear(const at::Tensor& x_, const at::Tensor& qweight, 
   at::Tensor y = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return y;
 
-  std::vector<int8_t> A(static_cast<size_t>(M * K));
+  const int64_t lda = K + 64;  // padded row stride: no L1 aliasing between rows
+  std::vector<int8_t> A(static_cast<size_t>(M * lda));
   std::vector<int32_t> xsum(static_cast<size_t>(M * ng));
   std::vector<float> sx(M);
   const float* xp = x.data_ptr<float>();
   at::parallel_for(0, M, 16, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
-      int8_t* q = A.data() + m * K;
+      int8_t* q = A.data() + m * lda;
       sx[m] = quantize_row(xp + m * K, K, q);
       for (int64_t g = 0; g < ng; ++g) {
         int32_t s = 0;
@@ -397,7 +447,7 @@ at::Tensor int4_dynamic_linear(const at::Tensor& x_, const at::Tensor& qweight, 
   const uint8_t* zr = zero.data_ptr<uint8_t>();
   const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
-  const I4Args args{A.data(), K, xsum.data(), ng, K / 8, G / 8};
+  const I4Args args{A.data(), lda, xsum.data(), ng, K / 8, G / 8};
 
 #if HP_Q_VNNI512 || HP_Q_AVX2
   // scale / zero rows are N long; the last, partial channel vector reads a zero-padded copy
@@ -437,7 +487,7 @@ at::Tensor int4_dynamic_linear(const at::Tensor& x_, const at::Tensor& qweight, 
         }
       }
       I4Args a = args;
-      a.A = A.data() + m0 * K;
+      a.A = A.data() + m0 * lda;
       a.xsum = xsum.data() + m0 * ng;
       // the padded copy has row stride L, the real rows stride N: run the tail vector alone
       if (tail_vec && nv > 1) {
@@ -460,7 +510,7 @@ at::Tensor int4_dynamic_linear(const at::Tensor& x_, const at::Tensor& qweight, 
 #else
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
     for (int64_t m = 0; m < M; ++m) {
-      const int8_t* a = A.data() + m * K;
+      const int8_t* a = A.data() + m * lda;
       for (int64_t n = n0; n < n1; ++n) {
         const uint8_t* wb = W + (n / 16) * (K / 8) * 64 + (n % 16) * 4;
         float f = 0.f;

@@ -24,8 +24,17 @@ def _source_dir():
     return None
 
 
-def _sources(src):
-    return sorted(glob.glob(os.path.join(src, "*.cpp")) + glob.glob(os.path.join(src, "cpu", "*.cpp")))
+def cuda_build_possible():
+    """CUDA sources are compiled only with a CUDA build of torch and a CUDA toolkit."""
+    from torch.utils.cpp_extension import CUDA_HOME
+    return torch.version.cuda is not None and CUDA_HOME is not None
+
+
+def _sources(src, with_cuda=False):
+    found = glob.glob(os.path.join(src, "*.cpp")) + glob.glob(os.path.join(src, "cpu", "*.cpp"))
+    if with_cuda:
+        found += glob.glob(os.path.join(src, "cuda", "*.cu"))
+    return sorted(found)
 
 
 def _prebuilt():
@@ -52,7 +61,9 @@ def _jit_build():
     default = os.path.join(os.path.expanduser("~"), ".cache", "hotpath", key)
     build_dir = os.environ.get("HOTPATH_BUILD_DIR", default)
     os.makedirs(build_dir, exist_ok=True)
-    load(name="hotpath_C", sources=_sources(src), extra_cflags=cxx_flags(), extra_ldflags=link_flags(),
+    with_cuda = cuda_build_possible()
+    load(name="hotpath_C", sources=_sources(src, with_cuda), extra_cflags=cxx_flags(), extra_ldflags=link_flags(),
+         extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr", "-diag-suppress", "3306"], with_cuda=with_cuda,
          build_directory=build_dir, is_python_module=False, verbose=os.environ.get("HOTPATH_VERBOSE_BUILD") == "1")
 
 
@@ -63,10 +74,9 @@ def load_extension():
     with _lock:
         if _state["loaded"] is not None:
             return _state["loaded"]
-        if os.environ.get("HOTPATH_DISABLE_CPP") == "1":
-            _state.update(loaded=False, error="disabled by HOTPATH_DISABLE_CPP=1")
-            return False
         try:
+            if os.environ.get("HOTPATH_DISABLE_CPP") == "1":
+                raise RuntimeError("disabled by HOTPATH_DISABLE_CPP=1")
             path = _prebuilt()
             if path is not None:
                 torch.ops.load_library(path)
@@ -80,6 +90,17 @@ def load_extension():
             warnings.warn(f"hotpath: C++ extension unavailable ({_state['error'][:300]}); "
                           "CPU ops fall back to the pure-torch reference", RuntimeWarning, stacklevel=3)
     return _state["loaded"]
+
+
+def has_op(namespace, name):
+    """Whether a C++ / CUDA kernel registered torch.ops.<namespace>.<name> (after loading)."""
+    if not load_extension():
+        return False
+    try:
+        getattr(getattr(torch.ops, namespace), name)
+        return True
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def extension_status():

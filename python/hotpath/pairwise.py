@@ -79,7 +79,7 @@ def pairwise_lse(x, y, *, scale=1.0, metric="dot", col_bias=None, values=None, b
 
     dtype = V.compute_dtype(x, y, col_bias, values)
     scale_t = scale if isinstance(scale, torch.Tensor) else None
-    scale_f = float(scale)
+    scale_f = float(scale.detach()) if scale_t is not None else float(scale)
     if scale_t is not None and scale_t.requires_grad and scale_f == 0:
         raise ValueError("scale must be nonzero when it requires a gradient")
 

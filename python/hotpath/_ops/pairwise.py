@@ -5,6 +5,7 @@ import torch
 from torch import Tensor
 
 from .. import _backend
+from .._ext import has_op
 from .._triton import kernels
 from ..reference import pairwise as ref
 
@@ -19,8 +20,14 @@ def _empty_like_k(x, k=0):
 def pairwise_lse_fwd(x: Tensor, y: Tensor, col_bias: Optional[Tensor], values: Optional[Tensor],
                      scale: float, metric: str, backend: str) -> Tuple[Tensor, Tensor]:
     """x (B, n, d), y (B, m, d), col_bias (B, m), values (B, m, k) -> lse (B, n), out (B, n, k|0)."""
-    which = _backend.resolve(backend, x.device)
-    if which == "cpu":
+    narrow = x.shape[-1] <= 16 and (values is None or values.shape[-1] <= 16)
+    cuda_kernel = x.is_cuda and narrow and has_op("hotpath_cuda", "pairwise_lse_fwd")
+    which = _backend.resolve(backend, x.device, has_cuda_kernel=cuda_kernel)
+    if which == "cuda":
+        with torch.cuda.device(x.device):
+            lse, out = torch.ops.hotpath_cuda.pairwise_lse_fwd(x, y, col_bias, values, scale, metric == "sqeuclidean",
+                                                               torch.cuda.current_stream().cuda_stream)
+    elif which == "cpu":
         lse, out = torch.ops.hotpath_cpu.pairwise_lse_fwd(x, y, col_bias, values, scale, metric == "sqeuclidean")
     elif which == "triton":
         lse, out = kernels("pairwise").pairwise_lse_fwd(x, y, col_bias, values, scale, metric)

@@ -14,9 +14,12 @@ from .. import _backend
 from .._triton import kernels
 from ..reference import quant_int as ref
 
+# set when kernels/quant_int.py provides the Triton kernels (else "triton" runs the reference)
+_HAS_TRITON_KERNELS = False
+
 
 def _which(backend, x):
-    return _backend.resolve(backend, x.device)
+    return _backend.resolve(backend, x.device, has_triton_kernel=_HAS_TRITON_KERNELS)
 
 
 @torch.library.custom_op("hotpath::int8_weight_only_linear", mutates_args=())

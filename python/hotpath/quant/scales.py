@@ -5,7 +5,8 @@ Two methods, per row (int8: per output channel) or per group (int4):
 - "rtn": round-to-nearest with the full range: symmetric scale = amax / qmax, asymmetric
   scale = (max - min) / (levels - 1) with an integer zero point. Cheap and exact at 8 bits.
 - "mse": a clipping search. For every group, candidate ranges shrunk by a factor r in a grid
-  (symmetric: amax * r; asymmetric: [min * r_lo, max * r_hi] over a 2-D grid) are quantized and
+  (symmetric: amax * r, 20 steps of r in [0.5, 1]; asymmetric: [min * r_lo, max * r_hi] over a
+  6 x 6 grid) are quantized and
   the one with the smallest squared weight error is kept. Clipping a few outliers buys a finer
   step for the bulk of the group, which at 4 bits lowers the error noticeably (it is the
   default for the int4 formats; int8 defaults to "rtn").
@@ -43,7 +44,7 @@ def fake_quant_values(w, scale, zero, qmin, qmax):
     return (q.clamp(qmin, qmax) - zero) * scale
 
 
-def choose_qparams(w, bits, symmetric, method="rtn", grid=20, min_ratio=0.5, code_range=None):
+def choose_qparams(w, bits, symmetric, method="rtn", grid=20, min_ratio=0.5, code_range=None, grid2d=6):
     """w (R, G) float32 groups -> (scale (R,), zero (R,)) float32; zero is integer valued
     (0 for symmetric formats). See the module docstring for the methods."""
     if method not in METHODS:
@@ -70,7 +71,7 @@ def choose_qparams(w, bits, symmetric, method="rtn", grid=20, min_ratio=0.5, cod
     if method == "rtn":
         return scale, zero
     best_err = _err(w, scale, zero, qmin, qmax)
-    ratios = torch.linspace(1.0, min_ratio, grid // 2 + 1).tolist()
+    ratios = torch.linspace(1.0, min_ratio, grid2d).tolist()  # grid2d**2 candidate ranges
     for r_lo in ratios:
         for r_hi in ratios:
             if r_lo == 1.0 and r_hi == 1.0:

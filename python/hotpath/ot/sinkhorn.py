@@ -1,0 +1,370 @@
+"""Log-domain Sinkhorn on point clouds (GeomLoss conventions) with analytic gradients.
+
+Conventions (GeomLoss): cost |x - y|^2 / 2 for p = 2, |x - y| for p = 1; eps = blur^p;
+rho = reach^p; epsilon-scaling from diameter^p down to blur^p by factors scaling^p; symmetric
+(averaged) updates; one last "extrapolation" step; debiased divergence
+S(a, b) = OT(a, b) - OT(a, a)/2 - OT(b, b)/2.
+
+p = 2 softmins stream through the pairwise engine (hotpath::pairwise_lse_fwd, scale 1/(2 eps),
+col_bias log b + g/eps); p = 1 through hotpath::ot_softmin_points. Small problems (n, m <= 256)
+run the whole loop inside one call (hotpath::ot_sinkhorn_symmetric, parallel over the batch).
+Gradients are analytic (envelope theorem) from the last extrapolation step:
+  d/dx_i = w_i * sum_j S_ij dC(x_i, y_j)/dx_i  - (debias) w'_i * sum_j S'_ij dC(x_i, x_j)/dx_i
+with S the row softmax of the last update, w_i = a_i (balanced) or a_i exp(-f_i / rho) (KL
+marginals: the (rho + eps) factor of the exact gradient, not GeomLoss's rho + eps/2).
+"""
+import math
+from typing import NamedTuple, Optional
+
+import numpy as np
+import torch
+
+from .. import _validate as V
+from .._backend import check_backend
+from .._ops import ot as ops
+from ..reference import ot as ref
+
+SMALL = 256  # n, m at most this: fused dense loop (costs materialized, B * n * m memory)
+
+
+class SinkhornResult(NamedTuple):
+    loss: torch.Tensor            # (B,) or () ; differentiable wrt x, y, a, b
+    f: torch.Tensor               # potential on x of the (a, b) problem, (B, n) or (n,)
+    g: torch.Tensor               # potential on y, (B, m) or (m,)
+    n_iter: torch.Tensor          # (B,) int64 iterations run (excluding the final extrapolation)
+    marginal_error: torch.Tensor  # (B,) sum_i |(P 1)_i - a_i| of the returned (f, g)
+    eps: float = 0.0
+    p: int = 2
+    rho_x: Optional[float] = None
+    rho_y: Optional[float] = None
+    a: Optional[torch.Tensor] = None   # weights used (B, n) / (B, m)
+    b: Optional[torch.Tensor] = None
+
+
+def epsilon_schedule(p, diameter, blur, scaling):
+    """GeomLoss's schedule: [diameter^p] + exp(arange(p log diam, p log blur, p log scaling)) + [blur^p]."""
+    return ([diameter ** p]
+            + [float(np.exp(e)) for e in np.arange(p * np.log(diameter), p * np.log(blur), p * np.log(scaling))]
+            + [blur ** p])
+
+
+def _damp(eps, rho):
+    return 1.0 if rho is None else 1.0 / (1.0 + eps / rho)
+
+
+def _log_w(w):
+    return torch.where(w > 0, torch.log(torch.where(w > 0, w, 1.0)), -math.inf)
+
+
+def softmin_points(x, y, h, eps, p, want_grad, backend):
+    """f_i = -eps LSE_j[h_j - C(x_i, y_j)/eps] (B, n) and U_i = sum_j S_ij dC/dx_i (or None)."""
+    if p == 2:
+        lse, out = torch.ops.hotpath.pairwise_lse_fwd(x, y, h, y if want_grad else None, 1.0 / (2 * eps),
+                                                      "sqeuclidean", backend)
+        return -eps * lse, (x - out if want_grad else None)
+    f, U = ops.ot_softmin_points(x, y, h, eps, p, want_grad, backend)
+    return f, (U if want_grad else None)
+
+
+def _check_weights(name, w, B, n, like, batched):
+    if w is None:
+        return like.new_full((B, n), 1.0 / max(n, 1))
+    V.tensor(name, w, ndims=(1, 2, 3) if batched else (1, 2))
+    if batched:
+        if w.dim() == 3 and w.shape[2] == 1:
+            w = w[..., 0]
+        if w.dim() != 2 or tuple(w.shape) != (B, n):
+            raise ValueError(f"{name} must have shape ({B}, {n}) to match the points, got {tuple(w.shape)}")
+    else:
+        if w.dim() == 2 and w.shape[1] == 1:
+            w = w[:, 0]
+        if w.dim() != 1 or w.shape[0] != n:
+            raise ValueError(f"{name} must have shape ({n},) to match the points, got {tuple(w.shape)}")
+        w = w[None]
+    wd = w.detach()
+    if bool((wd < 0).any()):
+        raise ValueError(f"{name} must be non-negative")
+    if bool(torch.isinf(wd).any()):
+        raise ValueError(f"{name} must be finite")
+    return w
+
+
+def prepare(x, y, a, b, *, names=("x", "y", "a", "b")):
+    """Validate and batch: returns x (B,n,d), y (B,m,d), a (B,n), b (B,m) of one dtype, batched flag."""
+    nx_, ny_, na_, nb_ = names
+    V.tensor(nx_, x, ndims=(2, 3))
+    V.tensor(ny_, y, ndims=(2, 3))
+    if x.dim() != y.dim():
+        raise ValueError(f"{nx_} and {ny_} must both be (N, D) or both (B, N, D), got {tuple(x.shape)} and {tuple(y.shape)}")
+    if x.shape[-1] != y.shape[-1]:
+        raise ValueError(f"{nx_} and {ny_} must have the same feature dimension, got {x.shape[-1]} and {y.shape[-1]}")
+    batched = x.dim() == 3
+    if batched and x.shape[0] != y.shape[0]:
+        raise ValueError(f"{nx_} and {ny_} must have the same batch size, got {x.shape[0]} and {y.shape[0]}")
+    V.same_device(**{nx_: x, ny_: y, na_: a, nb_: b})
+    dtype = V.compute_dtype(x, y, a, b)
+    if a is not None and a.dtype != dtype and a.dtype in (torch.float32, torch.float64):
+        pass  # weights are cast below; mixed float32/float64 computes in float64
+    B = x.shape[0] if batched else 1
+    X = x.to(dtype) if batched else x.to(dtype)[None]
+    Y = y.to(dtype) if batched else y.to(dtype)[None]
+    A = _check_weights(na_, a, B, X.shape[1], X, batched).to(dtype)
+    Bw = _check_weights(nb_, b, B, Y.shape[1], X, batched).to(dtype)
+    return X, Y, A, Bw, batched
+
+
+def _diameter(X, Y, va, vb):
+    D = X.shape[-1]
+    pts = torch.cat([X[va].reshape(-1, D), Y[vb].reshape(-1, D)]).detach()
+    if pts.shape[0] == 0:
+        return 0.0
+    return float((pts.max(0)[0] - pts.min(0)[0]).norm().item())
+
+
+class _Config(NamedTuple):
+    p: int
+    blur: float
+    rho_x: Optional[float]
+    rho_y: Optional[float]
+    diameter: Optional[float]
+    scaling: float
+    debias: bool
+    max_iter: Optional[int]
+    tol: Optional[float]
+    backend: str
+    want_marginal: bool
+
+
+def _side_terms(w, f_ab, f_self, rho, eps, debias, valid):
+    """Per-point loss term, its weight gradient, and the coefficients of U (cross, self)."""
+    z = torch.zeros((), dtype=f_ab.dtype, device=f_ab.device)
+    f_ab = torch.where(valid, f_ab, z)
+    if debias:
+        f_self = torch.where(valid, f_self, z)
+    if rho is None:
+        term = f_ab - f_self if debias else f_ab
+        grad_w = term
+        cx, cs = w, (w if debias else None)
+    else:
+        e_ab = torch.exp(-f_ab / rho)
+        if debias:
+            e_s = torch.exp(-f_self / rho)
+            term = (rho + eps / 2) * (e_s - e_ab)
+            grad_w = (rho + eps) * (e_s - e_ab)
+            cs = w * e_s
+        else:
+            term = (rho + eps / 2) * (1 - e_ab)
+            grad_w = (rho + eps) * (1 - e_ab) - eps / 2  # exact derivative of this value
+            cs = None
+        cx = w * e_ab
+    term = torch.where(valid, term, z)
+    return term, grad_w, cx, cs
+
+
+def solve(X, Y, A, Bw, cfg: _Config, want_grad: bool):
+    """No-grad core. Returns dict with loss (B,), f, g, (f_aa, g_bb), grads, n_iter, marginal error."""
+    p, debias, backend = cfg.p, cfg.debias, cfg.backend
+    rho_x, rho_y = cfg.rho_x, cfg.rho_y
+    B, n, d = X.shape
+    m = Y.shape[1]
+    va, vb = A > 0, Bw > 0
+    empty = ~(va.any(1) & vb.any(1))
+    if bool(empty.any()):  # solve a harmless stand-in, zero everything at the end
+        A = torch.where(empty[:, None], torch.ones_like(A) / max(n, 1), A)
+        Bw = torch.where(empty[:, None], torch.ones_like(Bw) / max(m, 1), Bw)
+        va, vb = A > 0, Bw > 0
+    diam = cfg.diameter if cfg.diameter is not None else _diameter(X, Y, va, vb)  # before centering
+    # padded points sit at the centre: they never produce huge or NaN scores
+    cnt = va.sum(1, keepdim=True) + vb.sum(1, keepdim=True)
+    center = ((X * va[..., None]).sum(1) + (Y * vb[..., None]).sum(1)) / cnt.clamp_min(1)
+    center = center[:, None, :]
+    X = torch.where(va[..., None], X - center, torch.zeros((), dtype=X.dtype))
+    Y = torch.where(vb[..., None], Y - center, torch.zeros((), dtype=X.dtype))
+    X, Y = X.contiguous(), Y.contiguous()
+    a_log, b_log = _log_w(A), _log_w(Bw)
+
+    eps = cfg.blur ** p
+    if cfg.max_iter is None:
+        if not diam > 0:
+            diam = cfg.blur  # identical clouds / single points: start at the target temperature
+        eps_list = epsilon_schedule(p, diam, cfg.blur, cfg.scaling)
+        tol = 0.0
+    else:
+        eps_list = [eps] * max(int(cfg.max_iter), 1)
+        tol = float(cfg.tol or 0.0)
+    check_every = 10
+
+    if n <= SMALL and m <= SMALL:
+        Cxy = ref.cost_matrix(X, Y, p).contiguous()
+        Cxx = ref.cost_matrix(X, X, p).contiguous() if debias else X.new_zeros(0)
+        Cyy = ref.cost_matrix(Y, Y, p).contiguous() if debias else X.new_zeros(0)
+        f_ba, g_ab, f_aa, g_bb, n_iter = ops.ot_sinkhorn_symmetric(
+            Cxy, Cxx, Cyy, a_log.contiguous(), b_log.contiguous(),
+            torch.tensor(eps_list, dtype=torch.float64), rho_x or -1.0, rho_y or -1.0, debias, tol, check_every,
+            backend)
+        del Cxy, Cxx, Cyy
+    else:
+        f_ba, g_ab, f_aa, g_bb, n_iter = _loop_streamed(X, Y, a_log, b_log, eps_list, rho_x, rho_y, debias, p,
+                                                        tol, check_every, backend)
+
+    # last extrapolation, with the gradient terms of the envelope theorem
+    e = eps_list[-1]
+    dx, dy = _damp(e, rho_x), _damp(e, rho_y)
+    f_new, Ux = softmin_points(X, Y, (b_log + g_ab / e).contiguous(), e, p, want_grad, backend)
+    g_new, Uy = softmin_points(Y, X, (a_log + f_ba / e).contiguous(), e, p, want_grad, backend)
+    f_ba, g_ab = dx * f_new, dy * g_new
+    Uxx = Uyy = None
+    if debias:
+        fa, Uxx = softmin_points(X, X, (a_log + f_aa / e).contiguous(), e, p, want_grad, backend)
+        gb, Uyy = softmin_points(Y, Y, (b_log + g_bb / e).contiguous(), e, p, want_grad, backend)
+        f_aa, g_bb = dx * fa, dy * gb
+
+    term_a, grad_a, cx, cxx = _side_terms(A, f_ba, f_aa, rho_x, e, debias, va)
+    term_b, grad_b, cy, cyy = _side_terms(Bw, g_ab, g_bb, rho_y, e, debias, vb)
+    loss = (A * term_a).sum(1) + (Bw * term_b).sum(1)
+    out = {"loss": loss, "f": f_ba, "g": g_ab, "f_aa": f_aa, "g_bb": g_bb, "n_iter": n_iter,
+           "grad_a": grad_a, "grad_b": grad_b, "eps": e, "A": A, "B": Bw}
+    if want_grad:
+        gx = cx[..., None] * Ux
+        gy = cy[..., None] * Uy
+        if debias:
+            gx = gx - cxx[..., None] * Uxx
+            gy = gy - cyy[..., None] * Uyy
+        z = torch.zeros((), dtype=X.dtype, device=X.device)
+        out["grad_x"] = torch.where(va[..., None], gx, z)
+        out["grad_y"] = torch.where(vb[..., None], gy, z)
+    if cfg.want_marginal:
+        # row marginal of P = a b exp((f + g - C)/eps): (P 1)_i = a_i exp((f_i - T(g)_i)/eps)
+        t, _ = softmin_points(X, Y, (b_log + g_ab / e).contiguous(), e, p, False, backend)
+        rows = torch.where(va, A * torch.exp((f_ba - t) / e), torch.zeros((), dtype=X.dtype))
+        out["marginal_error"] = (rows - A).abs().sum(1)
+    else:
+        out["marginal_error"] = loss.new_full((B,), float("nan"))
+    if bool(empty.any()):
+        zb = empty
+        out["loss"] = torch.where(zb, 0.0, out["loss"])
+        for k in ("f", "g", "grad_a", "grad_b", "f_aa", "g_bb"):
+            if out[k] is not None and out[k].numel():
+                out[k] = torch.where(zb[:, None], 0.0, out[k])
+        for k in ("grad_x", "grad_y"):
+            if k in out:
+                out[k] = torch.where(zb[:, None, None], 0.0, out[k])
+        out["marginal_error"] = torch.where(zb, 0.0, out["marginal_error"])
+        out["A"] = torch.where(zb[:, None], 0.0, out["A"])
+        out["B"] = torch.where(zb[:, None], 0.0, out["B"])
+    return out
+
+
+def _loop_streamed(X, Y, a_log, b_log, eps_list, rho_x, rho_y, debias, p, tol, check_every, backend):
+    """GeomLoss's symmetric loop, each softmin streamed (no n x m). With tol > 0: stop when the
+    sup-norm change of (f, g) over the batch is below tol, checked every check_every iterations
+    (one host sync per check, not per iteration)."""
+    B = X.shape[0]
+
+    def sm(P, Q, h, eps):
+        return softmin_points(P, Q, h.contiguous(), eps, p, False, backend)[0]
+
+    eps = eps_list[0]
+    dx, dy = _damp(eps, rho_x), _damp(eps, rho_y)
+    g_ab = dy * sm(Y, X, a_log, eps)
+    f_ba = dx * sm(X, Y, b_log, eps)
+    f_aa = g_bb = X.new_zeros(0)
+    if debias:
+        f_aa = dx * sm(X, X, a_log, eps)
+        g_bb = dy * sm(Y, Y, b_log, eps)
+    va, vb = torch.isfinite(a_log), torch.isfinite(b_log)
+    n_iter = torch.zeros(B, dtype=torch.int64, device=X.device)
+    for k, eps in enumerate(eps_list):
+        dx, dy = _damp(eps, rho_x), _damp(eps, rho_y)
+        ft = dx * sm(X, Y, b_log + g_ab / eps, eps)
+        gt = dy * sm(Y, X, a_log + f_ba / eps, eps)
+        nf, ng = 0.5 * (f_ba + ft), 0.5 * (g_ab + gt)
+        if debias:
+            fa = dx * sm(X, X, a_log + f_aa / eps, eps)
+            gb = dy * sm(Y, Y, b_log + g_bb / eps, eps)
+            f_aa, g_bb = 0.5 * (f_aa + fa), 0.5 * (g_bb + gb)
+        n_iter += 1
+        if tol > 0 and (k + 1) % check_every == 0:
+            ch = torch.maximum(torch.where(va, (nf - f_ba).abs(), 0.0).amax(), torch.where(vb, (ng - g_ab).abs(), 0.0).amax())
+            f_ba, g_ab = nf, ng
+            if not bool(ch >= tol):  # converged (NaN also stops: never hang)
+                break
+        f_ba, g_ab = nf, ng
+    return f_ba, g_ab, f_aa, g_bb, n_iter
+
+
+class _SinkhornFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, y, a, b, cfg):
+        want = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        out = solve(x.detach(), y.detach(), a.detach(), b.detach(), cfg, want)
+        ctx.save_for_backward(out.get("grad_x"), out.get("grad_y"), out["grad_a"], out["grad_b"])
+        ctx.want = want
+        res = (out["loss"], out["f"], out["g"], out["f_aa"], out["g_bb"], out["n_iter"], out["marginal_error"],
+               out["A"], out["B"])
+        ctx.mark_non_differentiable(*res[1:])
+        ctx.eps = out["eps"]
+        return res
+
+    @staticmethod
+    def backward(ctx, gl, *unused):
+        gx, gy, ga, gb = ctx.saved_tensors
+        w = gl[:, None]
+        return (w[..., None] * gx if ctx.want and ctx.needs_input_grad[0] else None,
+                w[..., None] * gy if ctx.want and ctx.needs_input_grad[1] else None,
+                w * ga if ctx.needs_input_grad[2] else None,
+                w * gb if ctx.needs_input_grad[3] else None,
+                None)
+
+
+def check_params(blur, p, reach, reach_x, reach_y, scaling, diameter, max_iter, tol):
+    V.scalar("blur", blur, positive=True, allow_tensor=False)
+    if p not in (1, 2) or isinstance(p, bool):
+        raise ValueError(f"p must be 1 or 2, got {p!r}")
+    for name, r in (("reach", reach), ("reach_x", reach_x), ("reach_y", reach_y)):
+        if r is not None:
+            V.scalar(name, r, positive=True, allow_tensor=False)
+    V.scalar("scaling", scaling, positive=True, allow_tensor=False)
+    if not scaling < 1:
+        raise ValueError(f"scaling must be in (0, 1), got {scaling}")
+    if diameter is not None:
+        V.scalar("diameter", diameter, positive=True, allow_tensor=False)
+    if max_iter is not None and (not isinstance(max_iter, int) or isinstance(max_iter, bool) or max_iter < 1):
+        raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
+    if tol is not None:
+        V.scalar("tol", tol, positive=True, allow_tensor=False)
+
+
+def run(X, Y, A, Bw, *, p, blur, rho_x, rho_y, diameter, scaling, debias, max_iter, tol, backend, want_marginal):
+    cfg = _Config(p, float(blur), rho_x, rho_y, diameter, float(scaling), bool(debias), max_iter, tol, backend,
+                  want_marginal)
+    return _SinkhornFn.apply(X, Y, A, Bw, cfg)
+
+
+def sinkhorn(x, y, a=None, b=None, *, blur=0.05, p=2, reach=None, reach_x=None, reach_y=None, scaling=0.5,
+             max_iter=None, tol=None, debias=False, diameter=None, backend="auto"):
+    """Entropic OT between point clouds x (N, D) / (B, N, D) and y with weights a, b.
+
+    Default: epsilon-scaling from diameter^p to blur^p (GeomLoss). With max_iter and/or tol:
+    fixed eps = blur^p, at most max_iter (default 1000) symmetric iterations, stopping when the
+    potentials move less than tol (checked every 10 iterations). reach sets both marginal
+    penalties (rho = reach^p, KL); reach_x / reach_y set one side (None on a side = balanced).
+    debias=True returns the Sinkhorn divergence. Returns SinkhornResult; loss is differentiable
+    wrt x, y, a, b (analytic gradients).
+    """
+    check_backend(backend)
+    check_params(blur, p, reach, reach_x, reach_y, scaling, diameter, max_iter, tol)
+    X, Y, A, Bw, batched = prepare(x, y, a, b)
+    rx = reach_x if reach_x is not None else reach
+    ry = reach_y if reach_y is not None else reach
+    rho_x = None if rx is None else float(rx) ** p
+    rho_y = None if ry is None else float(ry) ** p
+    if (max_iter is not None or tol is not None) and max_iter is None:
+        max_iter = 1000
+    loss, f, g, _, _, n_iter, merr, Aw, Bww = run(
+        X, Y, A, Bw, p=p, blur=blur, rho_x=rho_x, rho_y=rho_y, diameter=diameter, scaling=scaling, debias=debias,
+        max_iter=max_iter, tol=tol, backend=backend, want_marginal=True)
+    eps = float(blur) ** p
+    if not batched:
+        loss, f, g = loss[0], f[0], g[0]
+    return SinkhornResult(loss, f, g, n_iter, merr, eps, p, rho_x, rho_y, Aw, Bww)

@@ -1,0 +1,145 @@
+"""Distributed ClipLoss / SigLipLoss: 2 processes with gloo on CPU against the single-process loss
+on the concatenated batch (values, and gradients as DDP would average them)."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import hotpath as hp
+
+WORLD, N, D = 2, 5, 6
+CLIP_CFGS = [(False, False), (False, True), (True, True), (True, False)]  # (local_loss, gather_with_grad)
+SIGLIP_IMPLS = ["bidir", "shift", "gather"]
+
+
+def _data():
+    g = torch.Generator().manual_seed(1234)
+    img = torch.randn(WORLD * N, D, generator=g, dtype=torch.float64)
+    txt = torch.randn(WORLD * N, D, generator=g, dtype=torch.float64)
+    return img, txt
+
+
+def _leaf(t):
+    return t.detach().clone().requires_grad_()
+
+
+def _worker(rank, port, outdir):
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        torch.set_num_threads(1)
+        img, txt = _data()
+        sl = slice(rank * N, (rank + 1) * N)
+        res = {}
+        for local, wgrad in CLIP_CFGS:
+            i, t, s = _leaf(img[sl]), _leaf(txt[sl]), torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+            loss = hp.contrastive.ClipLoss(local_loss=local, gather_with_grad=wgrad, rank=rank, world_size=WORLD)(i, t, s)
+            loss.backward()
+            res[("clip", local, wgrad)] = (loss.detach(), i.grad, t.grad, s.grad)
+            res[("open_clip", local, wgrad)] = _open_clip_run(img[sl], txt[sl], local, wgrad, rank)
+        for impl in SIGLIP_IMPLS:
+            i, t = _leaf(img[sl]), _leaf(txt[sl])
+            s = torch.tensor(4.0, dtype=torch.float64, requires_grad=True)
+            b = torch.tensor(-2.0, dtype=torch.float64, requires_grad=True)
+            loss = hp.contrastive.SigLipLoss(rank=rank, world_size=WORLD, dist_impl=impl)(i, t, s, b)
+            loss.backward()
+            res[("siglip", impl)] = (loss.detach(), i.grad, t.grad, s.grad, b.grad)
+        torch.save(res, os.path.join(outdir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _open_clip_run(img, txt, local, wgrad, rank):
+    """open_clip's own distributed ClipLoss on the same shard (None when it cannot run here)."""
+    try:
+        import importlib.util
+        import site
+        path = next(os.path.join(b, "open_clip", "loss.py") for b in site.getsitepackages()
+                    if os.path.exists(os.path.join(b, "open_clip", "loss.py")))
+        spec = importlib.util.spec_from_file_location("_oc_loss", path)
+        oc = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(oc)
+        i, t, s = _leaf(img), _leaf(txt), torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+        loss = oc.ClipLoss(local_loss=local, gather_with_grad=wgrad, rank=rank, world_size=WORLD)(i, t, s)
+        loss.backward()
+        return loss.detach(), i.grad, t.grad, s.grad
+    except Exception:
+        return None
+
+
+def _free_port():
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        return sk.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with gloo unavailable")
+    out = str(tmp_path_factory.mktemp("dist"))
+    mp.spawn(_worker, args=(_free_port(), out), nprocs=WORLD, join=True)
+    return [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(WORLD)]
+
+
+def _global_clip():
+    img, txt = _data()
+    i, t, s = _leaf(img), _leaf(txt), torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    loss = hp.contrastive.clip_loss(i, t, s)
+    loss.backward()
+    return loss.detach(), i.grad, t.grad, s.grad
+
+
+def _close(a, b):
+    torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
+
+
+@pytest.mark.parametrize("local,wgrad", CLIP_CFGS)
+def test_clip_distributed(results, local, wgrad):
+    L, gi, gt, gs = _global_clip()
+    per_rank = [r[("clip", local, wgrad)] for r in results]
+    # DDP averages losses / gradients over ranks: that average equals the global loss
+    _close(sum(r[0] for r in per_rank) / WORLD, L)
+    if not local:
+        for r in per_rank:
+            _close(r[0], L)
+    if local and not wgrad:
+        return  # open_clip's setting without gradient through the gather: partial gradients by design
+    for rank, r in enumerate(per_rank):
+        sl = slice(rank * N, (rank + 1) * N)
+        # with the gather's gradient each rank holds the sum over ranks' losses: divide by WORLD
+        f = WORLD if wgrad else 1
+        _close(r[1] / f, gi[sl])
+        _close(r[2] / f, gt[sl])
+    _close(sum(r[3] for r in per_rank) / WORLD, gs)
+
+
+@pytest.mark.parametrize("local,wgrad", CLIP_CFGS)
+def test_clip_distributed_matches_open_clip(results, local, wgrad):
+    for r in results:
+        theirs = r[("open_clip", local, wgrad)]
+        if theirs is None:
+            pytest.skip("open_clip's distributed ClipLoss did not run here")
+        for a, b in zip(r[("clip", local, wgrad)], theirs):
+            _close(a, b)
+
+
+@pytest.mark.parametrize("impl", SIGLIP_IMPLS)
+def test_siglip_distributed(results, impl):
+    img, txt = _data()
+    i, t = _leaf(img), _leaf(txt)
+    s = torch.tensor(4.0, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(-2.0, dtype=torch.float64, requires_grad=True)
+    L = hp.contrastive.siglip_loss(i, t, s, b)
+    L.backward()
+    per_rank = [r[("siglip", impl)] for r in results]
+    _close(sum(r[0] for r in per_rank) / WORLD, L.detach())
+    for rank, r in enumerate(per_rank):
+        sl = slice(rank * N, (rank + 1) * N)
+        _close(r[1] / WORLD, i.grad[sl])
+        _close(r[2] / WORLD, t.grad[sl])
+    _close(sum(r[3] for r in per_rank) / WORLD, s.grad)
+    _close(sum(r[4] for r in per_rank) / WORLD, b.grad)
