@@ -1,0 +1,46 @@
+"""Helpers shared by the low-bit formats (issue 7): argument checks, x preparation, STE."""
+import torch
+
+from .. import _validate as V
+
+
+def check_weight(weight, *, name="weight", finite=True):
+    V.tensor(name, weight, ndims=(2,))
+    if finite and not bool(torch.isfinite(weight).all()):
+        bad = (~torch.isfinite(weight)).nonzero()[0].tolist()
+        raise ValueError(f"{name} holds a non-finite value at {tuple(bad)}: low-bit formats quantize finite "
+                         "weights only (fake_quantize passes NaN / inf through element-wise instead)")
+    return weight
+
+
+def check_rounding(rounding):
+    return V.one_of("rounding", rounding, ("nearest", "stochastic"))
+
+
+def prep_x(x, K):
+    V.tensor("x", x, ndims=(2,))
+    if x.shape[1] != K:
+        raise ValueError(f"x must have {K} features (in_features), got shape {tuple(x.shape)}")
+    return x.to(torch.float32).contiguous()
+
+
+def prep_bias(bias, N, device):
+    if bias is None:
+        return None
+    V.tensor("bias", bias, ndims=(1,))
+    if bias.shape[0] != N:
+        raise ValueError(f"bias must have shape ({N},), got {tuple(bias.shape)}")
+    return bias.to(device=device, dtype=torch.float32).contiguous()
+
+
+def ste(w, wq):
+    """Straight-through estimator: value wq, gradient identity w.r.t. w. Where w is not finite
+    (and wq passes it through) the correction is 0, so inf stays inf rather than inf - inf."""
+    d = (wq.to(w.dtype) - w).detach()
+    return w + torch.where(torch.isfinite(d), d, torch.zeros_like(d))
+
+
+def finite_passthrough(w, wq):
+    """Non-finite weights stay as they are, element-wise (they never enter a scale)."""
+    fin = torch.isfinite(w)
+    return torch.where(fin, wq.to(w.dtype), w)
