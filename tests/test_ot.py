@@ -78,6 +78,33 @@ def test_opcheck():
                                                       torch.randn(2, 5), el, 0.5, -1.0, True, 0.0, 1, "cpu"))
 
 
+@pytest.mark.parametrize("p", [1, 2])
+def test_cost_matrix_op(p):
+    x, y = clouds(2, 7, 19, dtype=torch.float32)
+    torch.library.opcheck(ops.ot_cost_matrix, (x, y, p, "cpu"))
+    assert_close(ops.ot_cost_matrix(x, y, p, "cpu"), ref.cost_matrix(x.double(), y.double(), p), torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, D64])
+@pytest.mark.parametrize("rho", [-1.0, 0.3])
+def test_symmetric_loop_fixed_eps_kernel_domain(dtype, rho):
+    # many iterations at one eps: the fused loop runs in the kernel domain with absorption
+    # (rebuilds when potentials drift by > tau * eps); small eps and zero weights on purpose
+    x, y = clouds(3, 37, 70)
+    Cxy, Cxx, Cyy = ref.cost_matrix(x, y, 2), ref.cost_matrix(x, x, 2), ref.cost_matrix(y, y, 2)
+    a_log = torch.log(torch.rand(3, 37, dtype=D64))
+    b_log = torch.log(torch.rand(3, 70, dtype=D64))
+    a_log[0, :5] = -math.inf
+    b_log[2, 60:] = -math.inf
+    el = torch.tensor([1.0] + [0.002] * 60, dtype=D64)
+    want = ops.ot_sinkhorn_symmetric(Cxy, Cxx, Cyy, a_log, b_log, el, rho, rho, True, 0.0, 1, "reference")
+    args = [t.to(dtype) for t in (Cxy, Cxx, Cyy, a_log, b_log)]
+    got = ops.ot_sinkhorn_symmetric(*args, el, rho, rho, True, 0.0, 1, "cpu")
+    for g, w in zip(got[:4], want[:4]):
+        assert torch.isfinite(g).all()
+        assert_close(g, w, dtype, scale=4 if dtype == torch.float32 else 1)
+
+
 @pytest.mark.parametrize("rho", [-1.0, 0.3])
 @pytest.mark.parametrize("debias", [True, False])
 def test_symmetric_loop_cpu_vs_reference(rho, debias):

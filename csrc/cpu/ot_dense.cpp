@@ -234,6 +234,167 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ot_sinkhorn_alternati
   return {f, g, n_iter, err};
 }
 
+// ---------------------------------------------------------------------------------------------
+// Fused small-problem loop: stabilized kernel-domain softmins.
+//
+// A softmin over the inner index k of an (outer o) x (inner k) cost,
+//   out_o = -eps * LSE_k[ wlog_k + (pot_k - C_ok) / eps ],
+// is exact for any shift. Side keeps K_ko = exp(wlog_k + (base_k - C_ok)/eps - M_o), with base
+// the potential at the last rebuild and M_o the row max at that time (so K <= 1: no overflow;
+// entries flushed to 0 are below e^-87 of the row max). Then
+//   out_o = -eps * (M_o + tau + log sum_k K_ko * exp((pot_k - base_k)/eps - tau))
+// costs one multiply-add per entry and one exp / log per vector element, instead of one exp per
+// entry. K is rebuilt (one exp per entry, i.e. one log-domain pass) whenever eps changes or a
+// potential moved by more than tau * eps since the last rebuild (POT's sinkhorn_stabilized
+// absorption): with |pot - base| <= tau eps the weights lie in [e^-2tau, 1], so the sum is a
+// normal number at least e^-2tau (the arg-max entry is 1) and the terms lost to underflow are
+// below e^-(87 - 2 tau) of it. Layout: inner-major, K[k * ld + o], ld = outer rounded up to the
+// vector width, so both the rebuild and the sums are vertical vector loops (no horizontal max /
+// sum per row) and the row and column softmins of one cost use the same code on C^T and C.
+template <typename T> struct Tau;
+template <> struct Tau<float> { static constexpr float v = 30.0f; };
+template <> struct Tau<double> { static constexpr double v = 100.0; };
+
+// natural log of positive normal lanes (others are fixed up by the caller)
+inline hotpath::simd::vf32 vlog(hotpath::simd::vf32 x) {
+  using I = hotpath::simd::vi32;
+  const I xi = (I)x;
+  I e = ((xi >> 23) & 0xff) - 126;
+  hotpath::simd::vf32 m = (hotpath::simd::vf32)((xi & 0x007fffff) | 0x3f000000);  // x = m 2^e, m in [0.5, 1)
+  const I small = m < 0.70710678118654752f;              // -1 where true
+  e = e + small;
+  m = m + (hotpath::simd::vf32)((I)m & small) - 1.0f;                 // 2m - 1 or m - 1: in [-0.293, 0.414]
+  const hotpath::simd::vf32 z = m * m;
+  hotpath::simd::vf32 y = m * 7.0376836292E-2f - 1.1514610310E-1f;
+  y = y * m + 1.1676998740E-1f;
+  y = y * m - 1.2420140846E-1f;
+  y = y * m + 1.4249322787E-1f;
+  y = y * m - 1.6668057665E-1f;
+  y = y * m + 2.0000714765E-1f;
+  y = y * m - 2.4999993993E-1f;
+  y = y * m + 3.3333331174E-1f;
+  y = y * m * z;
+  const hotpath::simd::vf32 ef = __builtin_convertvector(e, hotpath::simd::vf32);
+  y = y + ef * -2.12194440e-4f - 0.5f * z;
+  return m + y + ef * 0.693359375f;
+}
+inline hotpath::simd::vf64 vlog(hotpath::simd::vf64 x) {  // float64: the accuracy path, libm lane by lane
+  hotpath::simd::vf64 r;
+  for (int i = 0; i < 8; ++i) r[i] = std::log(x[i]);
+  return r;
+}
+
+template <typename T>
+struct Side {
+  using VV = Vec<T>;
+  using V = typename VV::V;
+  static constexpr int W = VV::W;
+  int64_t no = 0, ni = 0, ld = 0, ldi = 0;
+  std::vector<T> Ct, K, M, base, d, acc, tmp;
+  std::vector<char> zr;  // K row k is all zero (wlog_k + base_k / eps was -inf)
+  const T* wlog = nullptr;
+  T eps_built = 0;
+  bool built = false;
+
+  // cost(o, k) = C[o * so + k * sk]; copied once into the inner-major padded layout
+  void init(const T* C, int64_t no_, int64_t ni_, int64_t so, int64_t sk, const T* wlog_) {
+    no = no_, ni = ni_, wlog = wlog_;
+    ld = (no + W - 1) / W * W;
+    ldi = (ni + W - 1) / W * W;
+    Ct.assign(ni * ld, T(0));
+    K.resize(ni * ld);
+    M.resize(ld);
+    acc.resize(ld);
+    tmp.resize(ld);
+    base.resize(ni);
+    d.assign(ldi, ninf<T>());
+    zr.resize(ni);
+    for (int64_t k = 0; k < ni; ++k)
+      for (int64_t o = 0; o < no; ++o) Ct[k * ld + o] = C[o * so + k * sk];
+    built = false;
+  }
+
+  void build(const T* pot, T e) {
+    const T ie = T(1) / e;
+    const V iev = VV::set1(ie);
+    std::copy(pot, pot + ni, base.begin());
+    eps_built = e;
+    built = true;
+    std::fill(M.begin(), M.end(), ninf<T>());
+    for (int64_t k = 0; k < ni; ++k) {
+      const T hk = wlog[k] + pot[k] * ie;
+      zr[k] = hk == ninf<T>();
+      if (zr[k]) continue;
+      const V hv = VV::set1(hk);
+      const T* c = Ct.data() + k * ld;
+      for (int64_t o = 0; o < ld; o += W) VV::store(&M[o], VV::vmax(VV::load(&M[o]), hv - VV::load(c + o) * iev));
+    }
+    // outputs with no finite score: shift 0, their sums are 0 and give +inf (as the LSE);
+    // NaN and +inf maxima stay and give NaN, as the LSE does
+    for (int64_t o = 0; o < ld; ++o) if (M[o] == ninf<T>()) M[o] = 0;
+    for (int64_t k = 0; k < ni; ++k) {
+      T* kr = K.data() + k * ld;
+      if (zr[k]) { std::fill(kr, kr + ld, T(0)); continue; }
+      const V hv = VV::set1(wlog[k] + pot[k] * ie);
+      const T* c = Ct.data() + k * ld;
+      for (int64_t o = 0; o < ld; o += W)
+        VV::store(kr + o, VV::exp_nonpos(hv - VV::load(c + o) * iev - VV::load(&M[o])));
+    }
+  }
+
+  // out_o = scale * (-eps) * LSE_k[wlog_k + (pot_k - C_ok)/eps], o < no
+  void softmin(const T* pot, T e, T scale, T* out) {
+    const T ie = T(1) / e, tau = Tau<T>::v;
+    bool rebuild = !built || e != eps_built;
+    if (!rebuild) {
+      for (int64_t k = 0; k < ni; ++k) {
+        if (zr[k]) { rebuild |= pot[k] != base[k] && wlog[k] != ninf<T>(); continue; }
+        const T dk = (pot[k] - base[k]) * ie;
+        if (!(std::abs(dk) <= tau)) { rebuild = true; break; }  // NaN rebuilds too
+        d[k] = dk - tau;
+      }
+    }
+    if (rebuild) {
+      build(pot, e);
+      for (int64_t k = 0; k < ni; ++k) d[k] = zr[k] ? ninf<T>() : (pot[k] - base[k]) * ie - tau;
+    } else {
+      for (int64_t k = 0; k < ni; ++k) if (zr[k]) d[k] = ninf<T>();
+    }
+    for (int64_t k = 0; k < ldi; k += W) VV::store(&d[k], VV::exp_nonpos(VV::load(&d[k])));  // weights, -inf -> 0
+    const T* w = d.data();
+    int64_t o = 0;
+    for (; o + 4 * W <= ld; o += 4 * W) {
+      V a0{}, a1{}, a2{}, a3{};
+      const T* kr = K.data() + o;
+      for (int64_t k = 0; k < ni; ++k, kr += ld) {
+        const V wk = VV::set1(w[k]);
+        a0 += VV::load(kr) * wk;
+        a1 += VV::load(kr + W) * wk;
+        a2 += VV::load(kr + 2 * W) * wk;
+        a3 += VV::load(kr + 3 * W) * wk;
+      }
+      VV::store(&acc[o], a0);
+      VV::store(&acc[o + W], a1);
+      VV::store(&acc[o + 2 * W], a2);
+      VV::store(&acc[o + 3 * W], a3);
+    }
+    for (; o < ld; o += W) {
+      V a0{};
+      const T* kr = K.data() + o;
+      for (int64_t k = 0; k < ni; ++k, kr += ld) a0 += VV::load(kr) * VV::set1(w[k]);
+      VV::store(&acc[o], a0);
+    }
+    const T s = -e * scale;
+    const V tv = VV::set1(tau);
+    for (o = 0; o < ld; o += W) VV::store(&tmp[o], (VV::load(&M[o]) + tv + vlog(VV::load(&acc[o]))) * s);
+    for (o = 0; o < no; ++o) {
+      const T v = acc[o];
+      out[o] = (v >= std::numeric_limits<T>::min() && v <= std::numeric_limits<T>::max())
+                   ? tmp[o] : s * (M[o] + tau + std::log(v));  // 0, inf, NaN: libm semantics
+    }
+  }
+};
+
 // GeomLoss's symmetric loop on dense costs. Costs: Cxy (B, n, m), Cxx (B, n, n), Cyy (B, m, m)
 // (the last two only with debias). eps_list (K,) float64 on CPU. Initialization at eps_list[0],
 // then for each eps: averaged updates of (f_ba, g_ab) and (f_aa, g_bb). With tol > 0 a problem
@@ -273,60 +434,99 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ot_sinkho
     T *F = f_ba.data_ptr<T>(), *G = g_ab.data_ptr<T>();
     T *FA = debias ? f_aa.data_ptr<T>() : nullptr, *GB = debias ? g_bb.data_ptr<T>() : nullptr;
     int64_t* itp = n_iter.data_ptr<int64_t>();
-    for_each_problem(B, [&](int64_t b) {
-      const T *C = Cp + b * n * m, *ab = al + b * n, *bb = bl + b * m;
-      const T* CX = debias ? Cxp + b * n * n : nullptr;
-      const T* CY = debias ? Cyp + b * m * m : nullptr;
-      T *f = F + b * n, *g = G + b * m;
-      T *fa = debias ? FA + b * n : nullptr, *gb = debias ? GB + b * m : nullptr;
-      std::vector<T> hx(n), hy(m), ft(n), gt(m), fat(debias ? n : 0), gbt(debias ? m : 0);
-      T e = (T)el[0];
-      T dx = damping<T>(el[0], rho_x), dy = damping<T>(el[0], rho_y);
-      softmin_one<T>(C, n, m, ab, e, false, dy, g);
-      softmin_one<T>(C, n, m, bb, e, true, dx, f);
-      if (debias) {
-        softmin_one<T>(CX, n, n, ab, e, true, dx, fa);
-        softmin_one<T>(CY, m, m, bb, e, true, dy, gb);
-      }
-      for (int64_t k = 0; k < K; ++k) {
-        e = (T)el[k];
-        const T ie = T(1) / e;
-        dx = damping<T>(el[k], rho_x);
-        dy = damping<T>(el[k], rho_y);
-        for (int64_t j = 0; j < m; ++j) hy[j] = bb[j] + g[j] * ie;
-        for (int64_t i = 0; i < n; ++i) hx[i] = ab[i] + f[i] * ie;
-        softmin_one<T>(C, n, m, hy.data(), e, true, dx, ft.data());
-        softmin_one<T>(C, n, m, hx.data(), e, false, dy, gt.data());
-        T change = 0;
-        for (int64_t i = 0; i < n; ++i) {
-          const T nf = T(0.5) * (f[i] + ft[i]);
-          if (ab[i] != ninf<T>()) change = std::max(change, std::abs(nf - f[i]));
-          f[i] = nf;
-        }
-        for (int64_t j = 0; j < m; ++j) {
-          const T ng = T(0.5) * (g[j] + gt[j]);
-          if (bb[j] != ninf<T>()) change = std::max(change, std::abs(ng - g[j]));
-          g[j] = ng;
-        }
+    // parallel over the batch; each problem runs serially on its own kernel-domain state
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      Side<T> rows, cols, selfx, selfy;  // f <- g over C, g <- f over C^T, f_aa over Cxx, g_bb over Cyy
+      std::vector<T> zx(n, T(0)), zy(m, T(0)), ft(n), gt(m), fat(debias ? n : 0), gbt(debias ? m : 0);
+      for (int64_t b = b0; b < b1; ++b) {
+        const T *C = Cp + b * n * m, *ab = al + b * n, *bb = bl + b * m;
+        T *f = F + b * n, *g = G + b * m;
+        T *fa = debias ? FA + b * n : nullptr, *gb = debias ? GB + b * m : nullptr;
+        rows.init(C, n, m, m, 1, bb);
+        cols.init(C, m, n, 1, m, ab);
         if (debias) {
-          for (int64_t i = 0; i < n; ++i) hx[i] = ab[i] + fa[i] * ie;
-          for (int64_t j = 0; j < m; ++j) hy[j] = bb[j] + gb[j] * ie;
-          softmin_one<T>(CX, n, n, hx.data(), e, true, dx, fat.data());
-          softmin_one<T>(CY, m, m, hy.data(), e, true, dy, gbt.data());
-          for (int64_t i = 0; i < n; ++i) fa[i] = T(0.5) * (fa[i] + fat[i]);
-          for (int64_t j = 0; j < m; ++j) gb[j] = T(0.5) * (gb[j] + gbt[j]);
+          selfx.init(Cxp + b * n * n, n, n, n, 1, ab);
+          selfy.init(Cyp + b * m * m, m, m, m, 1, bb);
         }
-        itp[b] = k + 1;
-        if (tol > 0 && (k + 1) % check_every == 0 && !(change >= (T)tol)) break;  // NaN stops too
+        T e = (T)el[0];
+        T dx = damping<T>(el[0], rho_x), dy = damping<T>(el[0], rho_y);
+        cols.softmin(zx.data(), e, dy, g);
+        rows.softmin(zy.data(), e, dx, f);
+        if (debias) {
+          selfx.softmin(zx.data(), e, dx, fa);
+          selfy.softmin(zy.data(), e, dy, gb);
+        }
+        for (int64_t k = 0; k < K; ++k) {
+          e = (T)el[k];
+          dx = damping<T>(el[k], rho_x);
+          dy = damping<T>(el[k], rho_y);
+          rows.softmin(g, e, dx, ft.data());
+          cols.softmin(f, e, dy, gt.data());
+          T change = 0;
+          for (int64_t i = 0; i < n; ++i) {
+            const T nf = T(0.5) * (f[i] + ft[i]);
+            if (ab[i] != ninf<T>()) change = std::max(change, std::abs(nf - f[i]));
+            f[i] = nf;
+          }
+          for (int64_t j = 0; j < m; ++j) {
+            const T ng = T(0.5) * (g[j] + gt[j]);
+            if (bb[j] != ninf<T>()) change = std::max(change, std::abs(ng - g[j]));
+            g[j] = ng;
+          }
+          if (debias) {
+            selfx.softmin(fa, e, dx, fat.data());
+            selfy.softmin(gb, e, dy, gbt.data());
+            for (int64_t i = 0; i < n; ++i) fa[i] = T(0.5) * (fa[i] + fat[i]);
+            for (int64_t j = 0; j < m; ++j) gb[j] = T(0.5) * (gb[j] + gbt[j]);
+          }
+          itp[b] = k + 1;
+          if (tol > 0 && (k + 1) % check_every == 0 && !(change >= (T)tol)) break;  // NaN stops too
+        }
       }
     });
   });
   return {f_ba, g_ab, f_aa, g_bb, n_iter};
 }
 
+// C[b, i, j] = |x_i - y_j|^2 / 2 (p = 2) or |x_i - y_j| (p = 1), from differences (as the
+// reference): the costs of the fused small-problem loop, built in one parallel pass instead of
+// a (B, n, m, d) temporary.
+at::Tensor ot_cost_matrix(at::Tensor x, at::Tensor y, int64_t p) {
+  TORCH_CHECK(x.dim() == 3 && y.dim() == 3 && x.size(0) == y.size(0) && x.size(2) == y.size(2),
+              "x, y must be (B, n, d) and (B, m, d)");
+  TORCH_CHECK(x.scalar_type() == y.scalar_type() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
+              "x, y must be float32 or float64 of one dtype");
+  TORCH_CHECK(x.device().is_cpu() && y.device().is_cpu(), "x, y must be CPU tensors");
+  TORCH_CHECK(p == 1 || p == 2, "p must be 1 or 2");
+  x = x.contiguous();
+  y = y.contiguous();
+  const int64_t B = x.size(0), n = x.size(1), m = y.size(1), d = x.size(2);
+  at::Tensor C = at::empty({B, n, m}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "ot_cost_matrix", [&] {
+    using T = scalar_t;
+    const T *xp = x.data_ptr<T>(), *yp = y.data_ptr<T>();
+    T* cp = C.data_ptr<T>();
+    at::parallel_for(0, B * n, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, m * d)), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t b = r / n;
+        const T* xi = xp + r * d;
+        const T* yb = yp + b * m * d;
+        T* c = cp + r * m;
+        for (int64_t j = 0; j < m; ++j) {
+          T s = 0;
+          for (int64_t k = 0; k < d; ++k) { const T t = xi[k] - yb[j * d + k]; s += t * t; }
+          c[j] = p == 2 ? s / 2 : std::sqrt(s);
+        }
+      }
+    });
+  });
+  return C;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(hotpath_cpu, m) {
+  m.def("ot_cost_matrix", &ot_cost_matrix);
   m.def("ot_softmin_dense", &ot_softmin_dense);
   m.def("ot_sinkhorn_alternating", &ot_sinkhorn_alternating);
   m.def("ot_sinkhorn_symmetric", &ot_sinkhorn_symmetric);

@@ -95,3 +95,17 @@ def _(Cxy, Cxx, Cyy, a_log, b_log, eps_list, rho_x, rho_y, debias, tol, check_ev
     gb = torch.empty_like(b_log) if debias else b_log.new_empty(0)
     return (torch.empty_like(a_log), torch.empty_like(b_log), fa, gb,
             Cxy.new_empty(Cxy.shape[0], dtype=torch.int64))
+
+
+@torch.library.custom_op("hotpath::ot_cost_matrix", mutates_args=())
+def ot_cost_matrix(x: Tensor, y: Tensor, p: int, backend: str) -> Tensor:
+    """C (B, n, m) = |x_i - y_j|^2 / 2 (p = 2) or |x_i - y_j| (p = 1) for x (B, n, d), y (B, m, d)."""
+    which = _backend.resolve(backend, x.device, has_triton_kernel=False)
+    if which == "cpu":
+        return torch.ops.hotpath_cpu.ot_cost_matrix(x, y, p)
+    return ref.cost_matrix(x, y, p)
+
+
+@ot_cost_matrix.register_fake
+def _(x, y, p, backend):
+    return x.new_empty(x.shape[0], x.shape[1], y.shape[1])

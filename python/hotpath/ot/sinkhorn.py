@@ -173,7 +173,8 @@ def solve(X, Y, A, Bw, cfg: _Config, want_grad: bool):
         A = torch.where(empty[:, None], torch.ones_like(A) / max(n, 1), A)
         Bw = torch.where(empty[:, None], torch.ones_like(Bw) / max(m, 1), Bw)
         va, vb = A > 0, Bw > 0
-    diam = cfg.diameter if cfg.diameter is not None else _diameter(X, Y, va, vb)  # before centering
+    # before centering; the fixed-eps mode (max_iter / tol) never uses it
+    diam = cfg.diameter if cfg.diameter is not None or cfg.max_iter is not None else _diameter(X, Y, va, vb)
     # padded points sit at the centre: they never produce huge or NaN scores
     cnt = va.sum(1, keepdim=True) + vb.sum(1, keepdim=True)
     center = ((X * va[..., None]).sum(1) + (Y * vb[..., None]).sum(1)) / cnt.clamp_min(1)
@@ -194,30 +195,38 @@ def solve(X, Y, A, Bw, cfg: _Config, want_grad: bool):
         tol = float(cfg.tol or 0.0)
     check_every = 10
 
-    if n <= SMALL and m <= SMALL:
-        Cxy = ref.cost_matrix(X, Y, p).contiguous()
-        Cxx = ref.cost_matrix(X, X, p).contiguous() if debias else X.new_zeros(0)
-        Cyy = ref.cost_matrix(Y, Y, p).contiguous() if debias else X.new_zeros(0)
+    small = n <= SMALL and m <= SMALL
+    if small:
+        Cxy = ops.ot_cost_matrix(X, Y, p, backend).contiguous()
+        Cxx = ops.ot_cost_matrix(X, X, p, backend).contiguous() if debias else X.new_zeros(0)
+        Cyy = ops.ot_cost_matrix(Y, Y, p, backend).contiguous() if debias else X.new_zeros(0)
         f_ba, g_ab, f_aa, g_bb, n_iter = ops.ot_sinkhorn_symmetric(
             Cxy, Cxx, Cyy, a_log.contiguous(), b_log.contiguous(),
             torch.tensor(eps_list, dtype=torch.float64), rho_x or -1.0, rho_y or -1.0, debias, tol, check_every,
             backend)
-        del Cxy, Cxx, Cyy
     else:
-        f_ba, g_ab, f_aa, g_bb, n_iter = _loop_streamed(X, Y, a_log, b_log, eps_list, rho_x, rho_y, debias, p,
-                                                        tol, check_every, backend)
+        Cxy = Cxx = Cyy = None
+        f_ba, g_ab, f_aa, g_bb, n_iter, Ux, Uy, Uxx, Uyy = _streamed(
+            X, Y, a_log, b_log, eps_list, rho_x, rho_y, debias, p, tol, check_every, backend, want_grad)
 
-    # last extrapolation, with the gradient terms of the envelope theorem
+    def final_softmin(P, Q, h, C, dim):
+        # small problems without gradients: one pass over the cost already materialized
+        if small and not want_grad:
+            return ops.ot_softmin_dense(C, h.contiguous(), e, dim, backend), None
+        return softmin_points(P, Q, h.contiguous(), e, p, want_grad, backend)
+
     e = eps_list[-1]
-    dx, dy = _damp(e, rho_x), _damp(e, rho_y)
-    f_new, Ux = softmin_points(X, Y, (b_log + g_ab / e).contiguous(), e, p, want_grad, backend)
-    g_new, Uy = softmin_points(Y, X, (a_log + f_ba / e).contiguous(), e, p, want_grad, backend)
-    f_ba, g_ab = dx * f_new, dy * g_new
-    Uxx = Uyy = None
-    if debias:
-        fa, Uxx = softmin_points(X, X, (a_log + f_aa / e).contiguous(), e, p, want_grad, backend)
-        gb, Uyy = softmin_points(Y, Y, (b_log + g_bb / e).contiguous(), e, p, want_grad, backend)
-        f_aa, g_bb = dx * fa, dy * gb
+    if small:
+        # last extrapolation, with the gradient terms of the envelope theorem
+        dx, dy = _damp(e, rho_x), _damp(e, rho_y)
+        f_new, Ux = final_softmin(X, Y, b_log + g_ab / e, Cxy if small else None, 2)
+        g_new, Uy = final_softmin(Y, X, a_log + f_ba / e, Cxy if small else None, 1)
+        f_ba, g_ab = dx * f_new, dy * g_new
+        Uxx = Uyy = None
+        if debias:
+            fa, Uxx = final_softmin(X, X, a_log + f_aa / e, Cxx if small else None, 2)
+            gb, Uyy = final_softmin(Y, Y, b_log + g_bb / e, Cyy if small else None, 2)
+            f_aa, g_bb = dx * fa, dy * gb
 
     term_a, grad_a, cx, cxx = _side_terms(A, f_ba, f_aa, rho_x, e, debias, va)
     term_b, grad_b, cy, cyy = _side_terms(Bw, g_ab, g_bb, rho_y, e, debias, vb)
@@ -235,7 +244,10 @@ def solve(X, Y, A, Bw, cfg: _Config, want_grad: bool):
         out["grad_y"] = torch.where(vb[..., None], gy, z)
     if cfg.want_marginal:
         # row marginal of P = a b exp((f + g - C)/eps): (P 1)_i = a_i exp((f_i - T(g)_i)/eps)
-        t, _ = softmin_points(X, Y, (b_log + g_ab / e).contiguous(), e, p, False, backend)
+        if small:
+            t = ops.ot_softmin_dense(Cxy, (b_log + g_ab / e).contiguous(), e, 2, backend)
+        else:
+            t, _ = softmin_points(X, Y, (b_log + g_ab / e).contiguous(), e, p, False, backend)
         rows = torch.where(va, A * torch.exp((f_ba - t) / e), torch.zeros((), dtype=X.dtype))
         out["marginal_error"] = (rows - A).abs().sum(1)
     else:
@@ -255,42 +267,79 @@ def solve(X, Y, A, Bw, cfg: _Config, want_grad: bool):
     return out
 
 
-def _loop_streamed(X, Y, a_log, b_log, eps_list, rho_x, rho_y, debias, p, tol, check_every, backend):
-    """GeomLoss's symmetric loop, each softmin streamed (no n x m). With tol > 0: stop when the
-    sup-norm change of (f, g) over the batch is below tol, checked every check_every iterations
-    (one host sync per check, not per iteration)."""
-    B = X.shape[0]
+def _streamed(X, Y, a_log, b_log, eps_list, rho_x, rho_y, debias, p, tol, check_every, backend, want_grad):
+    """GeomLoss's symmetric loop plus the final extrapolation, each softmin streamed (no n x m).
 
-    def sm(P, Q, h, eps):
-        return softmin_points(P, Q, h.contiguous(), eps, p, False, backend)[0]
+    The two (or, with debias, four) softmins of one step, x <- y, y <- x, x <- x, y <- y, are one
+    engine call: the problems are stacked along the batch dimension (shorter clouds padded with
+    zero-weight points, which are -inf columns), so a step costs one call and a handful of
+    element-wise ops on the stacked potentials S = [f_ba, g_ab, f_aa, g_bb] instead of a dozen
+    per-side ops. Each stacked problem is computed exactly as it would be alone. With tol > 0:
+    stop when the sup-norm change of (f, g) is below tol, checked every check_every iterations
+    (one host sync per check). Returns f_ba, g_ab, f_aa, g_bb (damped, after the extrapolation),
+    n_iter and the gradient terms Ux, Uy, Uxx, Uyy (None without want_grad / debias)."""
+    B, n, d = X.shape
+    m = Y.shape[1]
+    N = max(n, m)
+    inf = math.inf
+
+    def pad(T, fill):
+        if T.shape[1] == N:
+            return T
+        return torch.cat([T, T.new_full((B, N - T.shape[1]) + tuple(T.shape[2:]), fill)], 1)
+
+    Xp, Yp, al, bl = pad(X, 0.0), pad(Y, 0.0), pad(a_log, -inf), pad(b_log, -inf)
+    k = 4 if debias else 2
+    P = torch.cat([Xp, Yp, Xp, Yp][:k]).contiguous()       # rows of the stacked problems
+    Q = torch.cat([Yp, Xp, Xp, Yp][:k]).contiguous()       # their columns
+    wq = torch.cat([bl, al, al, bl][:k]).contiguous()      # column log-weights
+    perm = torch.tensor([1, 0, 2, 3][:k], device=X.device)  # S (row potentials) -> column potentials
+
+    def damp(eps):
+        dx, dy = _damp(eps, rho_x), _damp(eps, rho_y)
+        if dx == dy:
+            return dx
+        return torch.tensor([dx, dy, dx, dy][:k], dtype=X.dtype, device=X.device).repeat_interleave(B)[:, None]
+
+    def softmin(h, eps, grad):
+        """-eps LSE_j[h_j - C(P_i, Q_j)/eps] over the stack, and sum_j S_ij dC/dP_i if grad."""
+        if p == 2:
+            lse, out = torch.ops.hotpath.pairwise_lse_fwd(P, Q, h, Q if grad else None, 1.0 / (2 * eps),
+                                                          "sqeuclidean", backend)
+            return lse.mul_(-eps), (P - out if grad else None)
+        f, U = ops.ot_softmin_points(P, Q, h, eps, p, grad, backend)
+        return f, (U if grad else None)
+
+    def col_pot(S, eps):  # h = column log-weights + column potentials / eps
+        Sq = S.view(k, B, N).index_select(0, perm).view(k * B, N)
+        return torch.add(wq, Sq, alpha=1.0 / eps)
 
     eps = eps_list[0]
-    dx, dy = _damp(eps, rho_x), _damp(eps, rho_y)
-    g_ab = dy * sm(Y, X, a_log, eps)
-    f_ba = dx * sm(X, Y, b_log, eps)
-    f_aa = g_bb = X.new_zeros(0)
-    if debias:
-        f_aa = dx * sm(X, X, a_log, eps)
-        g_bb = dy * sm(Y, Y, b_log, eps)
-    va, vb = torch.isfinite(a_log), torch.isfinite(b_log)
+    S, _ = softmin(wq, eps, False)
+    S = S * damp(eps)
+    valid = torch.isfinite(torch.cat([al, bl]))  # rows of the (f, g) blocks that count for tol
     n_iter = torch.zeros(B, dtype=torch.int64, device=X.device)
-    for k, eps in enumerate(eps_list):
-        dx, dy = _damp(eps, rho_x), _damp(eps, rho_y)
-        ft = dx * sm(X, Y, b_log + g_ab / eps, eps)
-        gt = dy * sm(Y, X, a_log + f_ba / eps, eps)
-        nf, ng = 0.5 * (f_ba + ft), 0.5 * (g_ab + gt)
-        if debias:
-            fa = dx * sm(X, X, a_log + f_aa / eps, eps)
-            gb = dy * sm(Y, Y, b_log + g_bb / eps, eps)
-            f_aa, g_bb = 0.5 * (f_aa + fa), 0.5 * (g_bb + gb)
+    for it, eps in enumerate(eps_list):
+        T, _ = softmin(col_pot(S, eps), eps, False)
+        check = tol > 0 and (it + 1) % check_every == 0
+        old = S[:2 * B].clone() if check else None
+        dm = damp(eps)
+        S = S.mul_(0.5).add_(T * dm if torch.is_tensor(dm) else T, alpha=0.5 if torch.is_tensor(dm) else 0.5 * dm)
         n_iter += 1
-        if tol > 0 and (k + 1) % check_every == 0:
-            ch = torch.maximum(torch.where(va, (nf - f_ba).abs(), 0.0).amax(), torch.where(vb, (ng - g_ab).abs(), 0.0).amax())
-            f_ba, g_ab = nf, ng
+        if check:
+            ch = torch.where(valid, (S[:2 * B] - old).abs(), 0.0).amax()
             if not bool(ch >= tol):  # converged (NaN also stops: never hang)
                 break
-        f_ba, g_ab = nf, ng
-    return f_ba, g_ab, f_aa, g_bb, n_iter
+    # last extrapolation, with the gradient terms of the envelope theorem (values = Q, one pass)
+    e = eps_list[-1]
+    F, U = softmin(col_pot(S, e), e, want_grad)
+    F = F * damp(e)
+    f_ba, g_ab = F[:B, :n], F[B:2 * B, :m]
+    f_aa, g_bb = (F[2 * B:3 * B, :n], F[3 * B:, :m]) if debias else (X.new_zeros(0), X.new_zeros(0))
+    Us = [None] * 4
+    if want_grad:
+        Us = [U[:B, :n], U[B:2 * B, :m]] + ([U[2 * B:3 * B, :n], U[3 * B:, :m]] if debias else [None, None])
+    return (f_ba.contiguous(), g_ab.contiguous(), f_aa.contiguous(), g_bb.contiguous(), n_iter, *Us)
 
 
 class _SinkhornFn(torch.autograd.Function):
