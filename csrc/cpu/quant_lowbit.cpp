@@ -6,9 +6,9 @@
 // 4 bits of each lane, the high nibble is a 4-bit shift away) straight to scaled weights.
 // FP8 decode is bit arithmetic: an E4M3 byte moved into an fp16 (sign, exponent, mantissa shifted)
 // is the same value times 2^-8 (subnormals included), an E5M2 byte is the top half of an fp16;
-// vcvtph2ps then gives float32. Ternary weights are two bit planes used as AVX-512 write masks:
-// acc = mask_add(acc, pos, x), acc = mask_sub(acc, neg, x) on int16 lanes, flushed to int32 every
-// 256 words, so the weight path has no multiplications at all.
+// vcvtph2ps then gives float32. Ternary weights are two bit planes used as AVX-512 byte masks
+// (64 weights a step): z = x where pos, -x where neg, then vpdpbusd(acc, all-ones, z) sums the
+// bytes into int32 lanes, so no weight is ever multiplied.
 // M <= 16 runs the decode-and-FMA kernels; larger M dequantizes tiles of rows to float32 in parallel
 // and calls at::mm (compute-bound there, the decode is amortized over M).
 #include <ATen/ATen.h>
