@@ -150,6 +150,54 @@ std::tuple<at::Tensor, at::Tensor> embedding_search_int8(at::Tensor qq, at::Tens
   return {vals, idx};
 }
 
+#if defined(__AVX512VPOPCNTDQ__) && defined(__AVX512F__)
+// Hamming distances of QT queries x 16 keys (two blocks of 8, transposed [block][word][8]) with
+// vpopcntq; a key enters a list only if its distance is below the query's bound hb (the k-th best
+// as a Hamming distance), tested in registers, so the top-k buffers are touched only on a hit.
+// WT > 0: W known at compile time (fully unrolled); WT = 0: runtime W.
+template <int QT, int WT>
+inline void binary_tile(const uint64_t* kb, int64_t W_, const uint64_t* qrow, int nq, int64_t j0, __mmask8 valid0,
+                        __mmask8 valid1, int64_t d, TopK* lists, int64_t* hb) {
+  const int64_t W = WT > 0 ? WT : W_;
+  __m512i acc[QT][2];
+#pragma GCC unroll 8
+  for (int i = 0; i < QT; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_si512();
+  const uint64_t* kb1 = kb + W * 8;
+#pragma GCC unroll 8
+  for (int64_t w = 0; w < W; ++w) {
+    const __m512i kv0 = _mm512_loadu_si512((const void*)(kb + w * 8));
+    const __m512i kv1 = _mm512_loadu_si512((const void*)(kb1 + w * 8));
+#pragma GCC unroll 8
+    for (int i = 0; i < QT; ++i) {
+      const __m512i qv = _mm512_set1_epi64((long long)qrow[i * W + w]);
+      acc[i][0] = _mm512_add_epi64(acc[i][0], _mm512_popcnt_epi64(_mm512_xor_si512(kv0, qv)));
+      acc[i][1] = _mm512_add_epi64(acc[i][1], _mm512_popcnt_epi64(_mm512_xor_si512(kv1, qv)));
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < QT; ++i) {
+    if (i >= nq) break;
+    const __m512i bv = _mm512_set1_epi64(hb[i]);
+    const __mmask8 m0 = _mm512_mask_cmplt_epi64_mask(valid0, acc[i][0], bv);
+    const __mmask8 m1 = _mm512_mask_cmplt_epi64_mask(valid1, acc[i][1], bv);
+    if (m0 | m1) {
+      alignas(64) int64_t h[16];
+      _mm512_store_si512((void*)h, acc[i][0]);
+      _mm512_store_si512((void*)(h + 8), acc[i][1]);
+      const unsigned m = (unsigned)m0 | ((unsigned)m1 << 8);
+      TopK& L = lists[i];
+      for (int l = 0; l < 16; ++l)
+        if ((m >> l) & 1u) {
+          L.push((float)(d - 2 * h[l]), j0 + l);
+          // scores d - 2h are exact integers: beating the k-th best s* means h < (d - s*) / 2
+          // (later lanes of this tile that no longer beat it are rejected by push)
+          if (L.full()) hb[i] = (d - (int64_t)L.thresh()) / 2;
+        }
+    }
+  }
+}
+#endif
+
 std::tuple<at::Tensor, at::Tensor> embedding_search_binary(at::Tensor qbits, at::Tensor kbits, int64_t d, int64_t k) {
   TORCH_CHECK(qbits.dim() == 2 && qbits.scalar_type() == at::kByte && qbits.is_contiguous(), "query bits must be contiguous (Q, B) uint8");
   TORCH_CHECK(kbits.dim() == 2 && kbits.scalar_type() == at::kByte && kbits.is_contiguous(), "key bits must be contiguous (n, B) uint8");
@@ -167,52 +215,47 @@ std::tuple<at::Tensor, at::Tensor> embedding_search_binary(at::Tensor qbits, at:
   int64_t* ip = idx.data_ptr<int64_t>();
   const int nthreads = at::get_num_threads();
   const int64_t per = (Q + nthreads - 1) / nthreads;
-  const int64_t chunk8 = std::max<int64_t>(1, (int64_t)(1 << 19) / (W * 64));  // ~512 KB of keys per chunk
+  // ~256 KB of keys per chunk (stays in L2 while all of the thread's query tiles run over it), even
+  // number of 8-key blocks (the kernel takes 16 keys at a time)
+  const int64_t chunk8 = std::max<int64_t>(2, (int64_t)(1 << 18) / (W * 64) / 2 * 2);
   at::parallel_for(0, nthreads, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t th = t0; th < t1; ++th) {
       const int64_t q0 = th * per, q1 = std::min(Q, q0 + per);
       if (q0 >= q1) continue;
       std::vector<TopK> lists;
       for (int64_t q = q0; q < q1; ++q) lists.push_back(TopK{k, 0, vp + q * k, ip + q * k});
-      std::vector<uint64_t> kt(chunk8 * W * 8);
+      std::vector<int64_t> hb(q1 - q0, d + 1);  // Hamming bound: any distance <= d enters a list that is not full
+      std::vector<uint64_t> kt((chunk8 + 2) * W * 8, 0);
       const int64_t nb = (n + 7) / 8;
       for (int64_t c0 = 0; c0 < nb; c0 += chunk8) {
         const int64_t c1 = std::min(nb, c0 + chunk8);
         // transpose the chunk to [block of 8 keys][word][8]: one vector holds word w of 8 keys
-        for (int64_t b = c0; b < c1; ++b)
-          for (int64_t w = 0; w < W; ++w)
-            for (int l = 0; l < 8; ++l) {
-              const int64_t j = b * 8 + l;
-              kt[((b - c0) * W + w) * 8 + l] = j < n ? kp[j * W + w] : 0;
-            }
+        for (int64_t b = c0; b < c1; ++b) {
+          uint64_t* dst = kt.data() + (b - c0) * W * 8;
+          for (int l = 0; l < 8; ++l) {
+            const int64_t j = b * 8 + l;
+            if (j < n) for (int64_t w = 0; w < W; ++w) dst[w * 8 + l] = kp[j * W + w];
+            else for (int64_t w = 0; w < W; ++w) dst[w * 8 + l] = 0;
+          }
+        }
         for (int64_t qa = q0; qa < q1; qa += QT) {
           const int nq = (int)std::min<int64_t>(QT, q1 - qa);
+#if defined(__AVX512VPOPCNTDQ__) && defined(__AVX512F__)
+          auto valid = [&](int64_t b) -> __mmask8 {
+            if (b >= nb) return 0;
+            return (b + 1) * 8 <= n ? (__mmask8)0xFF : (__mmask8)((1u << (n - b * 8)) - 1u);
+          };
+          for (int64_t b = c0; b < c1; b += 2) {  // an odd last block pairs with a zero block, masked out
+            const uint64_t* kb = kt.data() + (b - c0) * W * 8;
+            const __mmask8 v0 = valid(b), v1 = b + 1 < c1 ? valid(b + 1) : (__mmask8)0;
+            if (W == 6)
+              binary_tile<QT, 6>(kb, W, qp + qa * W, nq, b * 8, v0, v1, d, lists.data() + (qa - q0), hb.data() + (qa - q0));
+            else
+              binary_tile<QT, 0>(kb, W, qp + qa * W, nq, b * 8, v0, v1, d, lists.data() + (qa - q0), hb.data() + (qa - q0));
+          }
+#else
           for (int64_t b = c0; b < c1; ++b) {
             const uint64_t* kb = kt.data() + (b - c0) * W * 8;
-#if defined(__AVX512VPOPCNTDQ__)
-            __m512i acc[QT];
-            for (int i = 0; i < QT; ++i) acc[i] = _mm512_setzero_si512();
-            for (int64_t w = 0; w < W; ++w) {
-              __m512i kv = _mm512_loadu_si512((const void*)(kb + w * 8));
-#pragma GCC unroll 8
-              for (int i = 0; i < QT; ++i) {
-                acc[i] = _mm512_add_epi64(acc[i], _mm512_popcnt_epi64(_mm512_xor_si512(kv, _mm512_set1_epi64((long long)qp[(qa + i) * W + w]))));
-              }
-            }
-            alignas(64) int64_t accb[QT][8];
-#pragma GCC unroll 8
-            for (int i = 0; i < QT; ++i) _mm512_store_si512((void*)accb[i], acc[i]);
-            const __mmask8 valid = (b + 1) * 8 <= n ? (__mmask8)0xFF : (__mmask8)((1u << (n - b * 8)) - 1u);
-            for (int i = 0; i < nq; ++i) {
-              TopK& L = lists[qa + i - q0];
-              // score d - 2h beats the k-th best th  <=>  h < (d - th) / 2  <=>  h < ceil((d - th) / 2)
-              __mmask8 hit = valid;
-              if (L.full()) hit &= _mm512_cmplt_epi64_mask(_mm512_load_si512((const void*)accb[i]), _mm512_set1_epi64((long long)std::ceil((d - (double)L.thresh()) / 2.0)));
-              if (hit) {
-                for (int l = 0; l < 8; ++l) if ((hit >> l) & 1) L.push((float)(d - 2 * accb[i][l]), b * 8 + l);
-              }
-            }
-#else
             for (int i = 0; i < nq; ++i) {
               TopK& L = lists[qa + i - q0];
               for (int l = 0; l < 8; ++l) {
@@ -223,8 +266,8 @@ std::tuple<at::Tensor, at::Tensor> embedding_search_binary(at::Tensor qbits, at:
                 L.push((float)(d - 2 * h), j);
               }
             }
-#endif
           }
+#endif
         }
       }
     }

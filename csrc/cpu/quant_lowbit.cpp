@@ -6,9 +6,9 @@
 // 4 bits of each lane, the high nibble is a 4-bit shift away) straight to scaled weights.
 // FP8 decode is bit arithmetic: an E4M3 byte moved into an fp16 (sign, exponent, mantissa shifted)
 // is the same value times 2^-8 (subnormals included), an E5M2 byte is the top half of an fp16;
-// vcvtph2ps then gives float32. Ternary weights are two bit planes used as AVX-512 write masks:
-// acc = mask_add(acc, pos, x), acc = mask_sub(acc, neg, x) on int16 lanes, flushed to int32 every
-// 256 words, so the weight path has no multiplications at all.
+// vcvtph2ps then gives float32. Ternary weights are two bit planes used as AVX-512 byte masks
+// (64 weights a step): z = x where pos, -x where neg, then vpdpbusd(acc, all-ones, z) sums the
+// bytes into int32 lanes, so no weight is ever multiplied.
 // M <= 16 runs the decode-and-FMA kernels; larger M dequantizes tiles of rows to float32 in parallel
 // and calls at::mm (compute-bound there, the decode is amortized over M).
 #include <ATen/ATen.h>
@@ -345,60 +345,86 @@ at::Tensor fp8_linear(at::Tensor x, at::Tensor codes, at::Tensor scales, bool e4
 
 // ---------------------------------------------------------------- Ternary
 // Per-row int8 activations (as the reference): xq = rint(x * (127 / amax)), step = amax / 127.
-void quantize_rows_int8(const float* x, int64_t K, int64_t Kp, int16_t* xq, float* step) {
+// xq is zero-padded to Kp; xn = -xq (no overflow: |xq| <= 127).
+void quantize_rows_int8(const float* x, int64_t K, int64_t Kp, int8_t* xq, int8_t* xn, float* step) {
   float amax = 0.f;
   bool finite = true;
   for (int64_t k = 0; k < K; ++k) { float a = std::fabs(x[k]); finite &= std::isfinite(x[k]); amax = a > amax ? a : amax; }
-  if (!finite) { std::memset(xq, 0, Kp * sizeof(int16_t)); *step = NAN; return; }
-  if (amax == 0.f) { std::memset(xq, 0, Kp * sizeof(int16_t)); *step = 0.f; return; }
+  std::memset(xq, 0, Kp);
+  std::memset(xn, 0, Kp);
+  if (!finite) { *step = NAN; return; }
+  if (amax == 0.f) { *step = 0.f; return; }
   const float inv = 127.f / amax;
   for (int64_t k = 0; k < K; ++k) {
     float v = std::nearbyint(x[k] * inv);
     v = v > 127.f ? 127.f : (v < -127.f ? -127.f : v);
-    xq[k] = (int16_t)v;
+    xq[k] = (int8_t)v;
+    xn[k] = (int8_t)-v;
   }
-  for (int64_t k = K; k < Kp; ++k) xq[k] = 0;
   *step = amax / 127.f;
 }
 
-// int32 sums over rows [n0, n1) for one activation row: add where pos, subtract where neg.
-void ternary_rows(const uint32_t* pos, const uint32_t* neg, int64_t nw, const int16_t* xq, int32_t* out, int64_t n0, int64_t n1) {
+// int32 sums over rows [n0, n1) (n1 - n0 <= 16) for one activation row: add where pos, subtract
+// where neg. out is indexed from n0.
+// AVX-512: 64 weights per step; the two bit planes (64-bit words, used as byte masks) select
+// z = x where pos, -x where neg, 0 elsewhere (two masked byte moves), and vpdpbusd with an all-ones
+// u8 operand sums each 4 bytes of z into an int32 lane: a horizontal add, the weight path has no
+// multiplications. 3 vector uops per 64 weights (the int16 mask add / sub needed 4).
+void ternary_rows(const uint32_t* pos, const uint32_t* neg, int64_t nw, const int8_t* xq, const int8_t* xn, int32_t* out,
+                  int64_t n0, int64_t n1) {
   int64_t n = n0;
-#if defined(__AVX512BW__)
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
   constexpr int R = 4;
+  const int64_t nv = nw / 2;  // full 64-bit words
+  const __m512i ones = _mm512_set1_epi8(1);
   for (; n + R <= n1; n += R) {
-    __m512i acc32[R], acc16[R];
-    for (int r = 0; r < R; ++r) { acc32[r] = _mm512_setzero_si512(); acc16[r] = _mm512_setzero_si512(); }
-    for (int64_t w0 = 0; w0 < nw; w0 += 256) {
-      const int64_t w1 = std::min(nw, w0 + 256);  // int16 lanes hold 256 * 127 < 32767
-      for (int64_t w = w0; w < w1; ++w) {
-        __m512i xv = _mm512_loadu_si512((const void*)(xq + w * 32));
+    __m512i acc[R][2];
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
+    const uint32_t* pr = pos + n * nw;
+    const uint32_t* nr = neg + n * nw;
+    int64_t v = 0;
+    for (; v + 2 <= nv; v += 2) {
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h) {
+        const __m512i xv = _mm512_loadu_si512((const void*)(xq + (v + h) * 64));
+        const __m512i xnv = _mm512_loadu_si512((const void*)(xn + (v + h) * 64));
+#pragma GCC unroll 4
         for (int r = 0; r < R; ++r) {
-          __mmask32 pm = _cvtu32_mask32(pos[(n + r) * nw + w]);
-          __mmask32 nm = _cvtu32_mask32(neg[(n + r) * nw + w]);
-          acc16[r] = _mm512_mask_add_epi16(acc16[r], pm, acc16[r], xv);
-          acc16[r] = _mm512_mask_sub_epi16(acc16[r], nm, acc16[r], xv);
+          uint64_t pw, nwd;
+          std::memcpy(&pw, pr + r * nw + (v + h) * 2, 8);
+          std::memcpy(&nwd, nr + r * nw + (v + h) * 2, 8);
+          __m512i z = _mm512_maskz_mov_epi8(_cvtu64_mask64(pw), xv);
+          z = _mm512_mask_mov_epi8(z, _cvtu64_mask64(nwd), xnv);
+          acc[r][h] = _mm512_dpbusd_epi32(acc[r][h], ones, z);
         }
       }
+    }
+    for (; v * 2 < nw; ++v) {  // a last 64-bit word, or a last 32-bit word (x is zero past Kp)
+      const __m512i xv = _mm512_loadu_si512((const void*)(xq + v * 64));
+      const __m512i xnv = _mm512_loadu_si512((const void*)(xn + v * 64));
+      const bool half = v * 2 + 1 == nw;
       for (int r = 0; r < R; ++r) {
-        acc32[r] = _mm512_add_epi32(acc32[r], _mm512_cvtepi16_epi32(_mm512_castsi512_si256(acc16[r])));
-        acc32[r] = _mm512_add_epi32(acc32[r], _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(acc16[r], 1)));
-        acc16[r] = _mm512_setzero_si512();
+        uint64_t pw = pr[r * nw + v * 2], nwd = nr[r * nw + v * 2];
+        if (!half) { pw |= (uint64_t)pr[r * nw + v * 2 + 1] << 32; nwd |= (uint64_t)nr[r * nw + v * 2 + 1] << 32; }
+        __m512i z = _mm512_maskz_mov_epi8(_cvtu64_mask64(pw), xv);
+        z = _mm512_mask_mov_epi8(z, _cvtu64_mask64(nwd), xnv);
+        acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], ones, z);
       }
     }
-    for (int r = 0; r < R; ++r) out[n + r] = _mm512_reduce_add_epi32(acc32[r]);
+    for (int r = 0; r < R; ++r) out[n + r - n0] = _mm512_reduce_add_epi32(_mm512_add_epi32(acc[r][0], acc[r][1]));
   }
 #endif
   for (; n < n1; ++n) {
     int32_t s = 0;
     for (int64_t w = 0; w < nw; ++w) {
       uint32_t p = pos[n * nw + w], q = neg[n * nw + w];
+      // branch-free: (bit ? -1 : 0) & x
       for (int j = 0; j < 32; ++j) {
-        if ((p >> j) & 1u) s += xq[w * 32 + j];
-        if ((q >> j) & 1u) s -= xq[w * 32 + j];
+        const int32_t xv = xq[w * 32 + j];
+        s += (-(int32_t)((p >> j) & 1u) & xv) - (-(int32_t)((q >> j) & 1u) & xv);
       }
     }
-    out[n] = s;
+    out[n - n0] = s;
   }
 }
 
@@ -410,25 +436,31 @@ at::Tensor ternary_linear(at::Tensor x, at::Tensor pos, at::Tensor neg, at::Tens
   const int64_t M = x.size(0), K = x.size(1), N = pos.size(0), nw = pos.size(1);
   TORCH_CHECK(nw == (K + 31) / 32, "bit planes have ", nw, " words per row, K = ", K, " needs ", (K + 31) / 32);
   check_bias(bias, N);
-  const int64_t Kp = nw * 32;
-  std::vector<int16_t> xq(std::max<int64_t>(1, M * Kp));
+  const int64_t Kp = (nw + 1) / 2 * 64;  // whole 64-weight steps (zero activations past K)
+  // one small buffer for the quantized activations (x and -x) and their steps
+  std::vector<int8_t> xbuf(std::max<int64_t>(1, 2 * M * Kp));
   std::vector<float> step(std::max<int64_t>(1, M));
+  int8_t* xq = xbuf.data();
+  int8_t* xn = xbuf.data() + M * Kp;
   const float* xp = x.data_ptr<float>();
   at::parallel_for(0, M, 1, [&](int64_t a, int64_t b) {
-    for (int64_t m = a; m < b; ++m) quantize_rows_int8(xp + m * K, K, Kp, xq.data() + m * Kp, step.data() + m);
+    for (int64_t m = a; m < b; ++m) quantize_rows_int8(xp + m * K, K, Kp, xq + m * Kp, xn + m * Kp, step.data() + m);
   });
   at::Tensor y = at::empty({M, N}, x.options());
   float* yp = y.data_ptr<float>();
   const float ws = wscale.item<float>();
   const uint32_t* pp = (const uint32_t*)pos.data_ptr<int32_t>();
   const uint32_t* np = (const uint32_t*)neg.data_ptr<int32_t>();
+  // contiguous 16-row slabs per thread (parallel_for hands each thread one contiguous range)
   at::parallel_for(0, (N + 15) / 16, 1, [&](int64_t b0, int64_t b1) {
-    const int64_t n0 = b0 * 16, n1 = std::min(N, b1 * 16);
-    std::vector<int32_t> acc(N);
-    for (int64_t m = 0; m < M; ++m) {  // the 16-row slab of bit planes stays in L1 across m
-      ternary_rows(pp, np, nw, xq.data() + m * Kp, acc.data(), n0, n1);
-      const float f = step[m] * ws;
-      for (int64_t n = n0; n < n1; ++n) yp[m * N + n] = (float)acc[n] * f;
+    int32_t acc[16];
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t n0 = b * 16, n1 = std::min(N, n0 + 16);
+      for (int64_t m = 0; m < M; ++m) {  // the 16-row slab of bit planes stays in L1 across m
+        ternary_rows(pp, np, nw, xq + m * Kp, xn + m * Kp, acc, n0, n1);
+        const float f = step[m] * ws;
+        for (int64_t n = n0; n < n1; ++n) yp[m * N + n] = (float)acc[n - n0] * f;
+      }
     }
   });
   // bias in a separate pass: a fused multiply-add here would round differently from the reference
