@@ -13,6 +13,7 @@ quantization error (NVFP4's 16-element E4M3-scaled blocks already adapt to heavy
 rotation, which makes every block Gaussian-like, can cost it a little); "always" rotates every
 layer. The decision is recorded in the buffers (had_block = 0: not rotated).
 """
+import abc
 import dataclasses
 from typing import Dict, Optional
 
@@ -125,9 +126,9 @@ class _FP4Base(QuantConfig):
         if self.hadamard:
             self._had_block(in_features)
 
+    @abc.abstractmethod
     def _quantize(self, w):
         """float (N, K) -> (codes, scales, tensor_scale) in the rotated space when hadamard."""
-        raise NotImplementedError
 
     def _rotate(self, w, inverse=False, signs=None, block=None):
         K = w.shape[1]
