@@ -95,9 +95,9 @@ inline void score_tile_impl(const Pairs<T>& P, int64_t i0, int R, int64_t j0, in
   }
 }
 
-// Wide inner products go to BLAS on the tile (at::mm_out on views, no copies): at d >= 128 its
+// Wide inner products go to BLAS on the tile (at::mm_out on views, no copies): from d = 48 its
 // packed GEMM beats the register-blocked micro-kernel and the call overhead is amortized.
-constexpr int64_t kBlasMinDim = 128;
+constexpr int64_t kBlasMinDim = 48;
 
 template <typename T>
 inline void score_tile_blas(const Pairs<T>& P, int64_t i0, int R, int64_t j0, int TC, T* S) {
