@@ -16,7 +16,8 @@ class PairwiseLSE(torch.autograd.Function):
         lse, out = ops.pairwise_lse_fwd(x, y, col_bias, values, scale, metric, backend)
         ctx.save_for_backward(x, y, col_bias, values, lse, out)
         ctx.cfg = (scale, metric, backend)
-        ctx.mark_non_differentiable(out) if values is None else None
+        if values is None:
+            ctx.mark_non_differentiable(out)
         return lse, out
 
     @staticmethod
