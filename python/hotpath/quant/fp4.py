@@ -102,7 +102,7 @@ class _FP4Base(QuantConfig):
     block = 32
     scale_kind = 0
 
-    def _check_cfg(self):
+    def __post_init__(self):  # shared by the dataclass subclasses
         check_rounding(self.rounding)
         if not isinstance(self.hadamard, bool):
             raise TypeError(f"hadamard must be a bool, got {type(self.hadamard).__name__}")
@@ -215,9 +215,6 @@ class MXFP4(_FP4Base):
     block = 32
     scale_kind = 0
 
-    def __post_init__(self):
-        self._check_cfg()
-
     def _quantize(self, w):
         codes, sc = mx_quantize(w, 32, self.rounding, self.seed)
         return codes, sc, torch.ones(1, dtype=torch.float32, device=w.device)
@@ -240,9 +237,6 @@ class NVFP4(_FP4Base):
     seed: int = 0
     block = 16
     scale_kind = 1
-
-    def __post_init__(self):
-        self._check_cfg()
 
     def _quantize(self, w):
         return nv_quantize(w, 16, self.rounding, self.seed)
