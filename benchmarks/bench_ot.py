@@ -34,31 +34,20 @@ def run(h, quick):
 
     ours = hp.ot.SamplesLoss("sinkhorn", p=2, blur=0.05, scaling=0.5, debias=True)
 
-    # 1. SamplesLoss fwd + bwd vs GeomLoss online (KeOps)
-    n = 2000 if quick else 10000
-    x, y = _clouds(0, n, 3)
-    h.case(f"SamplesLoss fwd+bwd n=m={n} d=3 blur=0.05", work=n * n, unit="pairs")
-    h.measure("hotpath", _fwd_bwd(ours, x, y), value=lambda v: v.item())
-    if geomloss is not None:
-        gl = geomloss.SamplesLoss("sinkhorn", p=2, blur=0.05, scaling=0.5, debias=True, backend="online")
-        h.measure("geomloss online", _fwd_bwd(gl, x, y), value=lambda v: v.item())
-        _value_check(h, "geomloss online")
-        h.target("geomloss online", 5)
-    else:
-        h.skip("geomloss online", "geomloss not installed")
-
-    # 2. vs GeomLoss tensorized
-    n = 1000 if quick else 4000
-    x, y = _clouds(0, n, 3, seed=1)
-    h.case(f"SamplesLoss fwd+bwd n=m={n} d=3 blur=0.05", work=n * n, unit="pairs")
-    h.measure("hotpath", _fwd_bwd(ours, x, y), value=lambda v: v.item())
-    if geomloss is not None:
-        gl = geomloss.SamplesLoss("sinkhorn", p=2, blur=0.05, scaling=0.5, debias=True, backend="tensorized")
-        h.measure("geomloss tensorized", _fwd_bwd(gl, x, y), value=lambda v: v.item())
-        _value_check(h, "geomloss tensorized")
-        h.target("geomloss tensorized", 10)
-    else:
-        h.skip("geomloss tensorized", "geomloss not installed")
+    # 1-2. SamplesLoss fwd + bwd vs GeomLoss online (KeOps) and tensorized
+    for backend, n, seed, target in (("online", 2000 if quick else 10000, 0, 5),
+                                     ("tensorized", 1000 if quick else 4000, 1, 10)):
+        x, y = _clouds(0, n, 3, seed=seed)
+        peer = f"geomloss {backend}"
+        h.case(f"SamplesLoss fwd+bwd n=m={n} d=3 blur=0.05", work=n * n, unit="pairs")
+        h.measure("hotpath", _fwd_bwd(ours, x, y), value=lambda v: v.item())
+        if geomloss is not None:
+            gl = geomloss.SamplesLoss("sinkhorn", p=2, blur=0.05, scaling=0.5, debias=True, backend=backend)
+            h.measure(peer, _fwd_bwd(gl, x, y), value=lambda v: v.item())
+            _value_check(h, peer)
+            h.target(peer, target)
+        else:
+            h.skip(peer, "geomloss not installed")
 
     # 3. sinkhorn2 on a dense cost, 100 iterations
     n = 500 if quick else 2000
