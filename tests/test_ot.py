@@ -71,11 +71,58 @@ def test_opcheck():
     torch.library.opcheck(ops.ot_softmin_dense, (C, torch.randn(2, 5), 0.1, 2, "cpu"))
     torch.library.opcheck(ops.ot_softmin_points, (torch.rand(2, 4, 3), torch.rand(2, 5, 3), torch.randn(2, 5), 0.1, 1,
                                                   True, "cpu"))
+    for with_plan in (True, False):
+        torch.library.opcheck(ops.ot_dense_plan, (C, torch.randn(2, 4), torch.randn(2, 5), torch.randn(2, 4),
+                                                  torch.randn(2, 5), 0.3, with_plan, "cpu"))
     torch.library.opcheck(ops.ot_sinkhorn_alternating, (C, torch.randn(2, 4), torch.randn(2, 5), 0.1, -1.0, -1.0, 20,
                                                         1e-6, 10, torch.zeros(2, 4), "cpu"))
     el = torch.tensor([1.0, 0.5, 0.1], dtype=D64)
     torch.library.opcheck(ops.ot_sinkhorn_symmetric, (C, torch.rand(2, 4, 4), torch.rand(2, 5, 5), torch.randn(2, 4),
                                                       torch.randn(2, 5), el, 0.5, -1.0, True, 0.0, 1, "cpu"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, D64])
+@pytest.mark.parametrize("rho", [-1.0, 0.2])
+@pytest.mark.parametrize("shape,eps", [((1, 1, 1), 0.1), ((3, 37, 70), 0.004), ((2, 53, 29), 0.05)])
+def test_alternating_loop_kernel_domain(dtype, rho, shape, eps):
+    # the C++ loop iterates in a stabilized kernel domain (K rebuilt when potentials drift past
+    # tau * eps): small eps, wide costs, zero weights and skewed marginals on purpose
+    B, n, m = shape
+    g = torch.Generator().manual_seed(n)
+    C = torch.rand(B, n, m, generator=g, dtype=D64) * 3
+    a_log = torch.log(torch.rand(B, n, generator=g, dtype=D64) ** 4)
+    b_log = torch.log(torch.rand(B, m, generator=g, dtype=D64))
+    if n > 5:
+        a_log[0, :5] = -math.inf
+        b_log[-1, m // 2:] = -math.inf
+        a_log[-1, 7] = -60.0  # a row ~e^-60 lighter than the rest
+    f0 = torch.where(torch.isfinite(a_log), -eps * a_log, 0.0)
+    want = ops.ot_sinkhorn_alternating(C, a_log, b_log, eps, rho, rho, 60, 0.0, 7, f0, "reference")
+    got = ops.ot_sinkhorn_alternating(*(t.to(dtype) for t in (C, a_log, b_log)), eps, rho, rho, 60, 0.0, 7,
+                                      f0.to(dtype), "cpu")
+    assert torch.equal(got[2], want[2])
+    for x, w in zip((got[0], got[1]), (want[0], want[1])):
+        assert torch.isfinite(x).all()
+        assert_close(x, w, dtype, scale=1e3 * eps if dtype == torch.float32 else 1)  # potentials scale with 1/eps
+    assert_close(got[3], want[3], dtype, scale=10)
+    primal, P = ops.ot_dense_plan(C.to(dtype), a_log.to(dtype), b_log.to(dtype), want[0].to(dtype),
+                                  want[1].to(dtype), eps, True, "cpu")
+    primal0, P0 = ref.dense_plan(C, a_log, b_log, want[0], want[1], eps)
+    assert_close(P, P0, dtype, scale=10)
+    assert_close(primal, primal0, dtype, scale=10)
+
+
+def test_alternating_loop_converges_and_stops():
+    C = torch.rand(1, 40, 50, dtype=D64)
+    z = torch.zeros(1, 40, dtype=D64)
+    a_log, b_log = torch.log(torch.full((1, 40), 1 / 40, dtype=D64)), torch.log(torch.full((1, 50), 1 / 50, dtype=D64))
+    f, g, n_iter, err = ops.ot_sinkhorn_alternating(C, a_log, b_log, 0.1, -1.0, -1.0, 1000, 1e-12, 10, z, "cpu")
+    ref_out = ops.ot_sinkhorn_alternating(C, a_log, b_log, 0.1, -1.0, -1.0, 1000, 1e-12, 10, z, "reference")
+    assert int(n_iter) < 1000 and float(err) < 1e-12 and torch.equal(n_iter, ref_out[2])
+    Cn = C.clone()
+    Cn[0, 3, 4] = math.nan
+    f, g, n_iter, err = ops.ot_sinkhorn_alternating(Cn, a_log, b_log, 0.1, -1.0, -1.0, 1000, 1e-12, 10, z, "cpu")
+    assert int(n_iter) == 1 and math.isnan(float(err))  # NaN stops at the first check, never hangs
 
 
 @pytest.mark.parametrize("p", [1, 2])

@@ -28,26 +28,56 @@ using hotpath::simd::Vec;
 template <typename T>
 inline T ninf() { return -std::numeric_limits<T>::infinity(); }
 
+// out_j = u + h_j - c_j * ie; returns max_j out_j (-inf for m = 0).
+template <typename T>
+T shifted_row(const T* c, const T* h, T u, T ie, int64_t m, T* out) {
+  using VV = Vec<T>;
+  using V = typename VV::V;
+  constexpr int W = VV::W;
+  const V iev = VV::set1(ie), uv = VV::set1(u);
+  V mv = VV::set1(ninf<T>());
+  int64_t j = 0;
+  for (; j + W <= m; j += W) {
+    const V s = uv + VV::load(h + j) - VV::load(c + j) * iev;
+    VV::store(out + j, s);
+    mv = VV::vmax(mv, s);
+  }
+  T mx = VV::hmax(mv);
+  for (; j < m; ++j) {
+    out[j] = u + h[j] - c[j] * ie;
+    mx = out[j] > mx ? out[j] : mx;
+  }
+  return mx;
+}
+
+// x_j <- exp(x_j - mx), for x_j <= mx
+template <typename T>
+void exp_shifted(T* x, T mx, int64_t m) {
+  using VV = Vec<T>;
+  const typename VV::V mv = VV::set1(mx);
+  int64_t j = 0;
+  for (; j + VV::W <= m; j += VV::W) VV::store(x + j, VV::exp_nonpos(VV::load(x + j) - mv));
+  for (; j < m; ++j) x[j] = std::exp(x[j] - mx);
+}
+
+template <typename T>
+T dot(const T* x, const T* y, int64_t m) {
+  using VV = Vec<T>;
+  typename VV::V s{};
+  int64_t j = 0;
+  for (; j + VV::W <= m; j += VV::W) s += VV::load(x + j) * VV::load(y + j);
+  T r = VV::hsum(s);
+  for (; j < m; ++j) r += x[j] * y[j];
+  return r;
+}
+
 // LSE_j[h_j - c_j * ie] over one row of length m; buf holds m scratch values.
 template <typename T>
 T row_lse(const T* c, const T* h, int64_t m, T ie, T* buf) {
   using VV = Vec<T>;
   using V = typename VV::V;
   constexpr int W = VV::W;
-  const V iev = VV::set1(ie);
-  V mv = VV::set1(ninf<T>());
-  int64_t j = 0;
-  for (; j + W <= m; j += W) {
-    const V s = VV::load(h + j) - VV::load(c + j) * iev;
-    VV::store(buf + j, s);
-    mv = VV::vmax(mv, s);
-  }
-  T mx = VV::hmax(mv);
-  for (; j < m; ++j) {
-    const T s = h[j] - c[j] * ie;
-    buf[j] = s;
-    mx = s > mx ? s : mx;
-  }
+  const T mx = shifted_row<T>(c, h, T(0), ie, m, buf);
   if (mx == ninf<T>()) {
     for (int64_t k = 0; k < m; ++k)
       if (buf[k] != buf[k]) return std::numeric_limits<T>::quiet_NaN();
@@ -55,7 +85,7 @@ T row_lse(const T* c, const T* h, int64_t m, T ie, T* buf) {
   }
   const V mxv = VV::set1(mx);
   V acc{};
-  j = 0;
+  int64_t j = 0;
   for (; j + W <= m; j += W) acc += VV::exp_nonpos(VV::load(buf + j) - mxv);
   T sum = VV::hsum(acc);
   for (; j < m; ++j) sum += std::exp(buf[j] - mx);
@@ -178,61 +208,6 @@ at::Tensor ot_softmin_dense(at::Tensor C, at::Tensor h, double eps, int64_t dim)
 
 template <typename T>
 inline T damping(double eps, double rho) { return rho > 0 ? T(1.0 / (1.0 + eps / rho)) : T(1); }
-
-// POT's sinkhorn_log, batched, in potentials: g = dy * softmin_cols(a_log + f/eps),
-// f = dx * softmin_rows(b_log + g/eps); error = |column marginal - b|_2 every check_every its.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ot_sinkhorn_alternating(
-    at::Tensor C, at::Tensor a_log, at::Tensor b_log, double eps, double rho_x, double rho_y,
-    int64_t max_iter, double tol, int64_t check_every, at::Tensor f0) {
-  check_cost(C);
-  const int64_t B = C.size(0), n = C.size(1), m = C.size(2);
-  check_vec(a_log, C, n, "a_log");
-  check_vec(b_log, C, m, "b_log");
-  check_vec(f0, C, n, "f0");
-  TORCH_CHECK(eps > 0, "eps must be > 0");
-  TORCH_CHECK(check_every >= 1, "check_every must be >= 1");
-  at::Tensor f = f0.clone(), g = at::zeros_like(b_log);
-  at::Tensor n_iter = at::zeros({B}, C.options().dtype(at::kLong));
-  at::Tensor err = at::full({B}, std::numeric_limits<double>::infinity(), C.options());
-  AT_DISPATCH_FLOATING_TYPES(C.scalar_type(), "ot_sinkhorn_alternating", [&] {
-    using T = scalar_t;
-    const T* Cp = C.data_ptr<T>();
-    const T* al = a_log.data_ptr<T>();
-    const T* bl = b_log.data_ptr<T>();
-    T* fp = f.data_ptr<T>();
-    T* gp = g.data_ptr<T>();
-    int64_t* itp = n_iter.data_ptr<int64_t>();
-    T* ep = err.data_ptr<T>();
-    const T e = (T)eps, ie = T(1) / e, dx = damping<T>(eps, rho_x), dy = damping<T>(eps, rho_y);
-    for_each_problem(B, [&](int64_t b) {
-      const T* Cb = Cp + b * n * m;
-      const T *ab = al + b * n, *bb = bl + b * m;
-      T *fb = fp + b * n, *gb = gp + b * m;
-      std::vector<T> h(std::max(n, m)), tmp(m);
-      for (int64_t it = 0; it < max_iter; ++it) {
-        for (int64_t i = 0; i < n; ++i) h[i] = ab[i] + fb[i] * ie;
-        softmin_one<T>(Cb, n, m, h.data(), e, false, dy, gb);
-        for (int64_t j = 0; j < m; ++j) h[j] = bb[j] + gb[j] * ie;
-        softmin_one<T>(Cb, n, m, h.data(), e, true, dx, fb);
-        itp[b] = it + 1;
-        if (it % check_every == 0) {
-          // column marginal sum_i P_ij = b_j exp(g_j/eps + LSE_i[a_log_i + (f_i - C_ij)/eps])
-          for (int64_t i = 0; i < n; ++i) h[i] = ab[i] + fb[i] * ie;
-          softmin_one<T>(Cb, n, m, h.data(), e, false, T(1), tmp.data());  // = -eps LSE
-          double s = 0;
-          for (int64_t j = 0; j < m; ++j) {
-            const double mj = std::exp((double)bb[j] + ((double)gb[j] - (double)tmp[j]) / eps);
-            const double dj = (bb[j] == ninf<T>() ? 0.0 : mj) - std::exp((double)bb[j]);
-            s += dj * dj;
-          }
-          ep[b] = (T)std::sqrt(s);
-          if (!(s >= 0) || std::sqrt(s) < tol) break;  // converged, or NaN: stop, never hang
-        }
-      }
-    });
-  });
-  return {f, g, n_iter, err};
-}
 
 // ---------------------------------------------------------------------------------------------
 // Fused small-problem loop: stabilized kernel-domain softmins.
@@ -395,6 +370,264 @@ struct Side {
   }
 };
 
+// POT's sinkhorn_log loop on one (n, m) cost, in a stabilized kernel domain: one pass over the
+// cost per iteration instead of two log-domain passes with one exp per entry each.
+//
+// Both softmins read one row-major kernel K_ij = exp(beta_j - C_ij/eps - R_i), with beta_j =
+// b_log_j + g_j/eps at the last rebuild (b_log of zero-weight columns taken as 0, so their
+// columns still exist for the column softmin) and R_i the row max (K <= 1, each row has a 1).
+//   row softmin:  LSE_j[k_j - C_ij/eps] = R_i + tau + log sum_j K_ij w_j,
+//                 w_j = exp(k_j - beta_j - tau) in [e^-2tau, 1] (0 for zero-weight columns)
+//   column:       LSE_i[h_i - C_ij/eps] = Z - beta_j + log sum_i K_ij exp(R_i + h_i - Z)
+// h_i = a_log_i + f_i/eps needs no absorption: R_i + h_i stays near a_log_i, as R_i tracks
+// -f_i/eps. The column sums take each row's new f_i while its block of K is still in cache, so
+// one read of K gives the f update and the next g (POT's alternating order). K is rebuilt (one
+// exp per entry) when some |k_j - beta_j| passes tau. A row or column sum below Tiny (dominant
+// entries flushed, zero, or non-finite) is recomputed exactly in the log domain, which also
+// keeps the log-domain semantics of -inf and NaN.
+template <typename T> struct Tiny;
+template <> struct Tiny<float> { static constexpr float v = 1e-20f; };
+template <> struct Tiny<double> { static constexpr double v = 1e-200; };
+
+template <typename T>
+inline bool usable_sum(T s) { return s >= Tiny<T>::v && s <= std::numeric_limits<T>::max(); }
+
+template <typename T>
+void alternating_one(const T* C, int64_t n, int64_t m, const T* ab, const T* bb, T e, T dx, T dy,
+                     int64_t max_iter, double tol, int64_t check_every, T* f, T* g, int64_t* itp, T* ep) {
+  using VV = Vec<T>;
+  using V = typename VV::V;
+  constexpr int W = VV::W;
+  constexpr int64_t RB = 8;  // rows per block: their K rows stay in cache between the two sums
+  const T ie = T(1) / e, tau = Tau<T>::v;
+  const int64_t mp = (m + W - 1) / W * W;
+  std::vector<T> h(n), k(m), beta(mp, T(0)), bt(m), w(mp, T(0)), L(m), lv(mp), Rm(n), K(n * m);
+  for (int64_t j = 0; j < m; ++j) bt[j] = bb[j] == ninf<T>() ? T(0) : bb[j];
+  for (int64_t i = 0; i < n; ++i) h[i] = ab[i] + f[i] * ie;
+  std::fill(g, g + m, T(0));
+
+  auto rebuild = [&] {
+    for (int64_t j = 0; j < m; ++j) beta[j] = bt[j] + g[j] * ie;
+    at::parallel_for(0, n, 16, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        T* kr = K.data() + i * m;
+        T mx = shifted_row<T>(C + i * m, beta.data(), T(0), ie, m, kr);
+        if (!(mx > ninf<T>()) || mx == std::numeric_limits<T>::infinity()) mx = 0;  // its sums fall back
+        Rm[i] = mx;
+        exp_shifted<T>(kr, mx, m);
+      }
+    });
+  };
+
+  // Column sums sum_i K_ij exp(R_i + h_i - Z) into L (as the LSE), one accumulator and shift per
+  // chunk of rows, merged in a fixed order; with rows, each row's f_i (and h_i) is updated first.
+  const int64_t nchunk = std::max<int64_t>(
+      1, std::min<int64_t>(at::in_parallel_region() ? 1 : at::get_num_threads(), (n + RB - 1) / RB));
+  std::vector<T> acc(nchunk * mp), zsh(nchunk);
+  // Rows alternate direction from sweep to sweep: the K rows a thread read last are still in its
+  // L2 when the next sweep starts on them (each thread always owns the same chunk).
+  bool rev = false;
+  auto sweep = [&](bool rows) {
+    rev = !rev;
+    std::fill(acc.begin(), acc.end(), T(0));
+    at::parallel_for(0, nchunk, 1, [&](int64_t c0, int64_t c1) {
+      std::vector<T> buf(rows ? m : 0);
+      for (int64_t c = c0; c < c1; ++c) {
+        T* a = acc.data() + c * mp;
+        T Z = ninf<T>();
+        const int64_t r0 = n * c / nchunk, r1 = n * (c + 1) / nchunk, nblk = (r1 - r0 + RB - 1) / RB;
+        for (int64_t bi = 0; bi < nblk; ++bi) {
+          const int64_t i0 = r0 + (rev ? nblk - 1 - bi : bi) * RB;
+          const int64_t nr = std::min(RB, r1 - i0);
+          const T* kb = K.data() + i0 * m;
+          T zl[RB], z[RB];
+          T zb = ninf<T>();
+          for (int64_t r = 0; r < nr; ++r) {
+            const int64_t i = i0 + r;
+            if (rows) {
+              const T sum = dot<T>(kb + r * m, w.data(), m);
+              const T lse = usable_sum(sum) ? Rm[i] + tau + std::log(sum)
+                                            : row_lse<T>(C + i * m, k.data(), m, ie, buf.data());
+              f[i] = -e * dx * lse;
+              h[i] = ab[i] + f[i] * ie;
+            }
+            zl[r] = Rm[i] + h[i];
+            if (zl[r] > zb && zl[r] < std::numeric_limits<T>::infinity()) zb = zl[r];
+          }
+          if (zb > Z) {  // a larger shift: rescale what this chunk has summed so far
+            if (Z > ninf<T>()) {
+              const V sc = VV::set1(std::exp(Z - zb));
+              for (int64_t j = 0; j < mp; j += W) VV::store(a + j, VV::load(a + j) * sc);
+            }
+            Z = zb;
+          }
+          for (int64_t r = 0; r < nr; ++r) z[r] = std::exp(zl[r] - Z);  // zero-weight rows: 0
+          int64_t j = 0;
+          for (; j + W <= m; j += W) {
+            V s = VV::load(a + j);
+            for (int64_t r = 0; r < nr; ++r) s += VV::load(kb + r * m + j) * VV::set1(z[r]);
+            VV::store(a + j, s);
+          }
+          for (; j < m; ++j)
+            for (int64_t r = 0; r < nr; ++r) a[j] += kb[r * m + j] * z[r];
+        }
+        zsh[c] = Z;
+      }
+    });
+    T Zg = ninf<T>();
+    for (int64_t c = 0; c < nchunk; ++c) Zg = zsh[c] > Zg ? zsh[c] : Zg;
+    for (int64_t c = 0; c < nchunk; ++c) {
+      const T sc = zsh[c] > ninf<T>() ? std::exp(zsh[c] - Zg) : T(1);  // a -inf chunk summed zeros
+      const T* ac = acc.data() + c * mp;
+      for (int64_t j = 0; j < m; ++j) acc[j] = (c == 0 ? T(0) : acc[j]) + ac[j] * sc;
+    }
+    const V zv = VV::set1(Zg);
+    for (int64_t j = 0; j + W <= mp; j += W)  // padding lanes of acc hold 0: log gives -inf there
+      VV::store(&lv[j], zv - VV::load(&beta[j]) + vlog(VV::load(&acc[j])));
+    T mx1, sm1;
+    for (int64_t j = 0; j < m; ++j) {
+      if (usable_sum(acc[j])) L[j] = lv[j];
+      else col_lse<T>(C, n, m, h.data(), ie, j, j + 1, &L[j], &mx1, &sm1);
+    }
+  };
+  // g <- dy * softmin_cols from L; K is rebuilt once some potential drifted past tau
+  auto update_g = [&] {
+    bool stale = false;
+    for (int64_t j = 0; j < m; ++j) {
+      g[j] = -e * dy * L[j];
+      stale |= std::abs(bt[j] + g[j] * ie - beta[j]) > tau;
+    }
+    if (stale) rebuild();
+  };
+
+  rebuild();  // at g = 0
+  sweep(false);
+  update_g();
+  for (int64_t it = 0; it < max_iter; ++it) {
+    for (int64_t j = 0; j < m; ++j) {
+      k[j] = bb[j] + g[j] * ie;
+      w[j] = bb[j] == ninf<T>() ? ninf<T>() : bt[j] + g[j] * ie - beta[j] - tau;  // <= 0 unless NaN
+    }
+    for (int64_t j = 0; j + W <= mp; j += W) {
+      const V d = VV::load(&w[j]);
+      VV::store(&w[j], VV::exp_nonpos(VV::vmax(d, VV::set1(T(-200)))));  // exp_nonpos's domain
+    }
+    for (int64_t j = 0; j < m; ++j) {  // NaN weights stay NaN; -inf (zero-weight columns) gives 0
+      const T d = bb[j] == ninf<T>() ? ninf<T>() : bt[j] + g[j] * ie - beta[j] - tau;
+      if (!(d >= T(-200))) w[j] = std::exp(d);
+    }
+    sweep(true);
+    *itp = it + 1;
+    if (it % check_every == 0) {
+      // column marginal sum_i P_ij = b_j exp(g_j/eps + LSE_i[a_log_i + (f_i - C_ij)/eps])
+      double s = 0;
+      for (int64_t j = 0; j < m; ++j) {
+        const double mj = std::exp((double)bb[j] + (double)g[j] / (double)e + (double)L[j]);
+        const double dj = (bb[j] == ninf<T>() ? 0.0 : mj) - std::exp((double)bb[j]);
+        s += dj * dj;
+      }
+      *ep = (T)std::sqrt(s);
+      if (!(s >= 0) || std::sqrt(s) < tol) break;  // converged, or NaN: stop, never hang
+    }
+    if (it + 1 == max_iter) break;  // POT's last update is f's
+    update_g();
+  }
+}
+
+// POT's sinkhorn_log loop, batched, in potentials: g = dy * softmin_cols(a_log + f/eps),
+// f = dx * softmin_rows(b_log + g/eps); error = |column marginal - b|_2 every check_every its.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ot_sinkhorn_alternating(
+    at::Tensor C, at::Tensor a_log, at::Tensor b_log, double eps, double rho_x, double rho_y,
+    int64_t max_iter, double tol, int64_t check_every, at::Tensor f0) {
+  check_cost(C);
+  const int64_t B = C.size(0), n = C.size(1), m = C.size(2);
+  check_vec(a_log, C, n, "a_log");
+  check_vec(b_log, C, m, "b_log");
+  check_vec(f0, C, n, "f0");
+  TORCH_CHECK(eps > 0, "eps must be > 0");
+  TORCH_CHECK(check_every >= 1, "check_every must be >= 1");
+  at::Tensor f = f0.clone(), g = at::zeros_like(b_log);
+  at::Tensor n_iter = at::zeros({B}, C.options().dtype(at::kLong));
+  at::Tensor err = at::full({B}, std::numeric_limits<double>::infinity(), C.options());
+  AT_DISPATCH_FLOATING_TYPES(C.scalar_type(), "ot_sinkhorn_alternating", [&] {
+    using T = scalar_t;
+    const T *Cp = C.data_ptr<T>(), *al = a_log.data_ptr<T>(), *bl = b_log.data_ptr<T>();
+    T *fp = f.data_ptr<T>(), *gp = g.data_ptr<T>(), *ep = err.data_ptr<T>();
+    int64_t* itp = n_iter.data_ptr<int64_t>();
+    const T e = (T)eps, dx = damping<T>(eps, rho_x), dy = damping<T>(eps, rho_y);
+    for_each_problem(B, [&](int64_t b) {
+      alternating_one<T>(Cp + b * n * m, n, m, al + b * n, bl + b * m, e, dx, dy, max_iter, tol, check_every,
+                         fp + b * n, gp + b * m, itp + b, ep + b);
+    });
+  });
+  return {f, g, n_iter, err};
+}
+
+// The entropic plan P_ij = exp(a_log_i + b_log_j + (f_i + g_j - C_ij)/eps) of potentials from
+// the loops above and its primal value <P, C> (POT's sinkhorn2), in one pass over C; P itself is
+// only written when asked for (it is the gradient wrt C). Row sums in double, summed per
+// problem in row order: deterministic for any thread count.
+std::tuple<at::Tensor, at::Tensor> ot_dense_plan(at::Tensor C, at::Tensor a_log, at::Tensor b_log, at::Tensor f,
+                                                 at::Tensor g, double eps, bool with_plan) {
+  check_cost(C);
+  const int64_t B = C.size(0), n = C.size(1), m = C.size(2);
+  check_vec(a_log, C, n, "a_log");
+  check_vec(b_log, C, m, "b_log");
+  check_vec(f, C, n, "f");
+  check_vec(g, C, m, "g");
+  TORCH_CHECK(eps > 0, "eps must be > 0");
+  at::Tensor P = with_plan ? at::empty_like(C) : at::empty({0}, C.options());
+  at::Tensor rows = at::empty({B * n}, C.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(C.scalar_type(), "ot_dense_plan", [&] {
+    using T = scalar_t;
+    using VV = Vec<T>;
+    using V = typename VV::V;
+    constexpr int W = VV::W;
+    const T *Cp = C.data_ptr<T>(), *al = a_log.data_ptr<T>(), *bl = b_log.data_ptr<T>();
+    const T *fp = f.data_ptr<T>(), *gp = g.data_ptr<T>();
+    T* Pp = with_plan ? P.data_ptr<T>() : nullptr;
+    double* rp = rows.data_ptr<double>();
+    const T ie = T(1 / eps);
+    at::parallel_for(0, B * n, std::max<int64_t>(1, 16384 / std::max<int64_t>(m, 1)), [&](int64_t r0, int64_t r1) {
+      std::vector<T> buf(m), v(m);
+      int64_t vb = -1;
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t b = r / n;
+        if (b != vb) {  // column log-weights of this problem
+          for (int64_t j = 0; j < m; ++j) v[j] = bl[b * m + j] + gp[b * m + j] * ie;
+          vb = b;
+        }
+        const T* c = Cp + r * m;
+        T* p = Pp ? Pp + r * m : buf.data();
+        const T u = al[r] + fp[r] * ie;
+        const T mx = shifted_row<T>(c, v.data(), u, ie, m, p);
+        double s = 0;
+        if (mx > ninf<T>() && mx < std::numeric_limits<T>::infinity()) {
+          const T em = std::exp(mx);
+          const V mv = VV::set1(mx), emv = VV::set1(em);
+          V acc{};
+          int64_t j = 0;
+          for (; j + W <= m; j += W) {
+            const V pj = VV::exp_nonpos(VV::load(p + j) - mv) * emv;
+            VV::store(p + j, pj);
+            acc += pj * VV::load(c + j);
+          }
+          s = VV::hsum(acc);
+          for (; j < m; ++j) { p[j] = std::exp(p[j] - mx) * em; s += (double)p[j] * c[j]; }
+        } else {  // all -inf (a zero-weight row), or inf / NaN: libm semantics entry by entry
+          for (int64_t j = 0; j < m; ++j) {
+            p[j] = std::exp(p[j]);
+            if (p[j] != 0) s += (double)p[j] * c[j];
+          }
+        }
+        rp[r] = s;
+      }
+    });
+  });
+  at::Tensor primal = rows.view({B, n}).sum(1).to(C.scalar_type());
+  return {primal, P};
+}
+
 // GeomLoss's symmetric loop on dense costs. Costs: Cxy (B, n, m), Cxx (B, n, n), Cyy (B, m, m)
 // (the last two only with debias). eps_list (K,) float64 on CPU. Initialization at eps_list[0],
 // then for each eps: averaged updates of (f_ba, g_ab) and (f_aa, g_bb). With tol > 0 a problem
@@ -529,5 +762,6 @@ TORCH_LIBRARY_FRAGMENT(hotpath_cpu, m) {
   m.def("ot_cost_matrix", &ot_cost_matrix);
   m.def("ot_softmin_dense", &ot_softmin_dense);
   m.def("ot_sinkhorn_alternating", &ot_sinkhorn_alternating);
+  m.def("ot_dense_plan", &ot_dense_plan);
   m.def("ot_sinkhorn_symmetric", &ot_sinkhorn_symmetric);
 }

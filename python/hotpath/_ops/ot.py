@@ -75,6 +75,22 @@ def _(C, a_log, b_log, eps, rho_x, rho_y, max_iter, tol, check_every, f0, backen
     return (torch.empty_like(a_log), torch.empty_like(b_log), C.new_empty(B, dtype=torch.int64), C.new_empty(B))
 
 
+@torch.library.custom_op("hotpath::ot_dense_plan", mutates_args=())
+def ot_dense_plan(C: Tensor, a_log: Tensor, b_log: Tensor, f: Tensor, g: Tensor, eps: float, with_plan: bool,
+                  backend: str) -> Tuple[Tensor, Tensor]:
+    """(<P, C> (B,), P (B, n, m) or an empty tensor) for the entropic plan of potentials f, g."""
+    which = _backend.resolve(backend, C.device, has_triton_kernel=False)
+    if which == "cpu":
+        return torch.ops.hotpath_cpu.ot_dense_plan(C, a_log, b_log, f, g, eps, with_plan)
+    primal, P = ref.dense_plan(C, a_log, b_log, f, g, eps)
+    return primal, (P if with_plan else C.new_zeros(0))
+
+
+@ot_dense_plan.register_fake
+def _(C, a_log, b_log, f, g, eps, with_plan, backend):
+    return C.new_empty(C.shape[0]), (torch.empty_like(C) if with_plan else C.new_empty(0))
+
+
 @torch.library.custom_op("hotpath::ot_sinkhorn_symmetric", mutates_args=())
 def ot_sinkhorn_symmetric(Cxy: Tensor, Cxx: Tensor, Cyy: Tensor, a_log: Tensor, b_log: Tensor, eps_list: Tensor,
                           rho_x: float, rho_y: float, debias: bool, tol: float, check_every: int,

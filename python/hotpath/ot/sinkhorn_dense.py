@@ -56,13 +56,12 @@ class _DenseFn(torch.autograd.Function):
         f0 = torch.where(torch.isfinite(a_log), -eps * a_log, torch.zeros((), dtype=C.dtype)).contiguous()
         r = -1.0 if rho is None else rho
         f, g, n_iter, err = ops.ot_sinkhorn_alternating(Cd, a_log, b_log, eps, r, r, max_iter, tol, 10, f0, backend)
-        logP = a_log[:, :, None] + b_log[:, None, :] + (f[:, :, None] + g[:, None, :] - Cd) / eps
-        P = torch.exp(logP)
+        primal, P = ops.ot_dense_plan(Cd, a_log, b_log, f, g, eps, ctx.needs_input_grad[0], backend)
         va, vb = A.detach() > 0, Bw.detach() > 0
         z = torch.zeros((), dtype=C.dtype)
         fz, gz = torch.where(va, f, z), torch.where(vb, g, z)
         if value == "primal":  # POT's sinkhorn2: <P, M>
-            loss = (P * Cd).sum((1, 2))
+            loss = primal
             ga, gb = fz, gz
         elif rho is None:
             loss = (A.detach() * fz).sum(1) + (Bw.detach() * gz).sum(1)

@@ -86,6 +86,12 @@ def sinkhorn_alternating(C, a_log, b_log, eps, rho_x, rho_y, max_iter, tol, chec
     return f, g, n_iter, err
 
 
+def dense_plan(C, a_log, b_log, f, g, eps):
+    """P_ij = exp(a_log_i + b_log_j + (f_i + g_j - C_ij)/eps) (B, n, m) and <P, C> (B,)."""
+    P = torch.exp(a_log[:, :, None] + b_log[:, None, :] + (f[:, :, None] + g[:, None, :] - C) / eps)
+    return (P * C).sum((1, 2)), P
+
+
 def sinkhorn_symmetric(Cxy, Cxx, Cyy, a_log, b_log, eps_list, rho_x, rho_y, debias, tol=0.0, check_every=1):
     """GeomLoss's symmetric loop over dense costs (init at eps_list[0], one averaged update per
     eps in eps_list). With tol > 0 a problem stops once the sup-norm change of (f_ba, g_ab) in one
