@@ -118,6 +118,8 @@ def run(h, quick):
     q, keys = _unit(nq, dk), _unit(nk, dk)
     h.case(f"topk_similarity q={nq} keys={nk} d={dk} k={k}", work=nq * nk, unit="pairs")
     h.measure("hotpath", lambda: C.topk_similarity(q, keys, k), repeat=2 if not quick else None)
+    h.measure("hotpath float32 GEMM (screen=False)", lambda: C.topk_similarity(q, keys, k, screen=False),
+              repeat=2 if not quick else None)
     h.measure("torch chunked matmul+topk", lambda: R.topk_chunked(q, keys, k, chunk=16384),
               repeat=2 if not quick else None)
     h.target("torch chunked matmul+topk", 2)

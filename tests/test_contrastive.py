@@ -1,6 +1,7 @@
 """Contrastive losses: float64 references, open_clip / pytorch-metric-learning cross-checks,
 gradcheck, opcheck, bad input. Triton runs through the interpreter on tiny shapes."""
 import importlib.util
+import math
 import os
 
 import pytest
@@ -310,6 +311,52 @@ def test_topk_similarity(backend):
     assert torch.equal(torch.sort(i, 1).values, torch.arange(nk).expand(nq, nk))
 
 
+def _topk_exact(q, k, kk):
+    return C.topk_similarity(q, k, kk, screen=False, backend="cpu")
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 5), (3, 2049, 33), (515, 2500, 64)])
+@pytest.mark.parametrize("data", ["gaussian", "clustered", "scaled"])
+def test_topk_screened_is_exact(shape, data):
+    # the bfloat16 screen must return exactly the float32 top-k, whatever the score spread
+    nq, nk, d = shape
+    g = torch.Generator().manual_seed(nk)
+    q, k = torch.randn(nq, d, generator=g), torch.randn(nk, d, generator=g)
+    if data == "clustered":  # many near-equal scores: keys are 5 centres plus tiny noise
+        k = torch.randn(5, d, generator=g)[torch.randint(0, 5, (nk,), generator=g)] + 1e-3 * k
+        q = k[torch.randint(0, nk, (nq,), generator=g)] + 1e-2 * q
+    elif data == "scaled":  # norms over 40 decades
+        k = k * torch.logspace(-20, 20, nk)[torch.randperm(nk, generator=g)][:, None]
+        q = q * 1e15
+    s64 = q.double() @ k.double().T
+    tol = 1e-5 * q.double().norm(dim=1, keepdim=True) * k.double().norm(dim=1).max()  # float32 rounding
+    for kk in sorted({1, min(7, nk), nk}):
+        v, i, flagged = ops.topk_screened(q, k, kk)
+        ok = ~flagged
+        assert (s64.gather(1, i)[ok] - s64.topk(kk, dim=1).values[ok]).abs().le(tol[ok]).all()
+        assert (v.double() - s64.gather(1, i)).abs()[ok].le(tol[ok]).all()
+        v, i = C.topk_similarity(q, k, kk, screen=True)
+        assert (s64.gather(1, i) - s64.topk(kk, dim=1).values).abs().le(tol).all()
+        if kk < nk and data != "clustered":  # clear gaps: the very same keys as the float32 path
+            assert torch.equal(i, _topk_exact(q, k, kk)[1])
+
+
+def test_topk_screened_ties_and_nonfinite():
+    # 100000 equal scores: no screen can settle them, the query is flagged and redone in float32
+    q, k = torch.ones(2, 16), torch.ones(100_000, 16)
+    v, i, flagged = ops.topk_screened(q, k, 3)
+    assert bool(flagged.all())
+    v, i = C.topk_similarity(q, k, 3, screen=True)
+    assert torch.equal(i, torch.arange(3).expand(2, 3))  # ties: lowest key index
+    q, k = torch.randn(4, 16), torch.randn(300, 16)
+    q[1, 3], k[7, 0] = math.nan, math.inf
+    (v, i), (v0, i0) = C.topk_similarity(q, k, 5, screen=True), _topk_exact(q, k, 5)
+    assert torch.equal(i, i0)  # the NaN query selects nothing (-1), as in float32
+    assert_close(v, v0, torch.float32)
+    with pytest.raises(ValueError, match="screen"):
+        C.topk_similarity(q, k, 5, screen="yes")
+
+
 # -- custom ops --------------------------------------------------------------------------------------
 
 def test_opcheck():
@@ -325,6 +372,7 @@ def test_opcheck():
         (ops.siglip_acc, (x, y, 2.0, -1.0, "cpu")),
         (ops.hard_mine, (x, lab, "cpu")),
         (ops.topk, (x, y, 3, "cpu")),
+        (ops.topk_screened, (x.float(), y.float(), 3)),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args)

@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import _backend
+from .. import _backend, _ext
 from .._triton import kernels
 
 
@@ -161,3 +161,19 @@ def topk(queries: Tensor, keys: Tensor, k: int, backend: str) -> Tuple[Tensor, T
 def _(queries, keys, k, backend):
     n = queries.shape[0]
     return queries.new_empty(n, k), queries.new_empty(n, k, dtype=torch.long)
+
+
+@torch.library.custom_op("hotpath::contrastive_topk_screened", mutates_args=())
+def topk_screened(queries: Tensor, keys: Tensor, k: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """The exact top-k of float32 CPU inputs from a bfloat16 GEMM screen plus float32 rescoring:
+    (values, indices, flagged (n,) bool: queries the screen could not settle, to redo exactly)."""
+    if not _ext.has_op("hotpath_cpu", "contrastive_topk_dot_screened"):
+        raise RuntimeError("topk_screened needs the hotpath C++ extension, which is not available")
+    return torch.ops.hotpath_cpu.contrastive_topk_dot_screened(queries, keys, k)
+
+
+@topk_screened.register_fake
+def _(queries, keys, k):
+    n = queries.shape[0]
+    return (queries.new_empty(n, k), queries.new_empty(n, k, dtype=torch.long),
+            queries.new_empty(n, dtype=torch.bool))

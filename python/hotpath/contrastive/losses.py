@@ -2,6 +2,7 @@
 import torch
 import torch.nn.functional as F
 
+from .. import _backend, _ext
 from .. import _validate as V
 from .._backend import check_backend
 from .._ops import contrastive as ops
@@ -379,11 +380,18 @@ def update_center(center, teacher, momentum=0.9, *, distributed=None):
 
 # -- retrieval -----------------------------------------------------------------------------------------
 
-def topk_similarity(queries, keys, k, *, backend="auto"):
+def topk_similarity(queries, keys, k, *, screen="auto", backend="auto"):
     """Exact top-k keys by inner product for each query: (values (n, k) descending, indices (n, k)).
 
     Streams key tiles with a per-query sorted buffer, so memory is O((n + m) d) however many keys
     (Recall@k on millions of keys). Ties keep the lower key index; NaN scores are never selected.
+
+    screen: on CPUs with bfloat16 dot-product instructions (AVX512-BF16 / AMX), float32 inputs
+    are first scored by a bfloat16 GEMM and only the keys whose score bound can still reach the
+    top-k are rescored in float32 -- the same exact result, several times faster. "auto" uses it
+    there for problems of at least 2^24 pairs; True forces it (where the CPU has the
+    instructions), False always scores every pair in float32. The bfloat16 copy of the keys
+    adds m * d * 2 bytes.
     """
     check_backend(backend)
     features_pair("queries", queries, "keys", keys, same_rows=False)
@@ -391,7 +399,29 @@ def topk_similarity(queries, keys, k, *, backend="auto"):
         raise TypeError(f"k must be an int, got {type(k).__name__}")
     if not 1 <= k <= keys.shape[0]:
         raise ValueError(f"k must be in [1, number of keys = {keys.shape[0]}], got {k}")
+    if screen not in ("auto", True, False):
+        raise ValueError(f"screen must be 'auto', True or False, got {screen!r}")
     dtype = V.compute_dtype(queries, keys)
     q, kk = cast(dtype, queries, keys)
+    q, kk = q.detach().contiguous(), kk.detach().contiguous()
     with torch.no_grad():
-        return ops.topk(q.detach().contiguous(), kk.detach().contiguous(), k, backend)
+        if _use_screen(screen, q, kk, backend):
+            vals, idx, flagged = ops.topk_screened(q, kk, k)
+            if bool(flagged.any()):  # queries the screen could not settle: every pair in float32
+                rows = flagged.nonzero().squeeze(1)
+                vals[rows], idx[rows] = ops.topk(q[rows], kk, k, backend)
+            return vals, idx
+        return ops.topk(q, kk, k, backend)
+
+
+def _use_screen(screen, q, kk, backend):
+    if screen is False or q.dtype != torch.float32 or q.device.type != "cpu" or backend not in ("auto", "cpu"):
+        return False
+    if _backend.resolve(backend, q.device) != "cpu" or not _ext.has_op("hotpath_cpu", "cpu_has_bf16_dot"):
+        return False
+    if not torch.ops.hotpath_cpu.cpu_has_bf16_dot():
+        return False
+    if screen is True:
+        return True
+    finite = bool(torch.isfinite(q).all()) and bool(torch.isfinite(kk).all())
+    return finite and q.shape[0] * kk.shape[0] >= 1 << 24 and q.shape[1] >= 32
