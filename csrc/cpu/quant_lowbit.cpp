@@ -52,8 +52,17 @@ float e8m0_value(int c) { return c == 255 ? NAN : std::ldexp(1.f, c - 127); }
 
 struct Tables {
   float e4m3[256], e5m2[256], e8m0[256];
+  // the 16 E2M1 values times each of the 256 block scales (E8M0 for MXFP4, E4M3 for NVFP4): one
+  // 64-byte load gives a block's scaled decode table (no broadcast and multiply per block)
+  alignas(64) float fp4_e8m0[256 * 16];
+  alignas(64) float fp4_e4m3[256 * 16];
   Tables() {
     for (int c = 0; c < 256; ++c) { e4m3[c] = e4m3_value(c); e5m2[c] = e5m2_value(c); e8m0[c] = e8m0_value(c); }
+    for (int c = 0; c < 256; ++c)
+      for (int i = 0; i < 16; ++i) {
+        fp4_e8m0[c * 16 + i] = e2m1_value(i) * e8m0[c];
+        fp4_e4m3[c * 16 + i] = e2m1_value(i) * e4m3[c];
+      }
   }
 };
 const Tables& tables() { static Tables t; return t; }
@@ -61,6 +70,7 @@ const Tables& tables() { static Tables t; return t; }
 // ---------------------------------------------------------------- FP4
 struct Fp4W {
   const uint8_t* packed; const uint8_t* scales; int64_t N, K, rowbytes, nblk, block; const float* stab; float gscale;
+  const float* ptab;  // (256, 16): e2m1 value * block scale, per scale code
 };
 
 // Dequantize rows [n0, n1) to out (row stride K), float32: (e2m1 * block_scale) * tensor_scale.
@@ -71,12 +81,11 @@ void fp4_dequant_rows(const Fp4W& w, int64_t n0, int64_t n1, float* out) {
     float* o = out + (n - n0) * w.K;
     int64_t k = 0;
 #ifdef __AVX512F__
-    const __m512 ftab = _mm512_setr_ps(0.f, .5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f, -0.f, -.5f, -1.f, -1.5f, -2.f, -3.f, -4.f, -6.f);
     const __m512 g = _mm512_set1_ps(w.gscale);
     for (; k + 32 <= w.K; k += 32) {
       __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(p + k / 2)));
-      __m512 t0 = _mm512_mul_ps(ftab, _mm512_set1_ps(w.stab[sc[k / w.block]]));
-      __m512 t1 = _mm512_mul_ps(ftab, _mm512_set1_ps(w.stab[sc[(k + 16) / w.block]]));
+      __m512 t0 = _mm512_load_ps(w.ptab + 16 * sc[k / w.block]);
+      __m512 t1 = _mm512_load_ps(w.ptab + 16 * sc[(k + 16) / w.block]);
       _mm512_storeu_ps(o + k, _mm512_mul_ps(_mm512_permutexvar_ps(idx, t0), g));
       _mm512_storeu_ps(o + k + 16, _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(idx, 4), t1), g));
     }
@@ -94,7 +103,6 @@ template <int MM>
 void fp4_gemv_rows(const Fp4W& w, const float* x, int64_t ldx, float* y, int64_t ldy, int64_t n0, int64_t n1) {
   const int64_t K = w.K, nfull = K / 32, tail = K % 32;  // tail is 0 or 16 (K % 16 == 0)
 #ifdef __AVX512F__
-  const __m512 ftab = _mm512_setr_ps(0.f, .5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f, -0.f, -.5f, -1.f, -1.5f, -2.f, -3.f, -4.f, -6.f);
   const bool nv = w.block == 16;
   int64_t n = n0;
   constexpr int R = MM == 1 ? 4 : 2;  // rows of W at once: independent FMA chains
@@ -109,10 +117,10 @@ void fp4_gemv_rows(const Fp4W& w, const float* x, int64_t ldx, float* y, int64_t
         __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p));
         __m512 t0, t1;
         if (nv) {
-          t0 = _mm512_mul_ps(ftab, _mm512_set1_ps(w.stab[sc[2 * c]]));
-          t1 = _mm512_mul_ps(ftab, _mm512_set1_ps(w.stab[sc[2 * c + 1]]));
+          t0 = _mm512_load_ps(w.ptab + 16 * sc[2 * c]);
+          t1 = _mm512_load_ps(w.ptab + 16 * sc[2 * c + 1]);
         } else {
-          t0 = t1 = _mm512_mul_ps(ftab, _mm512_set1_ps(w.stab[sc[c]]));
+          t0 = t1 = _mm512_load_ps(w.ptab + 16 * sc[c]);
         }
         wl[r] = _mm512_permutexvar_ps(idx, t0);
         wh[r] = _mm512_permutexvar_ps(_mm512_srli_epi32(idx, 4), t1);
@@ -131,8 +139,7 @@ void fp4_gemv_rows(const Fp4W& w, const float* x, int64_t ldx, float* y, int64_t
         const uint8_t* p = w.packed + (n + r) * w.rowbytes + c * 16;
         const uint8_t* sc = w.scales + (n + r) * w.nblk;
         __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p));
-        __m512 t0 = _mm512_mul_ps(ftab, _mm512_set1_ps(w.stab[sc[(c * 32) / w.block]]));
-        __m512 wl = _mm512_permutexvar_ps(idx, t0);
+        __m512 wl = _mm512_permutexvar_ps(idx, _mm512_load_ps(w.ptab + 16 * sc[(c * 32) / w.block]));
         for (int m = 0; m < MM; ++m) acc[m][r][0] = _mm512_fmadd_ps(wl, _mm512_loadu_ps(x + m * ldx + c * 32), acc[m][r][0]);
       }
     }
@@ -222,7 +229,8 @@ at::Tensor fp4_linear(at::Tensor x, at::Tensor packed, at::Tensor scales, int64_
   TORCH_CHECK(scales.size(0) == N && scales.size(1) == K / block, "scales must be (N, K / block)");
   check_bias(bias, N);
   Fp4W w{packed.data_ptr<uint8_t>(), scales.data_ptr<uint8_t>(), N, K, packed.size(1), K / block, block,
-         scale_kind == 0 ? tables().e8m0 : tables().e4m3, tensor_scale.item<float>()};
+         scale_kind == 0 ? tables().e8m0 : tables().e4m3, tensor_scale.item<float>(),
+         scale_kind == 0 ? tables().fp4_e8m0 : tables().fp4_e4m3};
   auto gemv = [&](int64_t mm, const float* xp, int64_t ldx, float* yp, int64_t ldy, int64_t n0, int64_t n1) {
     if (mm == 1) fp4_gemv_rows<1>(w, xp, ldx, yp, ldy, n0, n1);
     else if (mm == 2) fp4_gemv_rows<2>(w, xp, ldx, yp, ldy, n0, n1);
@@ -238,7 +246,8 @@ at::Tensor fp4_dequantize(at::Tensor packed, at::Tensor scales, int64_t scale_ki
   TORCH_CHECK(K % block == 0 && packed.size(1) == (K + 31) / 32 * 16 && scales.size(1) == K / block, "bad shapes");
   const int64_t N = packed.size(0);
   Fp4W w{packed.data_ptr<uint8_t>(), scales.data_ptr<uint8_t>(), N, K, packed.size(1), K / block, block,
-         scale_kind == 0 ? tables().e8m0 : tables().e4m3, tensor_scale.item<float>()};
+         scale_kind == 0 ? tables().e8m0 : tables().e4m3, tensor_scale.item<float>(),
+         scale_kind == 0 ? tables().fp4_e8m0 : tables().fp4_e4m3};
   at::Tensor out = at::empty({N, K}, packed.options().dtype(at::kFloat));
   float* op = out.data_ptr<float>();
   at::parallel_for(0, N, 16, [&](int64_t a, int64_t b) { fp4_dequant_rows(w, a, b, op + a * K); });
