@@ -32,8 +32,8 @@ using VF = Vec<float>;
 using V = VF::V;
 constexpr int W = VF::W;
 
-constexpr int64_t kRows = 512;          // queries per block (one bf16 GEMM operand)
-constexpr int64_t kCols = 2048;         // keys per tile
+constexpr int64_t kRows = 512;          // queries per GEMM
+constexpr int64_t kCols = 2048;         // keys per tile (1.5 MB of bf16 at d = 384: stays in L2)
 constexpr int64_t kMaxCand = 1 << 15;   // per query, after pruning: beyond it the query is flagged
 
 struct Row {
@@ -100,7 +100,10 @@ float dot(const float* a, const float* b, int64_t d) {
   return t;
 }
 
-// queries (n, d), keys (m, d) float32, finite; returns (values (n, k), indices (n, k), flagged (n,))
+// queries (n, d), keys (m, d) float32; returns (values (n, k), indices (n, k), flagged (n,)).
+// Each thread owns a contiguous range of keys and screens every query against it (so each key
+// is converted to bf16 once, one tile at a time, and stays in L2 across the query blocks); the
+// per-thread lower bounds and candidates are merged per query at the end.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_dot_screened(const at::Tensor& q_, const at::Tensor& k_, int64_t k) {
   TORCH_CHECK(q_.dim() == 2 && k_.dim() == 2 && q_.size(1) == k_.size(1), "topk_dot_screened: queries (n, d), keys (m, d)");
   TORCH_CHECK(q_.scalar_type() == at::kFloat && k_.scalar_type() == at::kFloat, "topk_dot_screened: float32 inputs");
@@ -113,7 +116,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_dot_screened(const at::Tenso
   auto idx = at::full({n, k}, -1, Q.options().dtype(at::kLong));
   auto flagged = at::zeros({n}, Q.options().dtype(at::kBool));
   if (n == 0) return {vals, idx, flagged};
-  const auto Qb = Q.to(at::kBFloat16), Kb = K.to(at::kBFloat16);
+  const auto Qb = Q.to(at::kBFloat16);
   const auto qn = Q.norm(2, 1).contiguous(), kn = K.norm(2, 1).contiguous();
   const double u = std::ldexp(1.0, -8), gd = (double)d * std::ldexp(1.0, -24);
   // 1.001: the float32 norms and the products c |q| |k| round too
@@ -122,49 +125,65 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_dot_screened(const at::Tenso
   const float* kp = K.data_ptr<float>();
   const float* qnp = qn.data_ptr<float>();
   const float* knp = kn.data_ptr<float>();
+  const int64_t nchunk = std::max<int64_t>(
+      1, std::min<int64_t>(at::in_parallel_region() ? 1 : at::get_num_threads(), (m + kCols - 1) / kCols));
+  std::vector<std::vector<Row>> state(nchunk, std::vector<Row>(n));
+  at::parallel_for(0, nchunk, 1, [&](int64_t c0, int64_t c1) {
+    auto S = at::empty({kRows, kCols}, Qb.options());
+    auto Kt = at::empty({kCols, d}, Qb.options());
+    std::vector<float> lo(kCols), hi(kCols);
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      std::vector<Row>& rows = state[ch];
+      for (Row& r : rows) r.lb.assign(k, -std::numeric_limits<float>::infinity());
+      const int64_t m1 = m * (ch + 1) / nchunk;
+      for (int64_t j0 = m * ch / nchunk; j0 < m1; j0 += kCols) {
+        const int64_t C = std::min(kCols, m1 - j0);
+        auto Kc = Kt.narrow(0, 0, C);
+        Kc.copy_(K.narrow(0, j0, C));
+        for (int64_t i0 = 0; i0 < n; i0 += kRows) {
+          const int64_t R = std::min(kRows, n - i0);
+          auto St = S.narrow(0, 0, R).narrow(1, 0, C);
+          at::mm_out(St, Qb.narrow(0, i0, R), Kc.t());
+          const uint16_t* sp = reinterpret_cast<const uint16_t*>(S.data_ptr<at::BFloat16>());
+          for (int64_t r = 0; r < R; ++r)
+            if (!rows[i0 + r].flagged)
+              scan_row(rows[i0 + r], sp + r * St.stride(0), knp + j0, c * qnp[i0 + r], j0, C, lo.data(), hi.data());
+        }
+      }
+    }
+  });
   float* vp = vals.data_ptr<float>();
   int64_t* ip = idx.data_ptr<int64_t>();
   bool* fp = flagged.data_ptr<bool>();
-  const int64_t nblocks = (n + kRows - 1) / kRows;
-  at::parallel_for(0, nblocks, 1, [&](int64_t b0, int64_t b1) {
-    auto S = at::empty({kRows, kCols}, Qb.options());
-    std::vector<float> lo(kCols), hi(kCols);
-    std::vector<Row> rows(kRows);
+  at::parallel_for(0, n, 64, [&](int64_t a, int64_t b) {
+    std::vector<float> lbs;
     std::vector<std::pair<float, int64_t>> cand;
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t i0 = blk * kRows, R = std::min(kRows, n - i0);
-      for (int64_t r = 0; r < R; ++r) {
-        rows[r].lb.assign(k, -std::numeric_limits<float>::infinity());
-        rows[r].up.clear();
-        rows[r].id.clear();
-        rows[r].prune_at = 4096;
-        rows[r].flagged = false;
+    for (int64_t i = a; i < b; ++i) {
+      lbs.clear();
+      bool fl = false;
+      for (int64_t ch = 0; ch < nchunk; ++ch) {
+        fl |= state[ch][i].flagged;
+        lbs.insert(lbs.end(), state[ch][i].lb.begin(), state[ch][i].lb.end());
       }
-      const auto Qblk = Qb.narrow(0, i0, R);
-      for (int64_t j0 = 0; j0 < m; j0 += kCols) {
-        const int64_t C = std::min(kCols, m - j0);
-        auto St = S.narrow(0, 0, R).narrow(1, 0, C);
-        at::mm_out(St, Qblk, Kb.narrow(0, j0, C).t());
-        const uint16_t* sp = reinterpret_cast<const uint16_t*>(S.data_ptr<at::BFloat16>());
-        for (int64_t r = 0; r < R; ++r)
-          if (!rows[r].flagged)
-            scan_row(rows[r], sp + r * St.stride(0), knp + j0, c * qnp[i0 + r], j0, C, lo.data(), hi.data());
-      }
-      for (int64_t r = 0; r < R; ++r) {
-        Row& row = rows[r];
-        const int64_t i = i0 + r;
-        if (row.flagged) { fp[i] = true; continue; }
-        cand.clear();
-        const float t = row.tau();
+      if (fl) { fp[i] = true; continue; }
+      // the k-th largest lower bound over all keys (NaN bounds never count)
+      std::nth_element(lbs.begin(), lbs.begin() + (k - 1), lbs.end(), [](float x, float y) { return x > y || (x == x && y != y); });
+      const float t = lbs[k - 1];
+      cand.clear();
+      for (int64_t ch = 0; ch < nchunk; ++ch) {
+        const Row& row = state[ch][i];
         for (size_t cc = 0; cc < row.up.size(); ++cc)
-          if (row.up[cc] >= t) cand.emplace_back(dot(qp + i * d, kp + row.id[cc] * d, d), row.id[cc]);
-        const int64_t kk = std::min<int64_t>(k, (int64_t)cand.size());
-        std::partial_sort(cand.begin(), cand.begin() + kk, cand.end(), [](const auto& a, const auto& b) {
-          return a.first > b.first || (a.first == b.first && a.second < b.second);
-        });
-        for (int64_t l = 0; l < kk; ++l) { vp[i * k + l] = cand[l].first; ip[i * k + l] = cand[l].second; }
-        if (kk < k) fp[i] = true;  // cannot happen with finite inputs; the exact path decides
+          if (row.up[cc] >= t) {
+            const float v = dot(qp + i * d, kp + row.id[cc] * d, d);
+            if (v == v) cand.emplace_back(v, row.id[cc]);  // NaN scores are never selected
+          }
       }
+      const int64_t kk = std::min<int64_t>(k, (int64_t)cand.size());
+      std::partial_sort(cand.begin(), cand.begin() + kk, cand.end(), [](const auto& x, const auto& y) {
+        return x.first > y.first || (x.first == y.first && x.second < y.second);
+      });
+      for (int64_t l = 0; l < kk; ++l) { vp[i * k + l] = cand[l].first; ip[i * k + l] = cand[l].second; }
+      if (kk < k) fp[i] = true;  // non-finite inputs: the float32 path decides
     }
   });
   return {vals, idx, flagged};
