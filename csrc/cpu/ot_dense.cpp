@@ -398,7 +398,7 @@ void alternating_one(const T* C, int64_t n, int64_t m, const T* ab, const T* bb,
   using VV = Vec<T>;
   using V = typename VV::V;
   constexpr int W = VV::W;
-  constexpr int64_t RB = 8;  // rows per block: their K rows stay in cache between the two sums
+  constexpr int64_t RB = 16;  // rows per block (a multiple of W): their K rows stay in cache between the two sums
   const T ie = T(1) / e, tau = Tau<T>::v;
   const int64_t mp = (m + W - 1) / W * W;
   std::vector<T> h(n), k(m), beta(mp, T(0)), bt(m), w(mp, T(0)), L(m), lv(mp), Rm(n), K(n * m);
@@ -440,18 +440,21 @@ void alternating_one(const T* C, int64_t n, int64_t m, const T* ab, const T* bb,
           const int64_t i0 = r0 + (rev ? nblk - 1 - bi : bi) * RB;
           const int64_t nr = std::min(RB, r1 - i0);
           const T* kb = K.data() + i0 * m;
-          T zl[RB], z[RB];
-          T zb = ninf<T>();
-          for (int64_t r = 0; r < nr; ++r) {
-            const int64_t i = i0 + r;
-            if (rows) {
-              const T sum = dot<T>(kb + r * m, w.data(), m);
-              const T lse = usable_sum(sum) ? Rm[i] + tau + std::log(sum)
-                                            : row_lse<T>(C + i * m, k.data(), m, ie, buf.data());
+          alignas(64) T sums[RB], lsum[RB], zl[RB], z[RB];
+          if (rows) {  // the rows' new f_i: logs taken a vector of rows at a time
+            for (int64_t r = 0; r < RB; ++r) sums[r] = r < nr ? dot<T>(kb + r * m, w.data(), m) : T(1);
+            for (int64_t r = 0; r < RB; r += W) VV::store(lsum + r, vlog(VV::load(sums + r)));
+            for (int64_t r = 0; r < nr; ++r) {
+              const int64_t i = i0 + r;
+              const T lse = usable_sum(sums[r]) ? Rm[i] + tau + lsum[r]
+                                                : row_lse<T>(C + i * m, k.data(), m, ie, buf.data());
               f[i] = -e * dx * lse;
               h[i] = ab[i] + f[i] * ie;
             }
-            zl[r] = Rm[i] + h[i];
+          }
+          T zb = ninf<T>();
+          for (int64_t r = 0; r < RB; ++r) {
+            zl[r] = r < nr ? Rm[i0 + r] + h[i0 + r] : ninf<T>();
             if (zl[r] > zb && zl[r] < std::numeric_limits<T>::infinity()) zb = zl[r];
           }
           if (zb > Z) {  // a larger shift: rescale what this chunk has summed so far
@@ -461,7 +464,10 @@ void alternating_one(const T* C, int64_t n, int64_t m, const T* ab, const T* bb,
             }
             Z = zb;
           }
-          for (int64_t r = 0; r < nr; ++r) z[r] = std::exp(zl[r] - Z);  // zero-weight rows: 0
+          const V zv = VV::set1(Z);
+          for (int64_t r = 0; r < RB; r += W) VV::store(z + r, VV::exp_nonpos(VV::load(zl + r) - zv));
+          for (int64_t r = 0; r < nr; ++r)  // zero-weight rows give 0; NaN and +inf: libm
+            if (!(zl[r] - Z <= 0) && zl[r] != ninf<T>()) z[r] = std::exp(zl[r] - Z);
           int64_t j = 0;
           for (; j + W <= m; j += W) {
             V s = VV::load(a + j);

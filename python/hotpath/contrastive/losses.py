@@ -390,8 +390,8 @@ def topk_similarity(queries, keys, k, *, screen="auto", backend="auto"):
     are first scored by a bfloat16 GEMM and only the keys whose score bound can still reach the
     top-k are rescored in float32 -- the same exact result, several times faster. "auto" uses it
     there for problems of at least 2^24 pairs; True forces it (where the CPU has the
-    instructions), False always scores every pair in float32. The bfloat16 copy of the keys
-    adds m * d * 2 bytes.
+    instructions), False always scores every pair in float32. The screen's error bound and
+    exactness argument are in docs/contrastive.md.
     """
     check_backend(backend)
     features_pair("queries", queries, "keys", keys, same_rows=False)
