@@ -131,6 +131,30 @@ def run(h, quick):
         qmodels[name] = r["model"]
         h.case(f"MiniLM cosine {name}")
         h.target_value(f"mean cosine vs float ({r['n_sentences']} sentences)", r["mean_cosine"], at_least=target)
+    # low-bit formats (issue 7): FP8 by round-to-nearest and by GPTQ rounding (calibrated on
+    # sentences disjoint from the evaluation set), NVFP4 with the Hadamard rotation
+    from hotpath.quant import lowbit as L
+    fp8 = minilm.evaluate(L.FP8WeightOnly(), model)["mean_cosine"]
+    h.case("MiniLM cosine FP8WeightOnly, GPTQ rounding")
+    h.target_value("mean cosine vs float (120 sentences)", minilm.evaluate(L.FP8WeightOnly(), model, gptq=True)["mean_cosine"],
+                   at_least=0.999)
+    h.note(f"FP8WeightOnly with round-to-nearest: mean cosine {fp8:.5f} (E4M3's 3 mantissa bits)")
+    h.case("MiniLM cosine NVFP4(hadamard=True)")
+    h.target_value("mean cosine vs float (120 sentences)", minilm.evaluate(L.NVFP4(hadamard=True), model)["mean_cosine"],
+                   at_least=0.95)
+    ws = [m.weight.detach() for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+    def mean_sqnr(cfg):
+        return sum(10 * torch.log10(w.pow(2).sum() / (w - cfg.dequantize_weight(cfg.quantize_weight(w))).pow(2).sum())
+                   for w in ws).item() / len(ws)
+
+    h.case("MiniLM weight SQNR, NVFP4 with Hadamard minus without (mean over layers)")
+    h.target_value("dB", mean_sqnr(L.NVFP4(hadamard=True)) - mean_sqnr(L.NVFP4(hadamard=False)), at_least=0.0)
+    if not quick:
+        h.case("MiniLM cosine Int4WeightOnly g128, GPTQ rounding")
+        h.target_value("mean cosine vs float (120 sentences)",
+                       minilm.evaluate(Int4WeightOnly(group_size=128), model, gptq=True)["mean_cosine"], at_least=0.95)
+
     sents = (minilm.SENTENCES * 3)[:256]
     for name in ("Int8Dynamic", "Int8WeightOnly"):
         h.case(f"MiniLM encode 256 sentences, {name}", work=256, unit="sentences")

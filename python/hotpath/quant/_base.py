@@ -59,6 +59,13 @@ class QuantConfig(abc.ABC):
         fake-quantized values exactly."""
         return {}
 
+    def gptq_quantizer(self, weight: Tensor):
+        """For GPTQ rounding (quantize_(..., calibrate=)): (qparams, round_columns), qparams fixed
+        from the original (N, K) weight and round_columns(w_cols (N, c), k0) -> the float values
+        columns k0 .. k0 + c - 1 take under them. quantize_weight(w_rounded, qparams) must then
+        store exactly those values. None (the default): the format has no GPTQ path."""
+        return None
+
     def fake_quantize_input(self, x: Tensor) -> Tensor:
         """Fake quantization of the layer input during QAT (dynamic-activation formats); identity by default."""
         return x

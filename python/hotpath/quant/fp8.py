@@ -71,17 +71,29 @@ class FP8WeightOnly(QuantConfig):
         if out_features < 1 or in_features < 1:
             raise ValueError(f"FP8WeightOnly needs a non-empty weight, got ({out_features}, {in_features})")
 
-    def _encode(self, w):
+    def _encode(self, w, scales=None):
         fmt = mf.FORMATS[self.fmt]
-        s = _row_scales(w, fmt)
+        s = _row_scales(w, fmt) if scales is None else scales.detach().float()
         codes = mf.encode(w.float() / s[:, None], fmt, self.rounding, self.seed)
         return codes, s
 
-    def quantize_weight(self, weight: Tensor) -> Dict[str, Tensor]:
+    def quantize_weight(self, weight: Tensor, qparams: Optional[Dict[str, Tensor]] = None) -> Dict[str, Tensor]:
+        """qparams: {"scales": (N,)} to use given row scales (GPTQ) instead of amax / fmax."""
         check_weight(weight)
         self.validate_shape(*weight.shape)
-        codes, s = self._encode(weight.detach())
+        codes, s = self._encode(weight.detach(), None if qparams is None else qparams["scales"])
         return {"codes": codes.contiguous(), "scales": s.contiguous()}
+
+    def gptq_quantizer(self, weight: Tensor):
+        check_weight(weight)
+        fmt = mf.FORMATS[self.fmt]
+        s = _row_scales(weight.detach().float(), fmt)
+
+        def round_columns(w, k0):
+            sc = s[:, None].to(w.dtype)
+            return mf.decode(mf.encode((w / sc).float(), fmt, "nearest", 0), fmt).to(w.dtype) * sc
+
+        return {"scales": s}, round_columns
 
     def dequantize_weight(self, q):
         return mf.decode(q["codes"], self.fmt) * q["scales"][:, None]

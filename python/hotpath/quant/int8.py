@@ -67,6 +67,19 @@ class _IntConfig(QuantConfig):
         s, z = self._qparams(weight.detach().float())
         return {"scale": s, "zero": z}
 
+    def gptq_quantizer(self, weight: Tensor):
+        qp = self.qat_params(weight)
+        s, z = qp["scale"].float(), qp["zero"].float()
+        G = self._group(weight.shape[1])
+        qmin, qmax = self._range()
+
+        def round_columns(w, k0):
+            g = torch.arange(k0, k0 + w.shape[1], device=w.device) // G
+            sc, zc = s[:, g].to(w.dtype), z[:, g].to(w.dtype)
+            return (torch.clamp(torch.round(w / sc) + zc, qmin, qmax) - zc) * sc
+
+        return qp, round_columns
+
     def _codes(self, weight, qparams):
         self._check_weight(weight)
         w = weight.detach().float()

@@ -45,10 +45,11 @@ class QuantLinear(nn.Module):
             self.register_buffer(name, t)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, config: QuantConfig, backend: str = "auto", qparams=None):
+    def from_linear(cls, linear: nn.Linear, config: QuantConfig, backend: str = "auto", qparams=None, weight=None):
+        """weight: the (already rounded) values to store instead of linear.weight (GPTQ)."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
-        w = linear.weight.detach()
+        w = linear.weight.detach() if weight is None else weight.detach()
         mod = cls.__new__(cls)
         nn.Module.__init__(mod)
         check_backend(backend)
@@ -111,10 +112,16 @@ class QuantLinear(nn.Module):
 
 
 def quantize_(model: nn.Module, config: QuantConfig, filter_fn: Optional[Callable[[nn.Module, str], bool]] = None,
-              backend: str = "auto") -> nn.Module:
+              backend: str = "auto", *, calibrate: Optional[Callable[[nn.Module], object]] = None,
+              gptq_damp: float = 0.1) -> nn.Module:
     """Replace, in place, every nn.Linear of model (for which filter_fn(module, fqn) is true) by a
     QuantLinear in format `config`. Returns model (an nn.Linear passed directly is returned
-    converted, since it cannot be replaced in place)."""
+    converted, since it cannot be replaced in place).
+
+    calibrate: a function that runs the float model on sample inputs (e.g. ``lambda m:
+    m.encode(sentences)``). With it, weights are rounded by GPTQ (hotpath.quant.gptq) against
+    the input statistics it collects, instead of round-to-nearest: same format, same kernels,
+    lower output error. gptq_damp: the Hessian damping, a fraction of its mean diagonal."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(config, QuantConfig):
@@ -126,11 +133,15 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: Optional[Callabl
     def want(mod, fqn):
         return type(mod) is nn.Linear and (filter_fn is None or filter_fn(mod, fqn))
 
+    convert = lambda fqn, lin: QuantLinear.from_linear(lin, config, backend)  # noqa: E731
+    if calibrate is not None:
+        from .gptq import gptq_converter
+        convert = gptq_converter(model, config, want, calibrate, gptq_damp, backend)
     if want(model, ""):
-        return QuantLinear.from_linear(model, config, backend)
+        return convert("", model)
     for fqn, mod in list(model.named_modules()):
         for name, child in list(mod.named_children()):
             full = f"{fqn}.{name}" if fqn else name
             if want(child, full):
-                setattr(mod, name, QuantLinear.from_linear(child, config, backend))
+                setattr(mod, name, convert(full, child))
     return model

