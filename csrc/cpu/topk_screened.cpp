@@ -40,7 +40,7 @@ struct Row {
   std::vector<float> lb;                // the k largest lower bounds, descending
   std::vector<float> up;                // candidates: upper bound and key index
   std::vector<int64_t> id;
-  size_t prune_at = 4096;
+  size_t prune_at = 128;
   bool flagged = false;
   float tau() const { return lb.back(); }
 };
@@ -59,7 +59,7 @@ void prune(Row& r) {
   r.up.resize(o);
   r.id.resize(o);
   if (o > (size_t)kMaxCand) { r.flagged = true; r.up.clear(); r.id.clear(); }
-  r.prune_at = std::max<size_t>(4096, 2 * o);
+  r.prune_at = std::max<size_t>(128, 2 * o);  // amortized O(1) per kept key, small lists
 }
 
 inline float bf16_to_float(uint16_t b) {
