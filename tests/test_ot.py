@@ -94,6 +94,7 @@ def test_alternating_loop_kernel_domain(dtype, rho, shape, eps):
     b_log = torch.log(torch.rand(B, m, generator=g, dtype=D64))
     if n > 5:
         a_log[0, :5] = -math.inf
+        a_log[1, :20] = -math.inf  # a whole leading block of zero-weight rows
         b_log[-1, m // 2:] = -math.inf
         a_log[-1, 7] = -60.0  # a row ~e^-60 lighter than the rest
     f0 = torch.where(torch.isfinite(a_log), -eps * a_log, 0.0)

@@ -193,8 +193,8 @@ def test_opcheck():
     torch.library.opcheck(ops.wasserstein1d_fwd, (u, v, None, None, 2.0, False, False, False, "auto"))
     p, q = torch.rand(3, 9, generator=g), torch.rand(3, 9, generator=g)
     s = torch.arange(9.0)[None]
-    torch.library.opcheck(ops.histogram_w1_fwd, (p, q, s, True, "auto"))
-    torch.library.opcheck(ops.histogram_w1_fwd, (p, q, s, False, "auto"))
+    for need_p, need_q in ((True, True), (True, False), (False, True), (False, False)):
+        torch.library.opcheck(ops.histogram_w1_fwd, (p, q, s, need_p, need_q, "auto"))
 
 
 def test_bad_input():
@@ -240,6 +240,20 @@ def test_histogram_w1_matches_reference(backend, B, K, dtype):
     out = hp.ot.histogram_wasserstein(p, q, s, backend=backend)
     expected = ref.histogram_wasserstein(p.double(), q.double(), s.double().expand(B, K), 1)
     assert_close(out, expected, dtype, scale=4.0 * max(1.0, expected.abs().max().item()))
+
+
+@pytest.mark.parametrize("backend", backend_param(["reference", "cpu", "triton"]))
+def test_histogram_grad_one_side_and_unit_upstream(backend):
+    # only p needs a gradient (q is a target): the kernel skips d/dq; sum().backward() hands the
+    # saved gradients over as they are
+    p, q = _hists(4, 37, seed=5)
+    s = torch.sort(torch.rand(37, dtype=torch.float64) * 3).values
+    p0 = p.clone().requires_grad_()
+    ref.histogram_wasserstein(p0, q, s.expand(4, 37), 1).sum().backward()
+    for weights in (torch.ones(4, dtype=torch.float64), torch.tensor([0.5, -1.0, 2.0, 0.0], dtype=torch.float64)):
+        p1 = p.clone().requires_grad_()
+        (hp.ot.histogram_wasserstein(p1, q, s, backend=backend) * weights).sum().backward()
+        assert_close(p1.grad, p0.grad * weights[:, None], torch.float64)
 
 
 @pytest.mark.parametrize("backend", backend_param(["reference", "cpu", "triton"]))

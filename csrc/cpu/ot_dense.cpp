@@ -466,8 +466,10 @@ void alternating_one(const T* C, int64_t n, int64_t m, const T* ab, const T* bb,
           }
           const V zv = VV::set1(Z);
           for (int64_t r = 0; r < RB; r += W) VV::store(z + r, VV::exp_nonpos(VV::load(zl + r) - zv));
-          for (int64_t r = 0; r < nr; ++r)  // zero-weight rows give 0; NaN and +inf: libm
-            if (!(zl[r] - Z <= 0) && zl[r] != ninf<T>()) z[r] = std::exp(zl[r] - Z);
+          for (int64_t r = 0; r < nr; ++r) {  // zero-weight rows give 0 (also while Z is -inf); NaN, +inf: libm
+            if (zl[r] == ninf<T>()) z[r] = 0;
+            else if (!(zl[r] - Z <= 0)) z[r] = std::exp(zl[r] - Z);
+          }
           int64_t j = 0;
           for (; j + W <= m; j += W) {
             V s = VV::load(a + j);

@@ -27,6 +27,8 @@
 #include <tuple>
 #include <vector>
 
+#include "simd.h"
+
 namespace hotpath {
 namespace {
 
@@ -623,13 +625,136 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sliced_wasserstein_fw
 }
 
 // ---------------------------------------------------------------- histogram W1
+// The prefix sums along K are scans inside 8-lane double vectors (three shift-adds) plus a
+// carried total, so a row costs a few vector ops per 8 bins instead of a chain of dependent
+// scalar adds per bin.
+using V8 = hotpath::simd::vf64;
+
+inline V8 load8(const float* p) {
+  typedef float f8 __attribute__((vector_size(32)));
+  f8 h;
+  std::memcpy(&h, p, sizeof h);
+  return __builtin_convertvector(h, V8);
+}
+inline V8 load8(const double* p) { V8 v; std::memcpy(&v, p, sizeof v); return v; }
+
+inline V8 prefix8(V8 x) {  // lane i: x_0 + ... + x_i
+  const V8 z{};
+  x += __builtin_shufflevector(x, z, 8, 0, 1, 2, 3, 4, 5, 6);
+  x += __builtin_shufflevector(x, z, 8, 8, 0, 1, 2, 3, 4, 5);
+  x += __builtin_shufflevector(x, z, 8, 8, 8, 8, 0, 1, 2, 3);
+  return x;
+}
+inline V8 suffix8(V8 x) {  // lane i: x_i + ... + x_7
+  const V8 z{};
+  x += __builtin_shufflevector(x, z, 1, 2, 3, 4, 5, 6, 7, 8);
+  x += __builtin_shufflevector(x, z, 2, 3, 4, 5, 6, 7, 8, 8);
+  x += __builtin_shufflevector(x, z, 4, 5, 6, 7, 8, 8, 8, 8);
+  return x;
+}
+inline double hsum8(V8 v) { double s = 0; for (int i = 0; i < 8; ++i) s += v[i]; return s; }
+
+template <typename T>
+T row_min(const T* x, int64_t K) {  // x[k] < m comparisons, as a scalar loop would (NaN skipped)
+  const V8 first = V8{} + (double)x[0];
+  V8 m = first;
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) { const V8 v = load8(x + k); m = v < m ? v : m; }
+  double r = m[0];
+  for (int l = 1; l < 8; ++l) r = m[l] < r ? m[l] : r;
+  T out = (T)r;
+  for (; k < K; ++k) out = x[k] < out ? x[k] : out;
+  return out;
+}
+
+template <typename T>
+struct HistRow {
+  const T *p, *q, *s;
+  int64_t K;
+  T minp() const { return row_min(p, K); }
+  T minq() const { return row_min(q, K); }
+};
+
+struct HistStats { double sp, sq, cost, ap, aq; };
+
+// One row: masses, cost, and (sw != nullptr) sw_k = sign(P_k - Q_k)(s_{k+1} - s_k) with
+// ap = sum_k sw_k P_k, aq = sum_k sw_k Q_k.
+template <typename T>
+HistStats hist_w1_row(const HistRow<T>& r, double* sw) {
+  const int64_t K = r.K, K1 = K - 1, Kv = K1 / 8 * 8;
+  V8 vp{}, vq{};
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) { vp += load8(r.p + k); vq += load8(r.q + k); }
+  double sp = hsum8(vp), sq = hsum8(vq);
+  for (; k < K; ++k) { sp += (double)r.p[k]; sq += (double)r.q[k]; }
+  const double ip = 1.0 / sp, iq = 1.0 / sq;
+  V8 acc{}, ap{}, aq{};
+  double cp = 0, cq = 0;
+  for (k = 0; k < Kv; k += 8) {
+    const V8 xp = prefix8(load8(r.p + k)) + cp, xq = prefix8(load8(r.q + k)) + cq;
+    cp = xp[7];
+    cq = xq[7];
+    const V8 P = xp * ip, Q = xq * iq;
+    const V8 d = P - Q, w = load8(r.s + k + 1) - load8(r.s + k);
+    acc += (d < 0 ? -d : d) * w;
+    if (sw) {
+      V8 sg = __builtin_convertvector((d < 0) - (d > 0), V8);
+      sg = d != d ? d : sg;  // NaN propagates
+      const V8 swk = sg * w;
+      std::memcpy(sw + k, &swk, sizeof swk);
+      ap += swk * P;
+      aq += swk * Q;
+    }
+  }
+  double cost = hsum8(acc), a_p = hsum8(ap), a_q = hsum8(aq);
+  for (; k < K1; ++k) {
+    cp += (double)r.p[k];
+    cq += (double)r.q[k];
+    const double Pk = cp * ip, Qk = cq * iq, dk = Pk - Qk, w = (double)r.s[k + 1] - (double)r.s[k];
+    cost += std::fabs(dk) * w;
+    if (sw) {
+      const double sg = (dk != dk) ? dk : (double)((dk > 0) - (dk < 0));
+      sw[k] = sg * w;
+      a_p += sw[k] * Pk;
+      a_q += sw[k] * Qk;
+    }
+  }
+  return {sp, sq, cost, a_p, a_q};
+}
+
+// gp_i = (R_i - ap) / sum p, gq_i = -(R_i - aq) / sum q, R_i = sum_{i <= k < K-1} sw_k.
+// gp or gq may be null (that gradient is not wanted: its memory traffic is skipped).
+template <typename T>
+void hist_w1_grad_row(const double* sw, int64_t K, const HistStats& st, T* gp, T* gq) {
+  const double ip = 1.0 / st.sp, iq = 1.0 / st.sq;
+  auto put = [&](int64_t i, double r) {
+    if (gp) gp[i] = (T)((r - st.ap) * ip);
+    if (gq) gq[i] = (T)(-(r - st.aq) * iq);
+  };
+  double rs = 0;
+  int64_t i = K - 1;
+  put(i, 0.0);
+  // blocks of 8 ending at i - 1, walking down; the first (lowest) indices finish in scalar code
+  for (; i - 8 >= 0; i -= 8) {
+    const V8 R = suffix8(load8(sw + i - 8)) + rs;
+    rs = R[0];
+    for (int l = 0; l < 8; ++l) put(i - 8 + l, R[l]);
+  }
+  for (--i; i >= 0; --i) {
+    rs += sw[i];
+    put(i, rs);
+  }
+}
+
 // p, q (B, K) histograms (normalized here), support (B, K) or (1, K) increasing.
 // W1 = sum_k |P_k - Q_k| (s_{k+1} - s_k), P / Q the normalized CDFs. With sw_k = sign(P_k - Q_k)
 // (s_{k+1} - s_k) and R_i = sum_{k >= i} sw_k: dW/dp_i = (R_i - sum_k sw_k P_k) / sum(p),
 // dW/dq_i = -(R_i - sum_k sw_k Q_k) / sum(q): one forward sweep, one reverse sweep per row.
 // Also returns stats (B, 4) = (min p, sum p, min q, sum q) per row, gathered in the first sweep,
 // so the caller validates the masses without reading them again.
-std::tuple<Tensor, Tensor, Tensor, Tensor> histogram_w1_fwd(const Tensor& P, const Tensor& Q, const Tensor& S, bool need_grad) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> histogram_w1_fwd(const Tensor& P, const Tensor& Q, const Tensor& S, bool need_gp,
+                                                             bool need_gq) {
+  const bool need_grad = need_gp || need_gq;
   TORCH_CHECK(P.dim() == 2 && Q.sizes() == P.sizes(), "histogram_w1: p and q must be (B, K) of one shape");
   TORCH_CHECK(S.dim() == 2 && S.size(1) == P.size(1) && (S.size(0) == 1 || S.size(0) == P.size(0)),
               "histogram_w1: support must be (1, K) or (B, K)");
@@ -642,7 +767,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> histogram_w1_fwd(const Tensor& P, con
   TORCH_CHECK(K > 0, "histogram_w1: empty histograms");
   auto cost = at::empty({B}, P.options());
   auto none = [&] { return at::empty({0}, P.options()); };
-  Tensor gp = need_grad ? at::empty_like(P) : none(), gq = need_grad ? at::empty_like(Q) : none();
+  Tensor gp = need_gp ? at::empty_like(P) : none(), gq = need_gq ? at::empty_like(Q) : none();
   auto stats = at::empty({B, 4}, P.options());
   const int64_t sstride = S.size(0) == 1 ? 0 : K;
   AT_DISPATCH_FLOATING_TYPES(st, "histogram_w1_fwd", [&] {
@@ -653,51 +778,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> histogram_w1_fwd(const Tensor& P, con
     scalar_t* pst = stats.data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, 8192 / K);
     at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
-      std::vector<double> sw(need_grad ? K : 0);
+      std::vector<double> sw(need_grad ? K + 8 : 0);
       for (int64_t b = b0; b < b1; ++b) {
-        const scalar_t* pr = pp + b * K;
-        const scalar_t* qr = qq + b * K;
-        const scalar_t* sr = ss + b * sstride;
-        double sp = 0, sq = 0;
-        scalar_t mp = pr[0], mq = qr[0];
-        for (int64_t k = 0; k < K; ++k) {
-          sp += (double)pr[k];
-          sq += (double)qr[k];
-          mp = pr[k] < mp ? pr[k] : mp;
-          mq = qr[k] < mq ? qr[k] : mq;
-        }
-        pst[4 * b + 0] = mp;
-        pst[4 * b + 1] = (scalar_t)sp;
-        pst[4 * b + 2] = mq;
-        pst[4 * b + 3] = (scalar_t)sq;
-        const double ip = 1.0 / sp, iq = 1.0 / sq;
-        double cp = 0, cq = 0, acc = 0, ap = 0, aq = 0;
-        for (int64_t k = 0; k < K - 1; ++k) {
-          cp += (double)pr[k];
-          cq += (double)qr[k];
-          const double Pk = cp * ip, Qk = cq * iq;
-          const double dk = Pk - Qk;
-          const double w = (double)sr[k + 1] - (double)sr[k];
-          acc += std::fabs(dk) * w;
-          if (need_grad) {
-            const double sg = (dk != dk) ? dk : (double)((dk > 0) - (dk < 0));
-            const double swk = sg * w;
-            sw[k] = swk;
-            ap += swk * Pk;
-            aq += swk * Qk;
-          }
-        }
-        pc[b] = (scalar_t)acc;
-        if (need_grad) {
-          scalar_t* gpr = gp.data_ptr<scalar_t>() + b * K;
-          scalar_t* gqr = gq.data_ptr<scalar_t>() + b * K;
-          double r = 0;
-          for (int64_t i = K - 1; i >= 0; --i) {
-            if (i < K - 1) r += sw[i];
-            gpr[i] = (scalar_t)((r - ap) * ip);
-            gqr[i] = (scalar_t)(-(r - aq) * iq);
-          }
-        }
+        const HistRow<scalar_t> row{pp + b * K, qq + b * K, ss + b * sstride, K};
+        const HistStats st1 = hist_w1_row(row, need_grad ? sw.data() : nullptr);
+        pst[4 * b + 0] = row.minp();
+        pst[4 * b + 1] = (scalar_t)st1.sp;
+        pst[4 * b + 2] = row.minq();
+        pst[4 * b + 3] = (scalar_t)st1.sq;
+        pc[b] = (scalar_t)st1.cost;
+        if (need_grad)
+          hist_w1_grad_row(sw.data(), K, st1, need_gp ? gp.data_ptr<scalar_t>() + b * K : nullptr,
+                           need_gq ? gq.data_ptr<scalar_t>() + b * K : nullptr);
       }
     });
   });

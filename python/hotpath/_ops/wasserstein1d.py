@@ -141,23 +141,25 @@ def _(x, y, a, b, theta, p, need_gx, need_gy, need_ga, need_gb, need_gtheta, bac
 
 # ---------------------------------------------------------------------------- histogram W1
 @torch.library.custom_op("hotpath::histogram_w1_fwd", mutates_args=())
-def histogram_w1_fwd(p: Tensor, q: Tensor, support: Tensor, need_grad: bool,
+def histogram_w1_fwd(p: Tensor, q: Tensor, support: Tensor, need_gp: bool, need_gq: bool,
                      backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """p, q (B, K) (normalized inside), support (1, K) or (B, K) increasing -> W1 (B,), d/dp, d/dq,
-    stats (B, 4) = (min p, sum p, min q, sum q) per row (read in the same pass, for validation)."""
+    """p, q (B, K) (normalized inside), support (1, K) or (B, K) increasing -> W1 (B,), d/dp and
+    d/dq (each an empty tensor unless asked for), stats (B, 4) = (min p, sum p, min q, sum q) per
+    row (read in the same pass, for validation)."""
     which = _backend.resolve(backend, p.device)
     if which == "cpu":
-        return tuple(torch.ops.hotpath_cpu.histogram_w1_fwd(p, q, support, need_grad))
+        return tuple(torch.ops.hotpath_cpu.histogram_w1_fwd(p, q, support, need_gp, need_gq))
     if which == "triton":
-        return tuple(kernels("wasserstein1d").histogram_w1(p, q, support, need_grad))
-    cost, g = _ref_grads(lambda a, b, s: ref.histogram_wasserstein(a, b, s.expand_as(a), 1),
-                         [p, q, support], {0, 1} if need_grad else set())
+        cost, gp, gq, stats = kernels("wasserstein1d").histogram_w1(p, q, support, need_gp or need_gq)
+        return cost, (gp if need_gp else _empty(p)), (gq if need_gq else _empty(p)), stats
+    want = ({0} if need_gp else set()) | ({1} if need_gq else set())
+    cost, g = _ref_grads(lambda a, b, s: ref.histogram_wasserstein(a, b, s.expand_as(a), 1), [p, q, support], want)
     stats = torch.stack([p.amin(-1), p.sum(-1), q.amin(-1), q.sum(-1)], -1) if p.shape[0] else p.new_zeros(0, 4)
     return cost, g.get(0, _empty(p)), g.get(1, _empty(p)), stats
 
 
 @histogram_w1_fwd.register_fake
-def _(p, q, support, need_grad, backend):
+def _(p, q, support, need_gp, need_gq, backend):
     e = p.new_empty
-    return (p.new_empty(p.shape[0]), torch.empty_like(p) if need_grad else e(0),
-            torch.empty_like(q) if need_grad else e(0), p.new_empty(p.shape[0], 4))
+    return (p.new_empty(p.shape[0]), torch.empty_like(p) if need_gp else e(0),
+            torch.empty_like(q) if need_gq else e(0), p.new_empty(p.shape[0], 4))

@@ -133,20 +133,20 @@ def _raise_bad_mass(bad):
 class _HistW1(torch.autograd.Function):
     @staticmethod
     def forward(ctx, p, q, support, backend):
-        need = bool(ctx.needs_input_grad[0] or ctx.needs_input_grad[1])
-        cost, gp, gq, stats = ops.histogram_w1_fwd(p, q, support, need, backend)
+        need_p, need_q = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
+        cost, gp, gq, stats = ops.histogram_w1_fwd(p, q, support, need_p, need_q, backend)
         ctx.save_for_backward(gp, gq)
-        ctx.need = need
+        ctx.need = (need_p, need_q)
         ctx.mark_non_differentiable(stats)
         return cost, stats
 
     @staticmethod
     def backward(ctx, g, _gstats):
         gp, gq = ctx.saved_tensors
-        if not ctx.need:
-            return None, None, None, None
+        if bool((g == 1).all()):  # loss.sum().backward(): the saved gradients as they are, no copy
+            return (gp if ctx.need[0] else None), (gq if ctx.need[1] else None), None, None
         g = g[:, None]
-        return g * gp, g * gq, None, None
+        return (g * gp if ctx.need[0] else None), (g * gq if ctx.need[1] else None), None, None
 
 
 def histogram_wasserstein(p, q, support=None, order=1, *, backend="auto"):
