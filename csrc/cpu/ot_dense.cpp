@@ -60,17 +60,6 @@ void exp_shifted(T* x, T mx, int64_t m) {
   for (; j < m; ++j) x[j] = std::exp(x[j] - mx);
 }
 
-template <typename T>
-T dot(const T* x, const T* y, int64_t m) {
-  using VV = Vec<T>;
-  typename VV::V s{};
-  int64_t j = 0;
-  for (; j + VV::W <= m; j += VV::W) s += VV::load(x + j) * VV::load(y + j);
-  T r = VV::hsum(s);
-  for (; j < m; ++j) r += x[j] * y[j];
-  return r;
-}
-
 // LSE_j[h_j - c_j * ie] over one row of length m; buf holds m scratch values.
 template <typename T>
 T row_lse(const T* c, const T* h, int64_t m, T ie, T* buf) {
@@ -442,7 +431,7 @@ void alternating_one(const T* C, int64_t n, int64_t m, const T* ab, const T* bb,
           const T* kb = K.data() + i0 * m;
           alignas(64) T sums[RB], lsum[RB], zl[RB], z[RB];
           if (rows) {  // the rows' new f_i: logs taken a vector of rows at a time
-            for (int64_t r = 0; r < RB; ++r) sums[r] = r < nr ? dot<T>(kb + r * m, w.data(), m) : T(1);
+            for (int64_t r = 0; r < RB; ++r) sums[r] = r < nr ? hotpath::simd::dot<T>(kb + r * m, w.data(), m) : T(1);
             for (int64_t r = 0; r < RB; r += W) VV::store(lsum + r, vlog(VV::load(sums + r)));
             for (int64_t r = 0; r < nr; ++r) {
               const int64_t i = i0 + r;

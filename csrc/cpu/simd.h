@@ -97,5 +97,17 @@ template <> struct Vec<double> {
 
 template <typename T> inline T neg_inf() { return -std::numeric_limits<T>::infinity(); }
 
+// sum_j x_j y_j over m entries, vector accumulation then a horizontal sum
+template <typename T>
+inline T dot(const T* x, const T* y, int64_t m) {
+  using VV = Vec<T>;
+  typename VV::V s{};
+  int64_t j = 0;
+  for (; j + VV::W <= m; j += VV::W) s += VV::load(x + j) * VV::load(y + j);
+  T r = VV::hsum(s);
+  for (; j < m; ++j) r += x[j] * y[j];
+  return r;
+}
+
 }  // namespace simd
 }  // namespace hotpath

@@ -91,15 +91,6 @@ void scan_row(Row& r, const uint16_t* s, const float* kn, float cq, int64_t j0, 
   if (r.up.size() >= r.prune_at) prune(r);
 }
 
-float dot(const float* a, const float* b, int64_t d) {
-  V s{};
-  int64_t l = 0;
-  for (; l + W <= d; l += W) s += VF::load(a + l) * VF::load(b + l);
-  float t = VF::hsum(s);
-  for (; l < d; ++l) t += a[l] * b[l];
-  return t;
-}
-
 // queries (n, d), keys (m, d) float32; returns (values (n, k), indices (n, k), flagged (n,)).
 // Each thread owns a contiguous range of keys and screens every query against it (so each key
 // is converted to bf16 once, one tile at a time, and stays in L2 across the query blocks); the
@@ -174,7 +165,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> topk_dot_screened(const at::Tenso
         const Row& row = state[ch][i];
         for (size_t cc = 0; cc < row.up.size(); ++cc)
           if (row.up[cc] >= t) {
-            const float v = dot(qp + i * d, kp + row.id[cc] * d, d);
+            const float v = hotpath::simd::dot<float>(qp + i * d, kp + row.id[cc] * d, d);
             if (v == v) cand.emplace_back(v, row.id[cc]);  // NaN scores are never selected
           }
       }

@@ -636,7 +636,7 @@ inline V8 load8(const float* p) {
   std::memcpy(&h, p, sizeof h);
   return __builtin_convertvector(h, V8);
 }
-inline V8 load8(const double* p) { V8 v; std::memcpy(&v, p, sizeof v); return v; }
+inline V8 load8(const double* p) { return hotpath::simd::Vec<double>::load(p); }
 
 inline V8 prefix8(V8 x) {  // lane i: x_0 + ... + x_i
   const V8 z{};
@@ -652,7 +652,7 @@ inline V8 suffix8(V8 x) {  // lane i: x_i + ... + x_7
   x += __builtin_shufflevector(x, z, 4, 5, 6, 7, 8, 8, 8, 8);
   return x;
 }
-inline double hsum8(V8 v) { double s = 0; for (int i = 0; i < 8; ++i) s += v[i]; return s; }
+inline double hsum8(V8 v) { return hotpath::simd::Vec<double>::hsum(v); }
 
 template <typename T>
 T row_min(const T* x, int64_t K) {  // x[k] < m comparisons, as a scalar loop would (NaN skipped)

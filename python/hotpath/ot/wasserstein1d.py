@@ -143,7 +143,9 @@ class _HistW1(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g, _gstats):
         gp, gq = ctx.saved_tensors
-        if bool((g == 1).all()):  # loss.sum().backward(): the saved gradients as they are, no copy
+        # loss.sum().backward() on CPU: the saved gradients as they are, no copy (on GPU the test
+        # would cost a host sync, the multiply does not)
+        if g.device.type == "cpu" and bool((g == 1).all()):
             return (gp if ctx.need[0] else None), (gq if ctx.need[1] else None), None, None
         g = g[:, None]
         return (g * gp if ctx.need[0] else None), (g * gq if ctx.need[1] else None), None, None
