@@ -355,9 +355,13 @@ def test_topk_screened_ties_and_nonfinite():
     assert torch.equal(i, torch.arange(3).expand(2, 3))  # ties: lowest key index
     q, k = torch.randn(4, 16), torch.randn(300, 16)
     q[1, 3], k[7, 0] = math.nan, math.inf
+    k[1::2, 2] = math.nan  # NaN keys beside finite ones in every block of the scan
     (v, i), (v0, i0) = C.topk_similarity(q, k, 5, screen=True), _topk_exact(q, k, 5)
     assert torch.equal(i, i0)  # the NaN query selects nothing (-1), as in float32
     assert_close(v, v0, torch.float32)
+    s64 = (q.double() @ k.double().T).nan_to_num(nan=-math.inf)  # NaN scores are never selected
+    want = s64[[0, 2, 3]].topk(5, dim=1).indices
+    assert torch.equal(i[[0, 2, 3]], want) and bool((i[1] == -1).all())
     with pytest.raises(ValueError, match="screen"):
         C.topk_similarity(q, k, 5, screen="yes")
 

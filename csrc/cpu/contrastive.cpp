@@ -483,11 +483,15 @@ void topk_impl(const Tensor& Q, const Tensor& K, int64_t k, T* vals, int64_t* id
             while (p > 0 && (bi[p - 1] < 0 || v > bv[p - 1])) { bv[p] = bv[p - 1]; bi[p] = bi[p - 1]; --p; }
             bv[p] = v; bi[p] = j0 + c;
           };
+          // block maxima with NaN scores read as -inf: a NaN must not hide a larger score in
+          // its block (NaN scores are never selected anyway)
+          const V ninfv = VV::set1(ninf<T>());
+          auto clean = [&](V x) { return x == x ? x : ninfv; };
           if (bi[k - 1] >= 0 && Cv > 0) {
             // once the buffer is full most tile rows hold nothing above the k-th value: one
             // vectorized max decides that for the whole row
-            V mv = VV::load(s);
-            for (int64_t c = W; c < Cv; c += W) mv = VV::vmax(mv, VV::load(s + c));
+            V mv = clean(VV::load(s));
+            for (int64_t c = W; c < Cv; c += W) mv = VV::vmax(mv, clean(VV::load(s + c)));
             if (!(VV::hmax(mv) > bv[k - 1])) {
               for (int64_t c = Cv; c < C; ++c) insert(c);
               continue;
@@ -495,7 +499,7 @@ void topk_impl(const Tensor& Q, const Tensor& K, int64_t k, T* vals, int64_t* id
           }
           for (int64_t c = 0; c < Cv; c += W) {
             const T thr = bi[k - 1] >= 0 ? bv[k - 1] : ninf<T>();
-            if (bi[k - 1] >= 0 && !(VV::hmax(VV::load(s + c)) > thr)) continue;
+            if (bi[k - 1] >= 0 && !(VV::hmax(clean(VV::load(s + c))) > thr)) continue;
             for (int l = 0; l < W; ++l) insert(c + l);
           }
           for (int64_t c = Cv; c < C; ++c) insert(c);

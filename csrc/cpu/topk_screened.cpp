@@ -71,10 +71,13 @@ inline float bf16_to_float(uint16_t b) {
 
 // one row of a score tile: s (C bf16 scores), kn (C key norms), cq = c |q|
 void scan_row(Row& r, const uint16_t* s, const float* kn, float cq, int64_t j0, int64_t C, float* lo, float* hi) {
+  constexpr float ninf = -std::numeric_limits<float>::infinity();
   for (int64_t c = 0; c < C; ++c) {
-    const float v = bf16_to_float(s[c]), b = cq * kn[c];
-    lo[c] = v - b;
-    hi[c] = v + b;
+    const float v = bf16_to_float(s[c]), b = cq * kn[c], l = v - b, h = v + b;
+    // NaN bounds (NaN or inf - inf scores) become -inf: never kept, as the float32 path never
+    // selects NaN, and never able to hide a kept key from the block maxima below
+    lo[c] = l == l ? l : ninf;
+    hi[c] = h == h ? h : ninf;
   }
   // lower bounds first, so tau is as tight as this tile allows before candidates are kept
   const int64_t Cv = C / W * W;
