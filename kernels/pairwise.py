@@ -203,7 +203,8 @@ def _bwd_pass(r, c, scale, metric, row_bias, col_bias, ra, ca, rv, cv, want_acc2
     return acc, rsum, (acc2 if want_acc2 else None)
 
 
-def pairwise_lse_bwd(x, y, col_bias, values, lse, out, grad_lse, grad_out, scale, metric):
+def pairwise_lse_bwd(x, y, col_bias, values, lse, out, grad_lse, grad_out, scale, metric, need_rows=True,
+                     need_cols=True):
     neg_lse = torch.where(torch.isinf(lse) & (lse < 0), torch.full_like(lse, -float("inf")), -lse).contiguous()
     a = grad_lse
     if values is not None:
@@ -211,8 +212,13 @@ def pairwise_lse_bwd(x, y, col_bias, values, lse, out, grad_lse, grad_out, scale
     a = a.contiguous()
     sq = metric == "sqeuclidean"
     coef_a, coef_b = (2 * scale, -2 * scale) if sq else (scale, 0.0)
-    acc, rsum, _ = _bwd_pass(x, y, scale, metric, neg_lse, col_bias, a, None, grad_out, values, False)
-    gx = coef_a * acc + coef_b * rsum[..., None] * x
-    acc, rsum, gv = _bwd_pass(y, x, scale, metric, col_bias, neg_lse, None, a, values, grad_out, values is not None)
-    gy = coef_a * acc + coef_b * rsum[..., None] * y
-    return gx, gy, (rsum if col_bias is not None else None), gv
+    gx, gy, gc, gv = torch.zeros_like(x), torch.zeros_like(y), None, None
+    if need_rows:
+        acc, rsum, _ = _bwd_pass(x, y, scale, metric, neg_lse, col_bias, a, None, grad_out, values, False)
+        gx = coef_a * acc + coef_b * rsum[..., None] * x
+    if need_cols:
+        acc, rsum, gv = _bwd_pass(y, x, scale, metric, col_bias, neg_lse, None, a, values, grad_out,
+                                  values is not None)
+        gy = coef_a * acc + coef_b * rsum[..., None] * y
+        gc = rsum if col_bias is not None else None
+    return gx, gy, gc, gv

@@ -123,6 +123,22 @@ def test_gradcheck(backend, metric, k):
     assert torch.autograd.gradcheck(lambda x, y, s, c, *r: f(x, y, s, masked(c), *r), args, eps=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", backend_param(["reference", "cpu", "triton"]))
+@pytest.mark.parametrize("metric", METRICS)
+def test_backward_only_the_needed_passes(backend, metric):
+    # with only x (or only y) requiring a gradient one of the two backward passes is skipped:
+    # the gradients that are computed equal those of the full backward
+    x, y, cb, v = _inputs(2, 9, 13, 3, 2, torch.float64)
+    full = [t.clone().requires_grad_() for t in (x, y)]
+    hp.pairwise_lse(*full, metric=metric, col_bias=cb, values=v, backend=backend)[1].sum().backward()
+    for i in (0, 1):
+        part = [x.clone(), y.clone()]
+        part[i].requires_grad_()
+        hp.pairwise_lse(*part, metric=metric, col_bias=cb, values=v, backend=backend)[1].sum().backward()
+        assert part[1 - i].grad is None
+        assert_close(part[i].grad, full[i].grad, torch.float64)
+
+
 @pytest.mark.parametrize("backend", backend_param(["cpu", "triton"]))
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("d", [3, 40])
@@ -174,8 +190,9 @@ def test_opcheck(metric):
     torch.library.opcheck(ops.pairwise_lse_fwd, (x, y, cb, v, 0.5, metric, "auto"))
     torch.library.opcheck(ops.pairwise_lse_fwd, (x, y, None, None, 0.5, metric, "auto"))
     lse, out = ops.pairwise_lse_fwd(x, y, cb, v, 0.5, metric, "auto")
-    torch.library.opcheck(ops.pairwise_lse_bwd, (x, y, cb, v, lse, out, torch.ones_like(lse), torch.ones_like(out),
-                                                 0.5, metric, "auto"))
+    for need_rows, need_cols in ((True, True), (True, False), (False, True)):
+        torch.library.opcheck(ops.pairwise_lse_bwd, (x, y, cb, v, lse, out, torch.ones_like(lse),
+                                                     torch.ones_like(out), 0.5, metric, need_rows, need_cols, "auto"))
 
 
 def test_torch_compile():

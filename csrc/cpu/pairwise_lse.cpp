@@ -149,7 +149,7 @@ BwdTerms<T> terms(const Tensor& ra, const Tensor& ca, const Tensor& rv, const Te
 std::tuple<Tensor, Tensor, Tensor, Tensor> pairwise_lse_bwd(
     const Tensor& x_, const Tensor& y_, const std::optional<Tensor>& cb_, const std::optional<Tensor>& v_,
     const Tensor& lse_, const std::optional<Tensor>& out_, const Tensor& grad_lse_,
-    const std::optional<Tensor>& grad_out_, double scale, bool sq) {
+    const std::optional<Tensor>& grad_out_, double scale, bool sq, bool need_rows, bool need_cols) {
   check_inputs(x_, y_, cb_, v_);
   const auto x = x_.contiguous(), y = y_.contiguous();
   const int64_t B = x.size(0), n = x.size(1), m = y.size(1), d = x.size(2);
@@ -173,8 +173,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pairwise_lse_bwd(
   }
   const double coefA = sq ? 2 * scale : scale, coefB = sq ? -2 * scale : 0.0;
 
-  // Row pass: gx.
-  {
+  // Row pass: gx. Either pass is skipped when none of its gradients is wanted (they stay 0).
+  if (need_rows) {
     const Side s = make_side(x, y, scale, sq, neg_lse, cb);
     const Tensor vT = has_v ? transposed_padded(v, s.ldc) : Tensor();
     const Tensor yT = transposed_padded(y, s.ldc);
@@ -192,7 +192,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pairwise_lse_bwd(
     gx = coefA * acc + coefB * rsum.unsqueeze(2) * x;
   }
   // Column pass: gy, gcol_bias, gvalues (rows are y, columns are x).
-  {
+  if (need_cols) {
     const Side s = make_side(y, x, scale, sq, cb, neg_lse);
     const Tensor goT = has_v ? transposed_padded(go, s.ldc) : Tensor();
     const Tensor xT = transposed_padded(x, s.ldc);

@@ -28,9 +28,12 @@ class PairwiseLSE(torch.autograd.Function):
             grad_lse = torch.zeros_like(lse)
         if values is None:
             grad_out = None
+        need = ctx.needs_input_grad
+        need_rows = need[0] or need[5]  # the scale gradient uses gx, and gy for sqeuclidean
+        need_cols = need[1] or need[2] or need[3] or (need[5] and metric != "dot")
         gx, gy, gc, gv = ops.pairwise_lse_bwd(x, y, col_bias, values, lse, out, grad_lse.contiguous(),
                                               None if grad_out is None else grad_out.contiguous(),
-                                              scale, metric, backend)
+                                              scale, metric, need_rows, need_cols, backend)
         gscale = None
         if ctx.needs_input_grad[5]:
             # d score / d scale = score_without_scale, so the scale gradient follows from gx, gy.
@@ -38,7 +41,8 @@ class PairwiseLSE(torch.autograd.Function):
                 gscale = (x * gx).sum() / scale
             else:
                 gscale = ((x * gx).sum() + (y * gy).sum()) / (2 * scale)
-        return (gx, gy, gc if col_bias is not None else None, gv if values is not None else None,
+        return (gx if need[0] else None, gy if need[1] else None,
+                gc if col_bias is not None and need[2] else None, gv if values is not None and need[3] else None,
                 None, gscale, None, None)
 
 

@@ -45,8 +45,11 @@ def _(x, y, col_bias, values, scale, metric, backend):
 @torch.library.custom_op("hotpath::pairwise_lse_bwd", mutates_args=())
 def pairwise_lse_bwd(x: Tensor, y: Tensor, col_bias: Optional[Tensor], values: Optional[Tensor],
                      lse: Tensor, out: Tensor, grad_lse: Tensor, grad_out: Optional[Tensor],
-                     scale: float, metric: str, backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Gradients (gx, gy, gcol_bias (B, m) or empty, gvalues (B, m, k) or empty), streamed."""
+                     scale: float, metric: str, need_rows: bool, need_cols: bool,
+                     backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (gx, gy, gcol_bias (B, m) or empty, gvalues (B, m, k) or empty), streamed.
+    need_rows: the row pass (gx); need_cols: the column pass (gy, gcol_bias, gvalues). The
+    kernels skip a pass nobody needs and leave its gradients 0."""
     which = _backend.resolve(backend, x.device)
     if values is None:
         out, grad_out = None, None
@@ -54,10 +57,10 @@ def pairwise_lse_bwd(x: Tensor, y: Tensor, col_bias: Optional[Tensor], values: O
         grad_out = torch.zeros_like(out)
     if which == "cpu":
         gx, gy, gc, gv = torch.ops.hotpath_cpu.pairwise_lse_bwd(
-            x, y, col_bias, values, lse, out, grad_lse, grad_out, scale, metric == "sqeuclidean")
+            x, y, col_bias, values, lse, out, grad_lse, grad_out, scale, metric == "sqeuclidean", need_rows, need_cols)
     elif which == "triton":
         gx, gy, gc, gv = kernels("pairwise").pairwise_lse_bwd(
-            x, y, col_bias, values, lse, out, grad_lse, grad_out, scale, metric)
+            x, y, col_bias, values, lse, out, grad_lse, grad_out, scale, metric, need_rows, need_cols)
     else:
         gx, gy, gc, gv = ref.pairwise_lse_bwd(x, y, col_bias, values, lse, out, grad_lse, grad_out, scale, metric)
     if gc is None or col_bias is None:
@@ -68,7 +71,7 @@ def pairwise_lse_bwd(x: Tensor, y: Tensor, col_bias: Optional[Tensor], values: O
 
 
 @pairwise_lse_bwd.register_fake
-def _(x, y, col_bias, values, lse, out, grad_lse, grad_out, scale, metric, backend):
+def _(x, y, col_bias, values, lse, out, grad_lse, grad_out, scale, metric, need_rows, need_cols, backend):
     gc = x.new_empty(col_bias.shape) if col_bias is not None else x.new_empty(0)
     gv = x.new_empty(values.shape) if values is not None else x.new_empty(0)
     return torch.empty_like(x), torch.empty_like(y), gc, gv
