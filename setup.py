@@ -52,17 +52,17 @@ exts, cmdclass = extension_modules()
 cmdclass["build_py"] = BuildPyWithSources
 
 def python_packages():
-    """hotpath and every subpackage under python/hotpath, plus kernels/ and benchmarks/."""
+    """hotpath and every subpackage under python/hotpath."""
     found = []
     for dirpath, _, files in os.walk(os.path.join(HERE, "python", "hotpath")):
         if "__init__.py" in files and "__pycache__" not in dirpath:
             found.append(os.path.relpath(dirpath, os.path.join(HERE, "python")).replace(os.sep, "."))
-    return sorted(found) + ["hotpath.kernels", "hotpath.benchmarks"]
+    return sorted(found)
 
 
 setup(
     packages=python_packages(),
-    package_dir={"": "python", "hotpath.kernels": "kernels", "hotpath.benchmarks": "benchmarks"},
+    package_dir={"": "python"},
     ext_modules=exts,
     cmdclass=cmdclass,
 )

@@ -1,6 +1,6 @@
-"""Access to the Triton kernels (hotpath.kernels), imported only when a Triton backend runs."""
+"""Access to the Triton kernels (hotpath.backends.triton), imported only when a Triton backend runs."""
 import importlib
 
 
 def kernels(module):
-    return importlib.import_module(f"hotpath.kernels.{module}")
+    return importlib.import_module(f"hotpath.backends.triton.{module}")
