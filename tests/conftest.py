@@ -1,7 +1,10 @@
 """Shared test settings: backends to parametrize over, tolerance table, reference comparison.
 
-Triton kernels run through the Triton interpreter on CPU tensors when no GPU is present, so
-TRITON_INTERPRET must be set before triton is first imported.
+GPU test mode: where CUDA is present, tests parametrized with backend "triton" or "cuda" create
+their tensors on the GPU (the test body runs under `torch.device("cuda")`) and the Triton
+kernels run compiled. Without CUDA (or with HOTPATH_TEST_DEVICE=cpu) the same test bodies run on
+CPU tensors, the Triton kernels through the interpreter, so TRITON_INTERPRET is set here, before
+triton is first imported.
 """
 import os
 import warnings
@@ -9,11 +12,12 @@ import warnings
 import pytest
 import torch
 
-if not torch.cuda.is_available():
+GPU_MODE = torch.cuda.is_available() and os.environ.get("HOTPATH_TEST_DEVICE", "cuda") == "cuda"
+if not GPU_MODE:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import hotpath  # noqa: E402
-from hotpath._backend import triton_available  # noqa: E402
+from hotpath.backends import triton_available  # noqa: E402
 from hotpath._ext import load_extension  # noqa: E402
 
 HAS_CPP = load_extension()
@@ -48,6 +52,17 @@ def assert_close(actual, expected, dtype=None, *, scale=1.0, msg=""):
     atol, rtol = TOL[dtype]
     torch.testing.assert_close(actual.double(), expected.double(), atol=atol * scale, rtol=rtol * scale,
                                equal_nan=True, msg=(lambda m: f"{msg}\n{m}") if msg else None)
+
+
+@pytest.fixture(autouse=True)
+def _device_of_backend(request):
+    """GPU mode: a Triton / CUDA test body makes its tensors on the GPU."""
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    if GPU_MODE and params.get("backend") in ("triton", "cuda"):
+        with torch.device("cuda"):
+            yield
+    else:
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -275,7 +275,7 @@ def test_hard_mine_kernel():
     x = torch.randn(300, 12)
     lab = torch.randint(0, 9, (300,))
     lab[5] = 99  # a class of one: no positive
-    pi, ni = ops.hard_mine(x, lab, "cpu")
+    pi, ni = ops.hard_mine.with_backend("cpu", x, lab)
     rp, rn = R.hard_mine(x.double(), lab)
     assert torch.equal(pi, rp) and torch.equal(ni, rn)
     assert int(pi[5]) == -1
@@ -371,16 +371,16 @@ def test_topk_screened_ties_and_nonfinite():
 def test_opcheck():
     x, y = torch.randn(13, 5, dtype=torch.float64), torch.randn(11, 5, dtype=torch.float64)
     lab = torch.randint(0, 3, (13,))
-    lr, lc = ops.lse_sweep(x, y, 0.7, True, False, "cpu")
+    lr, lc = ops.lse_sweep.with_backend("cpu", x, y, 0.7, True, False)
     cases = [
-        (ops.lse_sweep, (x, y, 0.7, True, False, "cpu")),
-        (ops.lse_sweep, (x, x, 0.7, False, True, "cpu")),
+        (ops.lse_sweep, (x, y, 0.7, True, False)),
+        (ops.lse_sweep, (x, x, 0.7, False, True)),
         (ops.softmax_acc, (x, y, 0.7, torch.rand(13, dtype=torch.float64), lr, torch.rand(11, dtype=torch.float64), lc,
-                           False, "cpu")),
-        (ops.siglip_rows, (x, y, 2.0, -1.0, "cpu")),
-        (ops.siglip_acc, (x, y, 2.0, -1.0, "cpu")),
-        (ops.hard_mine, (x, lab, "cpu")),
-        (ops.topk, (x, y, 3, "cpu")),
+                           False)),
+        (ops.siglip_rows, (x, y, 2.0, -1.0)),
+        (ops.siglip_acc, (x, y, 2.0, -1.0)),
+        (ops.hard_mine, (x, lab)),
+        (ops.topk, (x, y, 3)),
         (ops.topk_screened, (x.float(), y.float(), 3)),
     ]
     for op, args in cases:
@@ -435,26 +435,26 @@ def test_cpu_kernels_across_tiles():
         xs, ys = x.to(dt), y.to(dt)
         scale = 1.3
         S = scale * x @ y.T
-        lr, lc = ops.lse_sweep(xs, ys, scale, True, False, "cpu")
+        lr, lc = ops.lse_sweep.with_backend("cpu", xs, ys, scale, True, False)
         assert_close(lr, S.logsumexp(1), dt, scale=5)
         assert_close(lc, S.logsumexp(0), dt, scale=5)
         ra, ca = torch.rand(n, dtype=torch.float64), torch.rand(m, dtype=torch.float64)
         rl, cl = S.logsumexp(1), S.logsumexp(0)
-        acc = ops.softmax_acc(xs, ys, scale, ra.to(dt), rl.to(dt), ca.to(dt), cl.to(dt), False, "cpu")
-        ref = ops.softmax_acc(x, y, scale, ra, rl, ca, cl, False, "reference")
+        acc = ops.softmax_acc.with_backend("cpu", xs, ys, scale, ra.to(dt), rl.to(dt), ca.to(dt), cl.to(dt), False)
+        ref = ops.softmax_acc.with_backend("reference", x, y, scale, ra, rl, ca, cl, False)
         assert_close(acc, ref, dt, scale=20)
-        assert_close(ops.siglip_rows(xs, ys, scale, -2.0, "cpu"), ops.siglip_rows(x, y, scale, -2.0, "reference"), dt,
+        assert_close(ops.siglip_rows.with_backend("cpu", xs, ys, scale, -2.0), ops.siglip_rows.with_backend("reference", x, y, scale, -2.0), dt,
                      scale=200)
-        a1, r1 = ops.siglip_acc(xs, ys, scale, -2.0, "cpu")
-        a2, r2 = ops.siglip_acc(x, y, scale, -2.0, "reference")
+        a1, r1 = ops.siglip_acc.with_backend("cpu", xs, ys, scale, -2.0)
+        a2, r2 = ops.siglip_acc.with_backend("reference", x, y, scale, -2.0)
         assert_close(a1, a2, dt, scale=200)
         assert_close(r1, r2, dt, scale=200)
-    lse = ops.lse_sweep(x, x, 0.5, False, True, "cpu")[0]
+    lse = ops.lse_sweep.with_backend("cpu", x, x, 0.5, False, True)[0]
     assert_close(lse, R.lse_offdiag(x, 0.5))
     lab = torch.randint(0, 13, (n,))
-    for got, want in zip(ops.hard_mine(x, lab, "cpu"), R.hard_mine(x, lab)):
+    for got, want in zip(ops.hard_mine.with_backend("cpu", x, lab), R.hard_mine(x, lab)):
         assert torch.equal(got, want)
-    v, i = ops.topk(x, y, 4, "cpu")
+    v, i = ops.topk.with_backend("cpu", x, y, 4)
     rv, ri = torch.topk(x @ y.T, 4, dim=1)
     assert torch.equal(i, ri)
     assert_close(v, rv)

@@ -39,7 +39,7 @@ def test_softmin_dense_kernels(backend, dtype, shape):
     hr[0, 0] = -math.inf
     for h, dim in ((hr, 2), (hc, 1)):
         want = ref.softmin_dense(C, h, 0.1, dim)
-        got = ops.ot_softmin_dense(C.to(dtype), h.to(dtype), 0.1, dim, backend)
+        got = ops.ot_softmin_dense.with_backend(backend, C.to(dtype), h.to(dtype), 0.1, dim)
         assert_close(got, want, dtype, scale=10)
 
 
@@ -52,7 +52,7 @@ def test_softmin_points_kernels(backend, p, shape):
     y[0, 0] = x[0, 0]  # a zero distance (p=1 gradient convention: 0 there)
     h = torch.randn(B, m, dtype=D64)
     f0, U0 = ref.softmin_points(x, y, h, 0.2, p, True)
-    f, U = ops.ot_softmin_points(x, y, h, 0.2, p, True, backend)
+    f, U = ops.ot_softmin_points.with_backend(backend, x, y, h, 0.2, p, True)
     assert_close(f, f0, D64)
     assert_close(U, U0, D64)
 
@@ -60,25 +60,25 @@ def test_softmin_points_kernels(backend, p, shape):
 def test_softmin_all_masked_is_inf_not_nan():
     C = torch.rand(1, 3, 4, dtype=D64)
     h = torch.full((1, 4), -math.inf, dtype=D64)
-    f = ops.ot_softmin_dense(C, h, 0.1, 2, "cpu")
+    f = ops.ot_softmin_dense.with_backend("cpu", C, h, 0.1, 2)
     assert torch.isinf(f).all() and (f > 0).all()
-    f = ops.ot_softmin_dense(C, torch.full((1, 3), -math.inf, dtype=D64), 0.1, 1, "cpu")
+    f = ops.ot_softmin_dense.with_backend("cpu", C, torch.full((1, 3), -math.inf, dtype=D64), 0.1, 1)
     assert torch.isinf(f).all()
 
 
 def test_opcheck():
     C = torch.rand(2, 4, 5)
-    torch.library.opcheck(ops.ot_softmin_dense, (C, torch.randn(2, 5), 0.1, 2, "cpu"))
+    torch.library.opcheck(ops.ot_softmin_dense, (C, torch.randn(2, 5), 0.1, 2))
     torch.library.opcheck(ops.ot_softmin_points, (torch.rand(2, 4, 3), torch.rand(2, 5, 3), torch.randn(2, 5), 0.1, 1,
-                                                  True, "cpu"))
+                                                  True))
     for with_plan in (True, False):
         torch.library.opcheck(ops.ot_dense_plan, (C, torch.randn(2, 4), torch.randn(2, 5), torch.randn(2, 4),
-                                                  torch.randn(2, 5), 0.3, with_plan, "cpu"))
+                                                  torch.randn(2, 5), 0.3, with_plan))
     torch.library.opcheck(ops.ot_sinkhorn_alternating, (C, torch.randn(2, 4), torch.randn(2, 5), 0.1, -1.0, -1.0, 20,
-                                                        1e-6, 10, torch.zeros(2, 4), "cpu"))
+                                                        1e-6, 10, torch.zeros(2, 4)))
     el = torch.tensor([1.0, 0.5, 0.1], dtype=D64)
     torch.library.opcheck(ops.ot_sinkhorn_symmetric, (C, torch.rand(2, 4, 4), torch.rand(2, 5, 5), torch.randn(2, 4),
-                                                      torch.randn(2, 5), el, 0.5, -1.0, True, 0.0, 1, "cpu"))
+                                                      torch.randn(2, 5), el, 0.5, -1.0, True, 0.0, 1))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, D64])
@@ -98,16 +98,16 @@ def test_alternating_loop_kernel_domain(dtype, rho, shape, eps):
         b_log[-1, m // 2:] = -math.inf
         a_log[-1, 7] = -60.0  # a row ~e^-60 lighter than the rest
     f0 = torch.where(torch.isfinite(a_log), -eps * a_log, 0.0)
-    want = ops.ot_sinkhorn_alternating(C, a_log, b_log, eps, rho, rho, 60, 0.0, 7, f0, "reference")
+    want = ops.ot_sinkhorn_alternating.with_backend("reference", C, a_log, b_log, eps, rho, rho, 60, 0.0, 7, f0)
     got = ops.ot_sinkhorn_alternating(*(t.to(dtype) for t in (C, a_log, b_log)), eps, rho, rho, 60, 0.0, 7,
-                                      f0.to(dtype), "cpu")
+                                      f0.to(dtype))
     assert torch.equal(got[2], want[2])
     for x, w in zip((got[0], got[1]), (want[0], want[1])):
         assert torch.isfinite(x).all()
         assert_close(x, w, dtype, scale=1e3 * eps if dtype == torch.float32 else 1)  # potentials scale with 1/eps
     assert_close(got[3], want[3], dtype, scale=10)
     primal, P = ops.ot_dense_plan(C.to(dtype), a_log.to(dtype), b_log.to(dtype), want[0].to(dtype),
-                                  want[1].to(dtype), eps, True, "cpu")
+                                  want[1].to(dtype), eps, True)
     primal0, P0 = ref.dense_plan(C, a_log, b_log, want[0], want[1], eps)
     assert_close(P, P0, dtype, scale=10)
     assert_close(primal, primal0, dtype, scale=10)
@@ -117,20 +117,20 @@ def test_alternating_loop_converges_and_stops():
     C = torch.rand(1, 40, 50, dtype=D64)
     z = torch.zeros(1, 40, dtype=D64)
     a_log, b_log = torch.log(torch.full((1, 40), 1 / 40, dtype=D64)), torch.log(torch.full((1, 50), 1 / 50, dtype=D64))
-    f, g, n_iter, err = ops.ot_sinkhorn_alternating(C, a_log, b_log, 0.1, -1.0, -1.0, 1000, 1e-12, 10, z, "cpu")
-    ref_out = ops.ot_sinkhorn_alternating(C, a_log, b_log, 0.1, -1.0, -1.0, 1000, 1e-12, 10, z, "reference")
+    f, g, n_iter, err = ops.ot_sinkhorn_alternating.with_backend("cpu", C, a_log, b_log, 0.1, -1.0, -1.0, 1000, 1e-12, 10, z)
+    ref_out = ops.ot_sinkhorn_alternating.with_backend("reference", C, a_log, b_log, 0.1, -1.0, -1.0, 1000, 1e-12, 10, z)
     assert int(n_iter) < 1000 and float(err) < 1e-12 and torch.equal(n_iter, ref_out[2])
     Cn = C.clone()
     Cn[0, 3, 4] = math.nan
-    f, g, n_iter, err = ops.ot_sinkhorn_alternating(Cn, a_log, b_log, 0.1, -1.0, -1.0, 1000, 1e-12, 10, z, "cpu")
+    f, g, n_iter, err = ops.ot_sinkhorn_alternating.with_backend("cpu", Cn, a_log, b_log, 0.1, -1.0, -1.0, 1000, 1e-12, 10, z)
     assert int(n_iter) == 1 and math.isnan(float(err))  # NaN stops at the first check, never hangs
 
 
 @pytest.mark.parametrize("p", [1, 2])
 def test_cost_matrix_op(p):
     x, y = clouds(2, 7, 19, dtype=torch.float32)
-    torch.library.opcheck(ops.ot_cost_matrix, (x, y, p, "cpu"))
-    assert_close(ops.ot_cost_matrix(x, y, p, "cpu"), ref.cost_matrix(x.double(), y.double(), p), torch.float32)
+    torch.library.opcheck(ops.ot_cost_matrix, (x, y, p))
+    assert_close(ops.ot_cost_matrix(x, y, p), ref.cost_matrix(x.double(), y.double(), p), torch.float32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, D64])
@@ -145,9 +145,9 @@ def test_symmetric_loop_fixed_eps_kernel_domain(dtype, rho):
     a_log[0, :5] = -math.inf
     b_log[2, 60:] = -math.inf
     el = torch.tensor([1.0] + [0.002] * 60, dtype=D64)
-    want = ops.ot_sinkhorn_symmetric(Cxy, Cxx, Cyy, a_log, b_log, el, rho, rho, True, 0.0, 1, "reference")
+    want = ops.ot_sinkhorn_symmetric.with_backend("reference", Cxy, Cxx, Cyy, a_log, b_log, el, rho, rho, True, 0.0, 1)
     args = [t.to(dtype) for t in (Cxy, Cxx, Cyy, a_log, b_log)]
-    got = ops.ot_sinkhorn_symmetric(*args, el, rho, rho, True, 0.0, 1, "cpu")
+    got = ops.ot_sinkhorn_symmetric.with_backend("cpu", *args, el, rho, rho, True, 0.0, 1)
     for g, w in zip(got[:4], want[:4]):
         assert torch.isfinite(g).all()
         assert_close(g, w, dtype, scale=4 if dtype == torch.float32 else 1)
@@ -162,8 +162,8 @@ def test_symmetric_loop_cpu_vs_reference(rho, debias):
     b_log = torch.log(torch.rand(3, 13, dtype=D64))
     b_log[1, 2] = -math.inf
     el = torch.tensor([2.0, 1.0, 0.5, 0.1, 0.05], dtype=D64)
-    got = ops.ot_sinkhorn_symmetric(Cxy, Cxx, Cyy, a_log, b_log, el, rho, rho, debias, 0.0, 1, "cpu")
-    want = ops.ot_sinkhorn_symmetric(Cxy, Cxx, Cyy, a_log, b_log, el, rho, rho, debias, 0.0, 1, "reference")
+    got = ops.ot_sinkhorn_symmetric.with_backend("cpu", Cxy, Cxx, Cyy, a_log, b_log, el, rho, rho, debias, 0.0, 1)
+    want = ops.ot_sinkhorn_symmetric.with_backend("reference", Cxy, Cxx, Cyy, a_log, b_log, el, rho, rho, debias, 0.0, 1)
     for g, w in zip(got, want):
         assert_close(g.double(), w.double(), D64)
 

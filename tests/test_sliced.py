@@ -167,9 +167,8 @@ def test_max_sliced():
 def test_opcheck():
     x, y, a, b = _clouds(2, 7, 5, 3, torch.float32, True, seed=18)
     theta = hp.ot.random_projections(3, 4)
-    torch.library.opcheck(ops.sliced_wasserstein_fwd, (x, y, a, b, theta, 2.0, True, True, True, True, True, "auto"))
-    torch.library.opcheck(ops.sliced_wasserstein_fwd, (x, y, None, None, theta, 1.5, False, False, False, False, False,
-                                                       "auto"))
+    torch.library.opcheck(ops.sliced_wasserstein_fwd, (x, y, a, b, theta, 2.0, True, True, True, True, True))
+    torch.library.opcheck(ops.sliced_wasserstein_fwd, (x, y, None, None, theta, 1.5, False, False, False, False, False))
 
 
 def test_bad_input():

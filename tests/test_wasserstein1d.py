@@ -189,12 +189,12 @@ def test_opcheck():
     g = torch.Generator().manual_seed(0)
     u, v = torch.randn(3, 7, generator=g), torch.randn(3, 5, generator=g)
     uw, vw = torch.rand(3, 7, generator=g) + 0.1, torch.rand(3, 5, generator=g) + 0.1
-    torch.library.opcheck(ops.wasserstein1d_fwd, (u, v, uw, vw, 1.5, False, True, True, "auto"))
-    torch.library.opcheck(ops.wasserstein1d_fwd, (u, v, None, None, 2.0, False, False, False, "auto"))
+    torch.library.opcheck(ops.wasserstein1d_fwd, (u, v, uw, vw, 1.5, False, True, True))
+    torch.library.opcheck(ops.wasserstein1d_fwd, (u, v, None, None, 2.0, False, False, False))
     p, q = torch.rand(3, 9, generator=g), torch.rand(3, 9, generator=g)
     s = torch.arange(9.0)[None]
     for need_p, need_q in ((True, True), (True, False), (False, True), (False, False)):
-        torch.library.opcheck(ops.histogram_w1_fwd, (p, q, s, need_p, need_q, "auto"))
+        torch.library.opcheck(ops.histogram_w1_fwd, (p, q, s, need_p, need_q))
 
 
 def test_bad_input():

@@ -478,7 +478,9 @@ void topk_impl(const Tensor& Q, const Tensor& K, int64_t k, T* vals, int64_t* id
             const T v = s[c];
             // filled buffer: v must beat the k-th value strictly (equal keeps the earlier key)
             if (bi[k - 1] >= 0 && !(v > bv[k - 1])) return;
-            if (v != v) return;  // NaN scores are never selected
+            // NaN and -inf scores are never selected: a returned index always names a key
+            // that scored above -inf, and the slots left over keep (-inf, -1)
+            if (!(v > ninf<T>())) return;
             int64_t p = k - 1;
             while (p > 0 && (bi[p - 1] < 0 || v > bv[p - 1])) { bv[p] = bv[p - 1]; bi[p] = bi[p - 1]; --p; }
             bv[p] = v; bi[p] = j0 + c;
@@ -526,11 +528,11 @@ std::tuple<Tensor, Tensor> topk_dot(const Tensor& q_, const Tensor& k_, int64_t 
 }  // namespace
 }  // namespace hotpath
 
-TORCH_LIBRARY_FRAGMENT(hotpath_cpu, m) {
-  m.def("contrastive_lse_sweep", &hotpath::lse_sweep);
-  m.def("contrastive_softmax_acc", &hotpath::softmax_acc);
-  m.def("contrastive_siglip_rows", &hotpath::siglip_rows);
-  m.def("contrastive_siglip_acc", &hotpath::siglip_acc);
-  m.def("contrastive_hard_mine", &hotpath::hard_mine);
-  m.def("contrastive_topk_dot", &hotpath::topk_dot);
+TORCH_LIBRARY_IMPL(hotpath, CPU, m) {
+  m.impl("contrastive_lse_sweep", &hotpath::lse_sweep);
+  m.impl("contrastive_softmax_acc", &hotpath::softmax_acc);
+  m.impl("contrastive_siglip_rows", &hotpath::siglip_rows);
+  m.impl("contrastive_siglip_acc", &hotpath::siglip_acc);
+  m.impl("contrastive_hard_mine", &hotpath::hard_mine);
+  m.impl("contrastive_topk", &hotpath::topk_dot);
 }

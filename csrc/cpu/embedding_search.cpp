@@ -41,12 +41,15 @@ struct TopK {
 };
 
 
-std::tuple<at::Tensor, at::Tensor> embedding_search_int8(at::Tensor qq, at::Tensor qstep, at::Tensor packed, at::Tensor key_scale, int64_t n, int64_t k) {
+std::tuple<at::Tensor, at::Tensor> embedding_search_int8(at::Tensor qq, at::Tensor qstep, at::Tensor keys, at::Tensor packed,
+                                                         at::Tensor key_scale, int64_t k) {
+  const int64_t n = keys.size(0);  // the plain int8 keys serve the other backends; only their count is read here
   TORCH_CHECK(qq.dim() == 2 && qq.scalar_type() == at::kChar && qq.is_contiguous(), "queries must be contiguous (Q, d) int8");
   TORCH_CHECK(qstep.dim() == 1 && qstep.size(0) == qq.size(0) && qstep.scalar_type() == at::kFloat, "qstep must be (Q,) float32");
   TORCH_CHECK(key_scale.dim() == 1 && key_scale.size(0) == n && key_scale.scalar_type() == at::kFloat && key_scale.is_contiguous(), "key_scale must be (n,) float32");
   TORCH_CHECK(k >= 1 && k <= n, "k must be in [1, n]");
   const int64_t Q = qq.size(0), d = qq.size(1), d4 = (d + 3) / 4, n16 = (n + 15) / 16;
+  TORCH_CHECK(d >= 1, "embedding_search_int8: d must be >= 1, got ", d);
   TORCH_CHECK(packed.scalar_type() == at::kByte && packed.numel() == n16 * d4 * 64 && packed.is_contiguous(), "packed keys do not match n, d");
   at::Tensor vals = at::empty({Q, k}, qstep.options());
   at::Tensor idx = at::empty({Q, k}, qstep.options().dtype(at::kLong));
@@ -202,7 +205,9 @@ std::tuple<at::Tensor, at::Tensor> embedding_search_binary(at::Tensor qbits, at:
   TORCH_CHECK(qbits.dim() == 2 && qbits.scalar_type() == at::kByte && qbits.is_contiguous(), "query bits must be contiguous (Q, B) uint8");
   TORCH_CHECK(kbits.dim() == 2 && kbits.scalar_type() == at::kByte && kbits.is_contiguous(), "key bits must be contiguous (n, B) uint8");
   const int64_t Q = qbits.size(0), n = kbits.size(0), B = kbits.size(1), W = B / 8;
-  TORCH_CHECK(qbits.size(1) == B && B % 8 == 0 && W * 64 >= d, "bit rows must be ceil(d/64)*8 bytes");
+  // d = 0 would leave no 64-bit word per row (and a division by zero in the chunk size)
+  TORCH_CHECK(d >= 1, "embedding_search_binary: d must be >= 1, got ", d);
+  TORCH_CHECK(qbits.size(1) == B && B % 8 == 0 && W >= 1 && W * 64 >= d, "bit rows must be ceil(d/64)*8 bytes");
   TORCH_CHECK(k >= 1 && k <= n, "k must be in [1, n]");
   at::Tensor vals = at::empty({Q, k}, qbits.options().dtype(at::kFloat));
   at::Tensor idx = at::empty({Q, k}, qbits.options().dtype(at::kLong));
@@ -277,7 +282,7 @@ std::tuple<at::Tensor, at::Tensor> embedding_search_binary(at::Tensor qbits, at:
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(hotpath_cpu, m) {
-  m.def("embedding_search_int8", &embedding_search_int8);
-  m.def("embedding_search_binary", &embedding_search_binary);
+TORCH_LIBRARY_IMPL(hotpath, CPU, m) {
+  m.impl("embedding_search_int8", &embedding_search_int8);
+  m.impl("embedding_search_binary", &embedding_search_binary);
 }

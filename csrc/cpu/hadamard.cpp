@@ -67,4 +67,4 @@ at::Tensor fwht(at::Tensor x, at::Tensor signs, int64_t block, bool inverse) {
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(hotpath_cpu, m) { m.def("fwht", &fwht); }
+TORCH_LIBRARY_IMPL(hotpath, CPU, m) { m.impl("fwht", &fwht); }

@@ -755,10 +755,10 @@ at::Tensor ot_cost_matrix(at::Tensor x, at::Tensor y, int64_t p) {
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(hotpath_cpu, m) {
-  m.def("ot_cost_matrix", &ot_cost_matrix);
-  m.def("ot_softmin_dense", &ot_softmin_dense);
-  m.def("ot_sinkhorn_alternating", &ot_sinkhorn_alternating);
-  m.def("ot_dense_plan", &ot_dense_plan);
-  m.def("ot_sinkhorn_symmetric", &ot_sinkhorn_symmetric);
+TORCH_LIBRARY_IMPL(hotpath, CPU, m) {
+  m.impl("ot_cost_matrix", &ot_cost_matrix);
+  m.impl("ot_softmin_dense", &ot_softmin_dense);
+  m.impl("ot_sinkhorn_alternating", &ot_sinkhorn_alternating);
+  m.impl("ot_dense_plan", &ot_dense_plan);
+  m.impl("ot_sinkhorn_symmetric", &ot_sinkhorn_symmetric);
 }

@@ -133,4 +133,4 @@ std::tuple<at::Tensor, at::Tensor> ot_softmin_points(at::Tensor x, at::Tensor y,
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(hotpath_cpu, m) { m.def("ot_softmin_points", &ot_softmin_points); }
+TORCH_LIBRARY_IMPL(hotpath, CPU, m) { m.impl("ot_softmin_points", &ot_softmin_points); }

@@ -172,7 +172,7 @@ void lse_rows(const Pairs<T>* Ps, const Feats<T>* Vs, int64_t B, T* lse_all, T* 
     std::vector<T> Sbuf(kRowBlock * kColTile);
     T* S = Sbuf.data();
     T mx[kRowBlock], sm[kRowBlock];
-    bool nan[kRowBlock];
+    bool nan[kRowBlock], pinf[kRowBlock];
     for (int64_t task = b0; task < b1; ++task) {
       const int64_t bi = task / nblocks;
       const Pairs<T>& P = Ps[bi];
@@ -181,7 +181,7 @@ void lse_rows(const Pairs<T>* Ps, const Feats<T>* Vs, int64_t B, T* lse_all, T* 
       T* out = out_all + bi * P.nr * vals.k;
       const int64_t i0 = (task % nblocks) * kRowBlock;
       const int R = (int)std::min<int64_t>(kRowBlock, P.nr - i0);
-      for (int r = 0; r < R; ++r) { mx[r] = simd::neg_inf<T>(); sm[r] = 0; nan[r] = false; }
+      for (int r = 0; r < R; ++r) { mx[r] = simd::neg_inf<T>(); sm[r] = 0; nan[r] = false; pinf[r] = false; }
       T* o = out + i0 * vals.k;
       std::fill(o, o + R * vals.k, T(0));
       for (int64_t j0 = 0; j0 < P.nc; j0 += kColTile) {
@@ -194,6 +194,17 @@ void lse_rows(const Pairs<T>* Ps, const Feats<T>* Vs, int64_t B, T* lse_all, T* 
           for (int c = 0; c < TC; c += VV::W) m = VV::vmax(m, VV::load(s + c));
           const T tmax = VV::hmax(m);
           if (tmax == simd::neg_inf<T>()) {  // all masked, or NaN scores (max skips NaN)
+            for (int c = 0; c < nvalid; ++c) nan[r] |= (s[c] != s[c]);
+            continue;
+          }
+          if (tmax == -simd::neg_inf<T>()) {
+            // a +inf score makes the row's lse +inf (as torch.logsumexp), unless a NaN appears;
+            // shifting by an infinite max would give inf - inf = NaN, so the row stops summing
+            pinf[r] = true;
+            for (int c = 0; c < nvalid; ++c) nan[r] |= (s[c] != s[c]);
+            continue;
+          }
+          if (pinf[r]) {
             for (int c = 0; c < nvalid; ++c) nan[r] |= (s[c] != s[c]);
             continue;
           }
@@ -219,6 +230,9 @@ void lse_rows(const Pairs<T>* Ps, const Feats<T>* Vs, int64_t B, T* lse_all, T* 
         if (nan[r] || sm[r] != sm[r]) {
           lse[i] = std::numeric_limits<T>::quiet_NaN();
           for (int64_t kk = 0; kk < vals.k; ++kk) o[r * vals.k + kk] = std::numeric_limits<T>::quiet_NaN();
+        } else if (pinf[r]) {
+          lse[i] = -simd::neg_inf<T>();  // the reference's softmax weights of an infinite row are 0
+          for (int64_t kk = 0; kk < vals.k; ++kk) o[r * vals.k + kk] = T(0);
         } else if (mx[r] == simd::neg_inf<T>()) {
           lse[i] = simd::neg_inf<T>();  // every column masked: out stays 0
         } else {

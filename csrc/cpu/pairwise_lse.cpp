@@ -9,6 +9,11 @@
 namespace hotpath {
 namespace {
 
+bool is_sqeuclidean(c10::string_view metric) {
+  TORCH_CHECK(metric == "dot" || metric == "sqeuclidean", "metric must be \"dot\" or \"sqeuclidean\"");
+  return metric == "sqeuclidean";
+}
+
 using at::Tensor;
 using engine::BwdTerms;
 using engine::Feats;
@@ -108,7 +113,8 @@ Pairs<T> pairs(const Side& s, int64_t b) {
 }
 
 std::tuple<Tensor, Tensor> pairwise_lse_fwd(const Tensor& x_, const Tensor& y_, const std::optional<Tensor>& cb_,
-                                            const std::optional<Tensor>& v_, double scale, bool sq) {
+                                            const std::optional<Tensor>& v_, double scale, c10::string_view metric) {
+  const bool sq = is_sqeuclidean(metric);
   check_inputs(x_, y_, cb_, v_);
   const auto x = x_.contiguous(), y = y_.contiguous();
   const int64_t B = x.size(0), n = x.size(1);
@@ -149,7 +155,8 @@ BwdTerms<T> terms(const Tensor& ra, const Tensor& ca, const Tensor& rv, const Te
 std::tuple<Tensor, Tensor, Tensor, Tensor> pairwise_lse_bwd(
     const Tensor& x_, const Tensor& y_, const std::optional<Tensor>& cb_, const std::optional<Tensor>& v_,
     const Tensor& lse_, const std::optional<Tensor>& out_, const Tensor& grad_lse_,
-    const std::optional<Tensor>& grad_out_, double scale, bool sq, bool need_rows, bool need_cols) {
+    const std::optional<Tensor>& grad_out_, double scale, c10::string_view metric, bool need_rows, bool need_cols) {
+  const bool sq = is_sqeuclidean(metric);
   check_inputs(x_, y_, cb_, v_);
   const auto x = x_.contiguous(), y = y_.contiguous();
   const int64_t B = x.size(0), n = x.size(1), m = y.size(1), d = x.size(2);
@@ -218,7 +225,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pairwise_lse_bwd(
 }  // namespace
 }  // namespace hotpath
 
-TORCH_LIBRARY_FRAGMENT(hotpath_cpu, m) {
-  m.def("pairwise_lse_fwd", &hotpath::pairwise_lse_fwd);
-  m.def("pairwise_lse_bwd", &hotpath::pairwise_lse_bwd);
+TORCH_LIBRARY_IMPL(hotpath, CPU, m) {
+  m.impl("pairwise_lse_fwd", &hotpath::pairwise_lse_fwd);
+  m.impl("pairwise_lse_bwd", &hotpath::pairwise_lse_bwd);
 }

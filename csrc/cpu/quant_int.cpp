@@ -857,9 +857,9 @@ at::Tensor int4_weight_only_linear(const at::Tensor& x_, const at::Tensor& qweig
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(hotpath_cpu, m) {
-  m.def("int8_weight_only_linear", &int8_weight_only_linear);
-  m.def("int8_dynamic_linear", &int8_dynamic_linear);
-  m.def("int4_weight_only_linear", &int4_weight_only_linear);
-  m.def("int4_dynamic_linear", &int4_dynamic_linear);
+TORCH_LIBRARY_IMPL(hotpath, CPU, m) {
+  m.impl("int8_weight_only_linear", &int8_weight_only_linear);
+  m.impl("int8_dynamic_linear", &int8_dynamic_linear);
+  m.impl("int4_weight_only_linear", &int4_weight_only_linear);
+  m.impl("int4_dynamic_linear", &int4_dynamic_linear);
 }

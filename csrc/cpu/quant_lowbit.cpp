@@ -335,7 +335,9 @@ void fp8_gemv_rows(const Fp8W& w, const float* x, int64_t ldx, float* y, int64_t
     }
 }
 
-at::Tensor fp8_linear(at::Tensor x, at::Tensor codes, at::Tensor scales, bool e4m3, std::optional<at::Tensor> bias) {
+at::Tensor fp8_linear(at::Tensor x, at::Tensor codes, at::Tensor scales, c10::string_view fmt, std::optional<at::Tensor> bias) {
+  TORCH_CHECK(fmt == "e4m3" || fmt == "e5m2", "fmt must be \"e4m3\" or \"e5m2\"");
+  const bool e4m3 = fmt == "e4m3";
   TORCH_CHECK(codes.dim() == 2 && codes.scalar_type() == at::kByte && codes.is_contiguous(), "codes must be contiguous (N, K) uint8");
   TORCH_CHECK(scales.dim() == 1 && scales.scalar_type() == at::kFloat && scales.size(0) == codes.size(0) && scales.is_contiguous(), "scales must be (N,) float32");
   const int64_t N = codes.size(0), K = codes.size(1);
@@ -479,9 +481,9 @@ at::Tensor ternary_linear(at::Tensor x, at::Tensor pos, at::Tensor neg, at::Tens
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(hotpath_cpu, m) {
-  m.def("fp4_linear", &fp4_linear);
-  m.def("fp4_dequantize", &fp4_dequantize);
-  m.def("fp8_linear", &fp8_linear);
-  m.def("ternary_linear", &ternary_linear);
+TORCH_LIBRARY_IMPL(hotpath, CPU, m) {
+  m.impl("fp4_linear", &fp4_linear);
+  m.impl("fp4_dequantize", &fp4_dequantize);
+  m.impl("fp8_linear", &fp8_linear);
+  m.impl("ternary_linear", &ternary_linear);
 }

@@ -196,7 +196,7 @@ bool cpu_has_bf16_dot() {
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(hotpath_cpu, m) {
-  m.def("contrastive_topk_dot_screened", &topk_dot_screened);
-  m.def("cpu_has_bf16_dot", &cpu_has_bf16_dot);
-}
+TORCH_LIBRARY_IMPL(hotpath, CPU, m) { m.impl("contrastive_topk_screened", &topk_dot_screened); }
+
+// A question about this CPU, not a kernel: whether the screen has fast bf16 dot products.
+TORCH_LIBRARY_FRAGMENT(hotpath, m) { m.def("cpu_has_bf16_dot() -> bool", &cpu_has_bf16_dot); }

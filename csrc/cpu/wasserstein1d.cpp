@@ -392,6 +392,16 @@ double solve_sorted(const T* us, const int32_t* iu, int64_t n, const T* uw, cons
   if (weighted) {
     su = sorted_weights(uw, iu, n, s.wu);
     sv = sorted_weights(vw, iv, m, s.wv);
+    if (!std::isfinite(su) || !std::isfinite(sv)) {
+      // A NaN or infinite weight: the walk's comparisons would skip the NaN breakpoints and return
+      // a finite number. NaN rule (as the reference and POT): the value and every gradient are NaN.
+      const T nan = std::numeric_limits<T>::quiet_NaN();
+      if (o.gu) std::fill(o.gu, o.gu + n, nan);
+      if (o.gv) std::fill(o.gv, o.gv + m, nan);
+      if (o.guw && uw) std::fill(o.guw, o.guw + n, nan);
+      if (o.gvw && vw) std::fill(o.gvw, o.gvw + m, nan);
+      return std::numeric_limits<double>::quiet_NaN();
+    }
     const double* wu = s.wu.data();
     const double* wv = s.wv.data();
     cost = pk == 1   ? walk_weighted<T, 1>(us, wu, n, vs, wv, m, p, g)
@@ -799,8 +809,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> histogram_w1_fwd(const Tensor& P, con
 }  // namespace
 }  // namespace hotpath
 
-TORCH_LIBRARY_FRAGMENT(hotpath_cpu, m) {
-  m.def("wasserstein1d_fwd", &hotpath::wasserstein1d_fwd);
-  m.def("sliced_wasserstein_fwd", &hotpath::sliced_wasserstein_fwd);
-  m.def("histogram_w1_fwd", &hotpath::histogram_w1_fwd);
+TORCH_LIBRARY_IMPL(hotpath, CPU, m) {
+  m.impl("wasserstein1d_fwd", &hotpath::wasserstein1d_fwd);
+  m.impl("sliced_wasserstein_fwd", &hotpath::sliced_wasserstein_fwd);
+  m.impl("histogram_w1_fwd", &hotpath::histogram_w1_fwd);
 }

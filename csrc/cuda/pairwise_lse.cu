@@ -5,6 +5,13 @@
 // The caller passes the current stream (torch.cuda.current_stream().cuda_stream) and sets the
 // device: this file needs no c10/cuda headers, so nvcc can compile-check it against a CPU torch.
 #include <ATen/ATen.h>
+// A CPU build of torch ships no c10/cuda headers; CI compile-checks this file against one, so
+// the stream and device guard come from c10 only where they exist (every real CUDA build).
+#if __has_include(<c10/cuda/impl/cuda_cmake_macros.h>)
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#define HOTPATH_HAVE_C10_CUDA 1
+#endif
 #include <cuda_runtime.h>
 #include <torch/library.h>
 
@@ -93,8 +100,10 @@ __global__ void lse_rows_kernel(const T* __restrict__ x, const T* __restrict__ y
 
 std::tuple<at::Tensor, at::Tensor> pairwise_lse_fwd_cuda(const at::Tensor& x_, const at::Tensor& y_,
                                                          const std::optional<at::Tensor>& cb_,
-                                                         const std::optional<at::Tensor>& v_, double scale, bool sq,
-                                                         int64_t stream_handle) {
+                                                         const std::optional<at::Tensor>& v_, double scale,
+                                                         c10::string_view metric) {
+  TORCH_CHECK(metric == "dot" || metric == "sqeuclidean", "metric must be \"dot\" or \"sqeuclidean\"");
+  const bool sq = metric == "sqeuclidean";
   TORCH_CHECK(x_.is_cuda() && y_.is_cuda(), "pairwise_lse (CUDA): CUDA tensors only");
   TORCH_CHECK(x_.dim() == 3 && y_.dim() == 3 && x_.size(0) == y_.size(0) && x_.size(2) == y_.size(2),
               "pairwise_lse (CUDA): x (B, n, d) and y (B, m, d) expected");
@@ -110,7 +119,12 @@ std::tuple<at::Tensor, at::Tensor> pairwise_lse_fwd_cuda(const at::Tensor& x_, c
   auto out = at::zeros({B, n, k}, x.options());
   if (B == 0 || n == 0) return {lse, out};
   const dim3 grid((unsigned)((n + kThreads - 1) / kThreads), (unsigned)B);
-  cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
+#ifdef HOTPATH_HAVE_C10_CUDA
+  const c10::cuda::CUDAGuard guard(x.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+#else
+  cudaStream_t stream = nullptr;
+#endif
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "pairwise_lse_fwd_cuda", [&] {
     lse_rows_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
         x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), cb.defined() ? cb.data_ptr<scalar_t>() : nullptr,
@@ -125,4 +139,5 @@ std::tuple<at::Tensor, at::Tensor> pairwise_lse_fwd_cuda(const at::Tensor& x_, c
 }  // namespace
 }  // namespace hotpath
 
-TORCH_LIBRARY_FRAGMENT(hotpath_cuda, m) { m.def("pairwise_lse_fwd", &hotpath::pairwise_lse_fwd_cuda); }
+// The narrow-feature kernel (d, k <= 16); backends/cuda/pairwise.py routes the shapes it takes here.
+TORCH_LIBRARY_IMPL(hotpath, CUDA, m) { m.impl("pairwise_lse_fwd_narrow", &hotpath::pairwise_lse_fwd_cuda); }

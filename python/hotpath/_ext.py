@@ -1,8 +1,8 @@
 """Loading the C++ extension hotpath._C: prebuilt if setup.py compiled it, else just in time.
 
-C++ kernels register themselves as torch ops in the namespace `hotpath_cpu` (one
-TORCH_LIBRARY_FRAGMENT per source file), so loading the shared library is all that is needed;
-callers use torch.ops.hotpath_cpu.<name>.
+C++ kernels register themselves with the dispatcher as the CPU (and CUDA) kernels of the ops
+declared in python/hotpath/_ops (TORCH_LIBRARY_IMPL(hotpath, CPU, m) in each source file), so
+loading the shared library is all that is needed.
 """
 import glob
 import hashlib
@@ -90,17 +90,6 @@ def load_extension():
             warnings.warn(f"hotpath: C++ extension unavailable ({_state['error'][:300]}); "
                           "CPU ops fall back to the pure-torch reference", RuntimeWarning, stacklevel=3)
     return _state["loaded"]
-
-
-def has_op(namespace, name):
-    """Whether a C++ / CUDA kernel registered torch.ops.<namespace>.<name> (after loading)."""
-    if not load_extension():
-        return False
-    try:
-        getattr(getattr(torch.ops, namespace), name)
-        return True
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def extension_status():

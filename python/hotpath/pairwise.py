@@ -2,20 +2,20 @@
 import torch
 
 from . import _validate as V
-from ._backend import check_backend
+from . import backends
 from ._ops import pairwise as ops
 
-METRICS = ops.METRICS
+METRICS = ("dot", "sqeuclidean")
 
 
-class PairwiseLSE(torch.autograd.Function):
+class PairwiseLSE(backends.Function):
     """Inputs are already validated, batched (3-D), contiguous and of one compute dtype."""
 
     @staticmethod
-    def forward(ctx, x, y, col_bias, values, scale, scale_tensor, metric, backend):
-        lse, out = ops.pairwise_lse_fwd(x, y, col_bias, values, scale, metric, backend)
+    def forward(ctx, x, y, col_bias, values, scale, scale_tensor, metric):
+        lse, out = ops.pairwise_lse_fwd(x, y, col_bias, values, scale, metric)
         ctx.save_for_backward(x, y, col_bias, values, lse, out)
-        ctx.cfg = (scale, metric, backend)
+        ctx.cfg = (scale, metric)
         if values is None:
             ctx.mark_non_differentiable(out)
         return lse, out
@@ -23,17 +23,19 @@ class PairwiseLSE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_lse, grad_out):
         x, y, col_bias, values, lse, out = ctx.saved_tensors
-        scale, metric, backend = ctx.cfg
+        scale, metric = ctx.cfg
         if grad_lse is None:
             grad_lse = torch.zeros_like(lse)
         if values is None:
-            grad_out = None
+            out, grad_out = None, None
+        elif grad_out is None:
+            grad_out = torch.zeros_like(out)
         need = ctx.needs_input_grad
         need_rows = need[0] or need[5]  # the scale gradient uses gx, and gy for sqeuclidean
         need_cols = need[1] or need[2] or need[3] or (need[5] and metric != "dot")
         gx, gy, gc, gv = ops.pairwise_lse_bwd(x, y, col_bias, values, lse, out, grad_lse.contiguous(),
                                               None if grad_out is None else grad_out.contiguous(),
-                                              scale, metric, need_rows, need_cols, backend)
+                                              scale, metric, need_rows, need_cols)
         gscale = None
         if ctx.needs_input_grad[5]:
             # d score / d scale = score_without_scale, so the scale gradient follows from gx, gy.
@@ -43,11 +45,10 @@ class PairwiseLSE(torch.autograd.Function):
                 gscale = ((x * gx).sum() + (y * gy).sum()) / (2 * scale)
         return (gx if need[0] else None, gy if need[1] else None,
                 gc if col_bias is not None and need[2] else None, gv if values is not None and need[3] else None,
-                None, gscale, None, None)
+                None, gscale, None)
 
 
-
-
+@backends.takes_backend
 def pairwise_lse(x, y, *, scale=1.0, metric="dot", col_bias=None, values=None, backend="auto"):
     """Row-wise log-sum-exp of pairwise scores, streamed (the n x m matrix is never stored).
 
@@ -59,7 +60,6 @@ def pairwise_lse(x, y, *, scale=1.0, metric="dot", col_bias=None, values=None, b
     Returns lse (n,) / (B, n), and with values also out_i = sum_j softmax_j(score_ij) values_j.
     A row whose columns are all -inf gets lse = -inf and out = 0.
     """
-    check_backend(backend)
     V.one_of("metric", metric, METRICS)
     V.tensor("x", x, ndims=(2, 3))
     V.tensor("y", y, ndims=(2, 3))
@@ -101,7 +101,7 @@ def pairwise_lse(x, y, *, scale=1.0, metric="dot", col_bias=None, values=None, b
         # Translation invariance: centering keeps |x - y|^2 accurate when the clouds sit far from 0.
         center = yb.detach().mean(dim=1, keepdim=True)
         xb, yb = xb - center, yb - center
-    lse, out = PairwiseLSE.apply(xb, yb, cb, vb, scale_f, scale_t, metric, backend)
+    lse, out = PairwiseLSE.apply(xb, yb, cb, vb, scale_f, scale_t, metric)
     if not batched:
         lse, out = lse[0], out[0]
     return (lse, out) if values is not None else lse

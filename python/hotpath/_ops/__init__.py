@@ -1,6 +1,6 @@
-"""torch.library custom ops of hotpath (namespace `hotpath`), one module per op family.
+"""The ops of hotpath (namespace `hotpath`), one module per op family.
 
-Each op body resolves its backend (python/hotpath/_backend.py) and calls the C++ kernel
-(torch.ops.hotpath_cpu.*), the Triton launcher (hotpath.kernels.*) or the reference. Every op
-has a fake implementation so torch.compile can trace it.
+Each op is declared once (hotpath.backends.op: schema, fake implementation, and the reference as
+its default kernel); C++, CUDA and Triton kernels register for their devices from their own
+places. See hotpath/backends/__init__.py for how a call finds its kernel.
 """

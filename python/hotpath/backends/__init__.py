@@ -1,0 +1,211 @@
+"""Where an op's kernels come from, and the one override that picks among them.
+
+Every op is declared once with `op(...)`: a `torch.library` schema, a fake implementation and
+its pure-torch default kernel (the reference), which the dispatcher runs on any device that has
+no kernel of its own. Per-device kernels register by dispatch key, each from its own place:
+
+    C++ CPU      csrc/cpu/*.cpp       TORCH_LIBRARY_IMPL(hotpath, CPU, m)
+    CUDA C++     csrc/cuda/*.cu       TORCH_LIBRARY_IMPL(hotpath, CUDA, m)
+    Triton       backends/triton/     registered for "cuda" here, from the op's `triton=` name
+
+So with the default preference ("auto") a call is a plain dispatcher call. The preference
+(`backend=` on public functions, `prefer(...)`, or HOTPATH_BACKEND) is context-local. It matters
+only where the dispatcher cannot choose: "reference" runs the default kernel on any device, and
+"triton" runs the Triton kernel on CPU tensors through the interpreter (TRITON_INTERPRET=1),
+which is how the Triton kernels are tested without a GPU. "cpu" and "cuda" only check that the
+tensors live there.
+"""
+import contextlib
+import contextvars
+import functools
+import inspect
+
+import importlib
+import importlib.util
+import os
+import warnings
+
+import torch
+
+from .._ext import load_extension
+
+KINDS = ("auto", "reference", "cpu", "triton", "cuda")
+_preference = contextvars.ContextVar("hotpath_backend", default=None)
+_warned = set()
+
+
+def check(kind):
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise ValueError(f"backend must be one of {KINDS}, got {kind!r}")
+    return kind
+
+
+def current():
+    """The preference in force: the innermost prefer(...), else HOTPATH_BACKEND, else "auto"."""
+    kind = _preference.get()
+    if kind is None:
+        kind = check(os.environ.get("HOTPATH_BACKEND", "auto") or "auto")
+    return kind
+
+
+@contextlib.contextmanager
+def prefer(kind):
+    """Run the ops inside with this preference. "auto" keeps the enclosing one, so a public
+    function's default backend="auto" does not undo a caller's choice."""
+    if check(kind) == "auto":
+        yield
+        return
+    token = _preference.set(kind)
+    try:
+        yield
+    finally:
+        _preference.reset(token)
+
+
+def triton_available():
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpreting():
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _warn_once(key, msg):
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(msg, RuntimeWarning, stacklevel=4)
+
+
+def _device(args):
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            return a.device
+    return torch.device("cpu")
+
+
+class _Lazy:
+    """A kernel imported on first use from backends/<kind>/<module>.py (importing triton costs
+    seconds, and nothing should import it unless a Triton kernel runs)."""
+
+    def __init__(self, kind, path):
+        self.module, self.name = f"{__name__}.{kind}.{path}".rsplit(".", 1)
+        self._fn = None
+
+    def __call__(self, *args):
+        if self._fn is None:
+            self._fn = getattr(importlib.import_module(self.module), self.name)
+        return self._fn(*args)
+
+
+class Op:
+    """A declared op: calling it runs torch.ops.hotpath.<name> under the current preference."""
+
+    def __init__(self, name, default, custom, triton):
+        self.name = name
+        self.default = default            # the reference kernel, a plain function
+        self.custom = custom              # the torch.library CustomOpDef
+        self.triton = triton              # the Triton launcher (a _Lazy) or None
+        self.overload = getattr(torch.ops.hotpath, name).default
+        self._opoverload = self.overload  # what torch.library.opcheck looks for
+
+    def kernel(self, kind):
+        """The function that runs for an explicit preference, None where the dispatcher decides."""
+        if kind == "reference":
+            return self.default
+        if kind == "triton":
+            if self.triton is None:
+                return self.default
+            return self.triton
+        return None
+
+    def with_backend(self, kind, *args):
+        """Call under an explicit preference (tests compare kernels this way)."""
+        with prefer(kind):
+            return self(*args)
+
+    def __call__(self, *args):
+        if torch.compiler.is_compiling():
+            return self.overload(*args)
+        kind = current()
+        device = _device(args)
+        if kind == "cpu" and device.type != "cpu":
+            raise ValueError(f"backend='cpu' needs CPU tensors, got tensors on {device}")
+        if kind == "cuda" and device.type != "cuda":
+            raise ValueError(f"backend='cuda' needs CUDA tensors, got tensors on {device}")
+        if kind == "triton":
+            if not triton_available():
+                raise ValueError("backend='triton' requested but triton is not installed")
+            if device.type == "cpu" and not triton_interpreting():
+                raise ValueError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1 (the Triton interpreter)")
+        fn = self.kernel(kind)
+        if fn is not None:
+            return fn(*args)
+        if device.type == "cpu":
+            load_extension()  # registers the C++ CPU kernels with the dispatcher (once)
+        elif device.type == "cuda" and self.triton is None and not triton_available():
+            _warn_once("triton", "hotpath: triton is not installed; CUDA ops fall back to the pure-torch reference")
+        return self.overload(*args)
+
+
+OPS = {}
+
+
+def op(name, *, fake, triton=None, cuda=None):
+    """Declare torch.ops.hotpath.<name> with the decorated function as its default kernel.
+
+    fake: the fake (meta) implementation. triton: "<module>.<launcher>" in backends/triton/, the
+    CUDA kernel when triton is installed. cuda: "<module>.<kernel>" in backends/cuda/, a CUDA
+    kernel that chooses between CUDA C++ and Triton by shape (it takes the place of triton= there).
+    CUDA C++ kernels that serve every shape register from C++ instead (TORCH_LIBRARY_IMPL).
+    """
+    def declare(fn):
+        custom = torch.library.custom_op(f"hotpath::{name}", fn, mutates_args=())
+        custom.register_fake(fake)
+        launcher = _Lazy("triton", triton) if triton is not None else None
+        on_cuda = _Lazy("cuda", cuda) if cuda is not None else launcher
+        if on_cuda is not None and (cuda is not None or triton_available()):
+            custom.register_kernel("cuda", on_cuda)
+        OPS[name] = Op(name, fn, custom, launcher)
+        return OPS[name]
+    return declare
+
+
+
+def takes_backend(fn):
+    """For public functions with a `backend=` argument: check it and run the body under it."""
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        kind = kwargs.get("backend")
+        if kind is None:
+            bound = sig.bind_partial(*args, **kwargs)
+            kind = bound.arguments.get("backend", "auto")
+        with prefer(check(kind)):
+            return fn(*args, **kwargs)
+    return run
+
+
+class Function(torch.autograd.Function):
+    """autograd.Function whose backward runs under the preference its forward ran under
+    (backward may run later, on another thread, outside the caller's context)."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        fwd, bwd = cls.__dict__.get("forward"), cls.__dict__.get("backward")
+        if fwd is not None:
+            fwd = fwd.__func__ if isinstance(fwd, staticmethod) else fwd
+
+            @functools.wraps(fwd)
+            def forward(ctx, *args):
+                ctx.backend = current()
+                return fwd(ctx, *args)
+            cls.forward = staticmethod(forward)
+        if bwd is not None:
+            bwd = bwd.__func__ if isinstance(bwd, staticmethod) else bwd
+
+            @functools.wraps(bwd)
+            def backward(ctx, *grads):
+                with prefer(getattr(ctx, "backend", "auto")):
+                    return bwd(ctx, *grads)
+            cls.backward = staticmethod(backward)

@@ -18,6 +18,7 @@ import os
 import pkgutil
 import platform
 import statistics
+import textwrap
 import time
 import traceback
 
@@ -199,7 +200,7 @@ class Harness:
     def _record(self, baseline, what, r, bound, ok, fmt):
         ours = next(iter(self._case["impls"]), "?")
         t = {"case": self._case["case"], "family": self._case["family"], "ours": ours, "vs": baseline,
-             "what": what, "measured": r, "target": fmt, "met": bool(ok) if r is not None else None}
+             "what": what, "measured": r, "target": fmt, "bound": bound, "met": bool(ok) if r is not None else None}
         self.targets.append(t)
         shown = "n/a" if r is None else f"{r:.3g}"
         status = "n/a" if r is None else ("MET" if ok else "MISSED")
@@ -209,8 +210,19 @@ class Harness:
         self.notes.append(text)
         print(f"    note: {text}", flush=True)
 
+    def hardware(self):
+        """Where the numbers come from: ratios depend on the instruction set (AMX, VNNI, AVX-512)."""
+        from .._info import cpu_isa, cpu_model
+        dev = torch.cuda.get_device_name(0) if torch.device(self.device).type == "cuda" else None
+        return {"processor": cpu_model(), "cpu_isa": " ".join(cpu_isa()), "cpu_count": os.cpu_count(),
+                "threads": torch.get_num_threads(), "gpu": dev}
+
     def markdown(self):
-        lines = ["| family | case | impl | median ms | peak MB | rate |", "|---|---|---|---:|---:|---:|"]
+        hw = self.hardware()
+        head = (f"Measured on {hw['processor']} ({hw['cpu_count']} CPUs, {hw['threads']} threads; "
+                f"ISA: {hw['cpu_isa']})" + (f", GPU {hw['gpu']}" if hw["gpu"] else "")
+                + f", torch {torch.__version__}, {'--quick' if self.quick else 'full'} sizes.")
+        lines = [head, "", "| family | case | impl | median ms | peak MB | rate |", "|---|---|---|---:|---:|---:|"]
         for c in self.rows:
             for impl, r in c["impls"].items():
                 if "seconds" in r:
@@ -218,7 +230,8 @@ class Harness:
                     lines.append(f"| {c['family']} | {c['case']} | {impl} | {r['seconds'] * 1e3:.2f} | {r['peak_mb']:.1f} | {rate} |")
                 else:
                     lines.append(f"| {c['family']} | {c['case']} | {impl} | {r.get('error') or r.get('skipped')} | | |")
-        lines += ["", "| family | case | ours vs | what | measured | target | status |", "|---|---|---|---|---:|---|---|"]
+        lines += ["", head, "", "| family | case | ours vs | what | measured | target | status |",
+                  "|---|---|---|---|---:|---|---|"]
         for t in self.targets:
             m = "n/a" if t["measured"] is None else f"{t['measured']:.3g}"
             s = "n/a" if t["met"] is None else ("MET" if t["met"] else "MISSED")
@@ -227,9 +240,8 @@ class Harness:
 
     def save(self, out):
         os.makedirs(out, exist_ok=True)
-        meta = {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
-                "threads": torch.get_num_threads(), "quick": self.quick,
-                "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+        meta = {"platform": platform.platform(), **self.hardware(), "torch": torch.__version__,
+                "quick": self.quick, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
         with open(os.path.join(out, "results.json"), "w") as f:
             json.dump({"meta": meta, "cases": self.rows, "targets": self.targets, "notes": self.notes}, f, indent=1)
         with open(os.path.join(out, "results.md"), "w") as f:
@@ -243,18 +255,35 @@ class Harness:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        ts = [t for t in self.targets if t["what"] == "speed-up" and t["measured"]]
+        # every speed-up row, including "speed-up (time <= 1.25x)" (ClipLoss / SigLIP)
+        ts = [t for t in self.targets if t["what"].startswith("speed-up") and t["measured"]]
         if not ts:
             return
-        fig, ax = plt.subplots(figsize=(10, 0.4 * len(ts) + 1.5))
-        labels = [f"{t['case'][:40]} vs {t['vs']}" for t in ts]
-        ax.barh(range(len(ts)), [t["measured"] for t in ts], color=["tab:green" if t["met"] else "tab:red" for t in ts])
-        ax.set_yticks(range(len(ts)), labels, fontsize=7)
+        # wrap at spaces only: a label must never end inside a number such as g128 or N=16384
+        labels = [textwrap.fill(f"{t['family']}: {t['case']} vs {t['vs']}", width=52, break_long_words=False,
+                                break_on_hyphens=False) for t in ts]
+        lines_per = [lab.count("\n") + 1 for lab in labels]
+        fig, ax = plt.subplots(figsize=(12, 0.22 * sum(lines_per) + 0.15 * len(ts) + 1.5))
+        ys = list(range(len(ts)))[::-1]  # first row on top, in table order
+        vals = [t["measured"] for t in ts]
+        ax.barh(ys, vals, height=0.7, color=["tab:green" if t["met"] else "tab:red" for t in ts])
+        for y, t, v in zip(ys, ts, vals):
+            if t.get("bound"):
+                ax.plot([t["bound"]] * 2, [y - 0.42, y + 0.42], color="k", lw=1.6, solid_capstyle="butt")
+            ax.text(v * 1.04, y, f"{v:.3g}x", va="center", fontsize=7)
+        ax.plot([], [], color="k", lw=1.6, label="target (bar must reach it)")
+        ax.set_yticks(ys, labels, fontsize=7)
+        ax.set_ylim(-0.6, len(ts) - 0.4)
         ax.set_xscale("log")
-        ax.axvline(1.0, color="k", lw=0.8)
-        ax.set_xlabel("speed-up of hotpath (x, log scale); green = target met")
+        ax.set_xlim(right=max(vals + [t.get("bound") or 1 for t in ts]) * 2.5)
+        ax.axvline(1.0, color="grey", lw=0.8, ls=":")
+        ax.legend(loc="lower right", fontsize=8)
+        hw = self.hardware()
+        ax.set_title(f"{hw['processor']}, {hw['threads']} threads, {'--quick' if self.quick else 'full'} sizes",
+                     fontsize=9)
+        ax.set_xlabel("speed-up of hotpath (x, log scale); green = target met, red = missed")
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")  # long labels never cut at the left edge
         plt.close(fig)
 
 

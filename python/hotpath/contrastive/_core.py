@@ -8,6 +8,7 @@ import numbers
 import torch
 
 from .. import _validate as V
+from .. import backends
 from .._ops import contrastive as ops
 
 
@@ -63,58 +64,81 @@ def labels_arg(labels, n, name="labels"):
     return labels.to(torch.long).contiguous()
 
 
+def result_dtype(*tensors):
+    """The dtype a loss is returned in: the inputs' promoted floating dtype. float16 / bfloat16
+    inputs are computed in float32 and the loss is cast back, as open_clip and
+    pytorch-metric-learning return the dtype of their inputs."""
+    dt = None
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            dt = t.dtype if dt is None else torch.promote_types(dt, t.dtype)
+    return dt or torch.float32
+
+
 def scalar_tensor(t_or_none, value, like):
     return t_or_none.to(like.dtype) if t_or_none is not None else like.new_tensor(value)
 
 
+def bias_arg(logit_bias, dtype, device):
+    if logit_bias is None:
+        return None, 0.0
+    if isinstance(logit_bias, torch.Tensor):
+        if not logit_bias.is_floating_point():
+            raise TypeError(f"logit_bias must be a floating-point tensor or a number, got {logit_bias.dtype}")
+        V.scalar("logit_bias", logit_bias)
+        return logit_bias.reshape(()).to(dtype), float(logit_bias.detach().reshape(()))
+    V.scalar("logit_bias", logit_bias)
+    return None, float(logit_bias)
+
+
 # -- autograd ----------------------------------------------------------------------------------------
 
-class RowLSE(torch.autograd.Function):
+class RowLSE(backends.Function):
     """lse_i = LSE_j scale <x_i, y_j> (j != i when exclude_diag). Differentiable in x, y, scale."""
 
     @staticmethod
-    def forward(ctx, x, y, scale_t, scale, exclude_diag, backend):
-        lse, _ = ops.lse_sweep(x, y, scale, False, exclude_diag, backend)
+    def forward(ctx, x, y, scale_t, scale, exclude_diag):
+        lse, _ = ops.lse_sweep(x, y, scale, False, exclude_diag)
         ctx.save_for_backward(x, y, lse)
-        ctx.cfg = (scale, exclude_diag, backend)
+        ctx.cfg = (scale, exclude_diag)
         return lse
 
     @staticmethod
     def backward(ctx, g):
         x, y, lse = ctx.saved_tensors
-        scale, excl, backend = ctx.cfg
+        scale, excl = ctx.cfg
         g = g.contiguous()
         gx = gy = gs = None
-        ax = ops.softmax_acc(x, y, scale, g, lse, None, None, excl, backend)
+        ax = ops.softmax_acc(x, y, scale, g, lse, None, None, excl)
         if ctx.needs_input_grad[2]:
             gs = _dot(x, ax)
         if ctx.needs_input_grad[0]:
             gx = ax.mul_(scale)
         if ctx.needs_input_grad[1]:
-            gy = ops.softmax_acc(y, x, scale, None, None, g, lse, excl, backend).mul_(scale)
-        return gx, gy, gs, None, None, None
+            gy = ops.softmax_acc(y, x, scale, None, None, g, lse, excl).mul_(scale)
+        return gx, gy, gs, None, None
 
 
-class SelfLSE(torch.autograd.Function):
+class SelfLSE(backends.Function):
     """lse_i = LSE_{j != i} scale <x_i, x_j> (x against itself). The score matrix is symmetric, so
     the row and column parts of the gradient come out of one sweep:
     d/dx sum_i g_i lse_i = scale * sum_j (g_i P_ij + g_j P_ji) x_j."""
 
     @staticmethod
-    def forward(ctx, x, scale_t, scale, backend):
-        lse, _ = ops.lse_sweep(x, x, scale, False, True, backend)
+    def forward(ctx, x, scale_t, scale):
+        lse, _ = ops.lse_sweep(x, x, scale, False, True)
         ctx.save_for_backward(x, lse)
-        ctx.cfg = (scale, backend)
+        ctx.cfg = scale
         return lse
 
     @staticmethod
     def backward(ctx, g):
         x, lse = ctx.saved_tensors
-        scale, backend = ctx.cfg
+        scale = ctx.cfg
         g = g.contiguous()
-        acc = ops.softmax_acc(x, x, scale, g, lse, g, lse, True, backend)
+        acc = ops.softmax_acc(x, x, scale, g, lse, g, lse, True)
         gs = _dot(x, acc) / 2 if ctx.needs_input_grad[1] else None
-        return acc.mul_(scale), gs, None, None
+        return acc.mul_(scale), gs, None
 
 
 def _dot(a, b):
@@ -122,50 +146,88 @@ def _dot(a, b):
     return torch.dot(a.reshape(-1), b.reshape(-1))
 
 
-class RowColLSE(torch.autograd.Function):
+class RowColLSE(backends.Function):
     """Row and column log-sum-exps of one score matrix scale * x @ y.T, in one forward sweep."""
 
     @staticmethod
-    def forward(ctx, x, y, scale_t, scale, backend):
-        lr, lc = ops.lse_sweep(x, y, scale, True, False, backend)
+    def forward(ctx, x, y, scale_t, scale):
+        lr, lc = ops.lse_sweep(x, y, scale, True, False)
         ctx.save_for_backward(x, y, lr, lc)
-        ctx.cfg = (scale, backend)
+        ctx.cfg = scale
         return lr, lc
 
     @staticmethod
     def backward(ctx, gr, gc):
         x, y, lr, lc = ctx.saved_tensors
-        scale, backend = ctx.cfg
+        scale = ctx.cfg
         gr = torch.zeros_like(lr) if gr is None else gr.contiguous()
         gc = torch.zeros_like(lc) if gc is None else gc.contiguous()
         # dL/ds_ij = gr_i P_ij + gc_j Q_ij (row and column softmaxes): one sweep per side.
-        ax = ops.softmax_acc(x, y, scale, gr, lr, gc, lc, False, backend)
+        ax = ops.softmax_acc(x, y, scale, gr, lr, gc, lc, False)
         gs = _dot(x, ax) if ctx.needs_input_grad[2] else None
         gx = ax.mul_(scale) if ctx.needs_input_grad[0] else None
-        gy = ops.softmax_acc(y, x, scale, gc, lc, gr, lr, False, backend).mul_(scale) if ctx.needs_input_grad[1] else None
-        return gx, gy, gs, None, None
+        gy = ops.softmax_acc(y, x, scale, gc, lc, gr, lr, False).mul_(scale) if ctx.needs_input_grad[1] else None
+        return gx, gy, gs, None
 
 
-class SoftplusSum(torch.autograd.Function):
+class SoftplusSum(backends.Function):
     """sum_ij softplus(scale <x_i, y_j> + bias), differentiable in x, y, scale, bias."""
 
     @staticmethod
-    def forward(ctx, x, y, scale_t, bias_t, scale, bias, backend):
-        rows = ops.siglip_rows(x, y, scale, bias, backend)
+    def forward(ctx, x, y, scale_t, bias_t, scale, bias):
+        rows = ops.siglip_rows(x, y, scale, bias)
         ctx.save_for_backward(x, y)
-        ctx.cfg = (scale, bias, backend)
+        ctx.cfg = (scale, bias)
         return rows.sum()
 
     @staticmethod
     def backward(ctx, g):
         x, y = ctx.saved_tensors
-        scale, bias, backend = ctx.cfg
-        ax, rs = ops.siglip_acc(x, y, scale, bias, backend)
+        scale, bias = ctx.cfg
+        ax, rs = ops.siglip_acc(x, y, scale, bias)
         gs = g * _dot(x, ax) if ctx.needs_input_grad[2] else None
         gb = g * rs.sum() if ctx.needs_input_grad[3] else None
         gx = ax.mul_(g * scale) if ctx.needs_input_grad[0] else None
         gy = None
         if ctx.needs_input_grad[1]:
-            ay, _ = ops.siglip_acc(y, x, scale, bias, backend)
+            ay, _ = ops.siglip_acc(y, x, scale, bias)
             gy = ay.mul_(g * scale)
-        return gx, gy, gs, gb, None, None, None
+        return gx, gy, gs, gb, None, None
+
+
+# -- loss terms shared by the one-process and distributed losses ----------------------------------------
+
+def clip_terms(img, txt, all_img, all_txt, logit_scale, offset, symmetric):
+    """(image->text CE per local row, text->image CE per local row).
+
+    img / txt are this process's rows; all_img / all_txt the columns they are scored against
+    (the same tensors in one process). Positives sit at column offset + i. symmetric: the two
+    score matrices are transposes (global loss), so one sweep gives both log-sum-exps.
+    """
+    n = img.shape[0]
+    s_f, s_t, per_sample = scale_arg("logit_scale", logit_scale, n, positive=False)
+    pos_t = all_txt[offset:offset + n]
+    pos_i = all_img[offset:offset + n]
+    if per_sample:
+        s = s_t.to(img.dtype)
+        lse_i = RowLSE.apply(img * s[:, None], all_txt, None, 1.0, False)
+        lse_t = RowLSE.apply(txt * s[:, None], all_img, None, 1.0, False)
+        return lse_i - s * (img * pos_t).sum(1), lse_t - s * (txt * pos_i).sum(1)
+    s = s_t.to(img.dtype) if s_t is not None else s_f
+    if symmetric:
+        lse_i, lse_t = RowColLSE.apply(img, txt, s_t, s_f)
+    else:
+        lse_i = RowLSE.apply(img, all_txt, s_t, s_f, False)
+        lse_t = RowLSE.apply(txt, all_img, s_t, s_f, False)
+    return lse_i - s * (img * pos_t).sum(1), lse_t - s * (txt * pos_i).sum(1)
+
+
+def siglip_sum(img, txt, s_t, s_f, b_t, b_f, negative_only):
+    """sum_ij -log sigmoid(label_ij z_ij) = sum_ij softplus(z_ij) - sum_i z_ii (labels +1 on the diagonal)."""
+    total = SoftplusSum.apply(img, txt, s_t, b_t, s_f, b_f)
+    if not negative_only:
+        n = min(img.shape[0], txt.shape[0])
+        s = s_t if s_t is not None else s_f
+        b = b_t if b_t is not None else b_f
+        total = total - (s * (img[:n] * txt[:n]).sum(1) + b).sum()
+    return total

@@ -12,8 +12,9 @@ import torch
 import torch.distributed as dist
 
 from .. import _validate as V
-from ._core import cast, features_pair
-from .losses import _bias_arg, _clip_terms, _siglip_sum, scale_arg
+from .. import backends
+from ._core import bias_arg as _bias_arg, cast, clip_terms as _clip_terms, features_pair, scale_arg
+from ._core import siglip_sum as _siglip_sum
 
 
 class _AllGather(torch.autograd.Function):
@@ -64,6 +65,7 @@ def _check_dist(rank, world_size):
         raise ValueError(f"rank={rank} but torch.distributed says this process is rank {dist.get_rank()}")
 
 
+@backends.takes_backend
 def distributed_clip_loss(image_features, text_features, logit_scale, logit_bias=None, *, local_loss=False,
                           gather_with_grad=False, rank=0, world_size=1, backend="auto"):
     _check_dist(rank, world_size)
@@ -77,9 +79,9 @@ def distributed_clip_loss(image_features, text_features, logit_scale, logit_bias
     all_img, all_txt = gather_features(img, txt, local_loss=local_loss, gather_with_grad=gather_with_grad,
                                        rank=rank, world_size=world_size)
     if local_loss:
-        li, lt = _clip_terms(img, txt, all_img, all_txt, logit_scale, rank * n, backend, symmetric=False)
+        li, lt = _clip_terms(img, txt, all_img, all_txt, logit_scale, rank * n, symmetric=False)
     else:
-        li, lt = _clip_terms(all_img, all_txt, all_img, all_txt, logit_scale, 0, backend, symmetric=True)
+        li, lt = _clip_terms(all_img, all_txt, all_img, all_txt, logit_scale, 0, symmetric=True)
     if bias_t is not None:
         li, lt = li + (bias_t - bias_t), lt + (bias_t - bias_t)
     return (li.mean() + lt.mean()) / 2
@@ -132,6 +134,7 @@ class _NeighbourExchangeBidir(torch.autograd.Function):
                                                                   g_from_right, g_from_left)
 
 
+@backends.takes_backend
 def siglip_exchange_terms(image_features, text_features, logit_scale, logit_bias=None, *, rank, world_size,
                           dist_impl="bidir", backend="auto"):
     """The negative-only SigLIP terms of this rank's images against every other rank's texts
@@ -145,7 +148,7 @@ def siglip_exchange_terms(image_features, text_features, logit_scale, logit_bias
     s_t = s_t.to(dtype) if s_t is not None else None
 
     def neg(t):
-        return _siglip_sum(img, t, s_t, s_f, b_t, b_f, True, backend) / n
+        return _siglip_sum(img, t, s_t, s_f, b_t, b_f, True) / n
 
     total = img.sum() * 0
     right, left = (rank + 1) % world_size, (rank - 1 + world_size) % world_size

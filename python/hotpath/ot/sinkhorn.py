@@ -14,13 +14,15 @@ with S the row softmax of the last update, w_i = a_i (balanced) or a_i exp(-f_i 
 marginals: the (rho + eps) factor of the exact gradient, not GeomLoss's rho + eps/2).
 """
 import math
+import numbers
 from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
 
 from .. import _validate as V
-from .._backend import check_backend
+from .. import backends
+from .._ops import pairwise as pairwise_ops
 from .._ops import ot as ops
 from ..reference import ot as ref
 
@@ -56,13 +58,12 @@ def _log_w(w):
     return torch.where(w > 0, torch.log(torch.where(w > 0, w, 1.0)), -math.inf)
 
 
-def softmin_points(x, y, h, eps, p, want_grad, backend):
+def softmin_points(x, y, h, eps, p, want_grad):
     """f_i = -eps LSE_j[h_j - C(x_i, y_j)/eps] (B, n) and U_i = sum_j S_ij dC/dx_i (or None)."""
     if p == 2:
-        lse, out = torch.ops.hotpath.pairwise_lse_fwd(x, y, h, y if want_grad else None, 1.0 / (2 * eps),
-                                                      "sqeuclidean", backend)
+        lse, out = pairwise_ops.pairwise_lse_fwd(x, y, h, y if want_grad else None, 1.0 / (2 * eps), "sqeuclidean")
         return -eps * lse, (x - out if want_grad else None)
-    f, U = ops.ot_softmin_points(x, y, h, eps, p, want_grad, backend)
+    f, U = ops.ot_softmin_points(x, y, h, eps, p, want_grad)
     return f, (U if want_grad else None)
 
 
@@ -98,6 +99,12 @@ def prepare(x, y, a, b, *, names=("x", "y", "a", "b")):
         raise ValueError(f"{nx_} and {ny_} must both be (N, D) or both (B, N, D), got {tuple(x.shape)} and {tuple(y.shape)}")
     if x.shape[-1] != y.shape[-1]:
         raise ValueError(f"{nx_} and {ny_} must have the same feature dimension, got {x.shape[-1]} and {y.shape[-1]}")
+    if x.shape[-1] == 0:
+        raise ValueError(f"{nx_} and {ny_} must have at least one feature (D >= 1), got shape {tuple(x.shape)}")
+    for nm, t in ((nx_, x), (ny_, y)):
+        # +-inf coordinates have no transport cost (NaN propagates as NaN, the library's rule)
+        if bool(torch.isinf(t.detach()).any()):
+            raise ValueError(f"{nm} must have finite coordinates, got an infinite value")
     batched = x.dim() == 3
     if batched and x.shape[0] != y.shape[0]:
         raise ValueError(f"{nx_} and {ny_} must have the same batch size, got {x.shape[0]} and {y.shape[0]}")
@@ -131,7 +138,6 @@ class _Config(NamedTuple):
     debias: bool
     max_iter: Optional[int]
     tol: Optional[float]
-    backend: str
     want_marginal: bool
 
 
@@ -146,15 +152,19 @@ def _side_terms(w, f_ab, f_self, rho, eps, debias, valid):
         grad_w = term
         cx, cs = w, (w if debias else None)
     else:
+        # expm1: 1 - exp(-f/rho) and exp(-f_s/rho) - exp(-f/rho) are pure rounding in float32
+        # once f << rho (reach = 1e4 returned 0.0)
         e_ab = torch.exp(-f_ab / rho)
         if debias:
             e_s = torch.exp(-f_self / rho)
-            term = (rho + eps / 2) * (e_s - e_ab)
-            grad_w = (rho + eps) * (e_s - e_ab)
+            diff = -e_s * torch.expm1(-(f_ab - f_self) / rho)  # e_s - e_ab without cancellation
+            term = (rho + eps / 2) * diff
+            grad_w = (rho + eps) * diff
             cs = w * e_s
         else:
-            term = (rho + eps / 2) * (1 - e_ab)
-            grad_w = (rho + eps) * (1 - e_ab) - eps / 2  # exact derivative of this value
+            one_minus = -torch.expm1(-f_ab / rho)
+            term = (rho + eps / 2) * one_minus
+            grad_w = (rho + eps) * one_minus - eps / 2  # exact derivative of this value
             cs = None
         cx = w * e_ab
     term = torch.where(valid, term, z)
@@ -163,7 +173,7 @@ def _side_terms(w, f_ab, f_self, rho, eps, debias, valid):
 
 def solve(X, Y, A, Bw, cfg: _Config, want_grad: bool):
     """No-grad core. Returns dict with loss (B,), f, g, (f_aa, g_bb), grads, n_iter, marginal error."""
-    p, debias, backend = cfg.p, cfg.debias, cfg.backend
+    p, debias = cfg.p, cfg.debias
     rho_x, rho_y = cfg.rho_x, cfg.rho_y
     B, n, d = X.shape
     m = Y.shape[1]
@@ -175,6 +185,14 @@ def solve(X, Y, A, Bw, cfg: _Config, want_grad: bool):
         va, vb = A > 0, Bw > 0
     # before centering; the fixed-eps mode (max_iter / tol) never uses it
     diam = cfg.diameter if cfg.diameter is not None or cfg.max_iter is not None else _diameter(X, Y, va, vb)
+    out_dtype = X.dtype
+    if X.dtype == torch.float32:
+        # float32 holds potentials ~ eps log n next to costs ~ diameter^p only when eps is not far
+        # above the costs (blur = 1000 gave 1.28 for 0.172), nor can it resolve clouds whose
+        # diameter is near its underflow: such problems run in float64, results cast back
+        span = diam if diam is not None else _diameter(X, Y, va, vb)
+        if not span ** p * 16.0 >= cfg.blur ** p or span < 1e-15:
+            X, Y, A, Bw = X.double(), Y.double(), A.double(), Bw.double()
     # padded points sit at the centre: they never produce huge or NaN scores
     cnt = va.sum(1, keepdim=True) + vb.sum(1, keepdim=True)
     center = ((X * va[..., None]).sum(1) + (Y * vb[..., None]).sum(1)) / cnt.clamp_min(1)
@@ -197,26 +215,26 @@ def solve(X, Y, A, Bw, cfg: _Config, want_grad: bool):
 
     small = n <= SMALL and m <= SMALL
     if small:
-        Cxy = ops.ot_cost_matrix(X, Y, p, backend).contiguous()
-        Cxx = ops.ot_cost_matrix(X, X, p, backend).contiguous() if debias else X.new_zeros(0)
-        Cyy = ops.ot_cost_matrix(Y, Y, p, backend).contiguous() if debias else X.new_zeros(0)
+        Cxy = ops.ot_cost_matrix(X, Y, p).contiguous()
+        Cxx = ops.ot_cost_matrix(X, X, p).contiguous() if debias else X.new_zeros(0)
+        Cyy = ops.ot_cost_matrix(Y, Y, p).contiguous() if debias else X.new_zeros(0)
         f_ba, g_ab, f_aa, g_bb, n_iter = ops.ot_sinkhorn_symmetric(
             Cxy, Cxx, Cyy, a_log.contiguous(), b_log.contiguous(),
-            torch.tensor(eps_list, dtype=torch.float64), rho_x or -1.0, rho_y or -1.0, debias, tol, check_every,
-            backend)
+            torch.tensor(eps_list, dtype=torch.float64), rho_x or -1.0, rho_y or -1.0, debias, tol, check_every)
     else:
         Cxy = Cxx = Cyy = None
-        f_ba, g_ab, f_aa, g_bb, n_iter, Ux, Uy, Uxx, Uyy = _streamed(
-            X, Y, a_log, b_log, eps_list, rho_x, rho_y, debias, p, tol, check_every, backend, want_grad)
+        f_ba, g_ab, f_aa, g_bb, n_iter, Ux, Uy, Uxx, Uyy, pre = _streamed(
+            X, Y, a_log, b_log, eps_list, rho_x, rho_y, debias, p, tol, check_every, want_grad)
 
     def final_softmin(P, Q, h, C, dim):
         # small problems without gradients: one pass over the cost already materialized
         if small and not want_grad:
-            return ops.ot_softmin_dense(C, h.contiguous(), e, dim, backend), None
-        return softmin_points(P, Q, h.contiguous(), e, p, want_grad, backend)
+            return ops.ot_softmin_dense(C, h.contiguous(), e, dim), None
+        return softmin_points(P, Q, h.contiguous(), e, p, want_grad)
 
     e = eps_list[-1]
     if small:
+        pre = (f_ba, g_ab, f_aa, g_bb)
         # last extrapolation, with the gradient terms of the envelope theorem
         dx, dy = _damp(e, rho_x), _damp(e, rho_y)
         f_new, Ux = final_softmin(X, Y, b_log + g_ab / e, Cxy if small else None, 2)
@@ -232,7 +250,8 @@ def solve(X, Y, A, Bw, cfg: _Config, want_grad: bool):
     term_b, grad_b, cy, cyy = _side_terms(Bw, g_ab, g_bb, rho_y, e, debias, vb)
     loss = (A * term_a).sum(1) + (Bw * term_b).sum(1)
     out = {"loss": loss, "f": f_ba, "g": g_ab, "f_aa": f_aa, "g_bb": g_bb, "n_iter": n_iter,
-           "grad_a": grad_a, "grad_b": grad_b, "eps": e, "A": A, "B": Bw}
+           "grad_a": grad_a, "grad_b": grad_b, "eps": e, "A": A, "B": Bw,
+           "pre": pre, "center": center, "empty": empty}  # what a differentiable backward rebuilds the last step from
     if want_grad:
         gx = cx[..., None] * Ux
         gy = cy[..., None] * Uy
@@ -243,13 +262,19 @@ def solve(X, Y, A, Bw, cfg: _Config, want_grad: bool):
         out["grad_x"] = torch.where(va[..., None], gx, z)
         out["grad_y"] = torch.where(vb[..., None], gy, z)
     if cfg.want_marginal:
-        # row marginal of P = a b exp((f + g - C)/eps): (P 1)_i = a_i exp((f_i - T(g)_i)/eps)
+        # row marginal of P = a b exp((f + g - C)/eps): (P 1)_i = a_i exp((f_i - T(g)_i)/eps).
+        # f and T(g) are both ~ the cost, so their difference is evaluated in float64 (the float32
+        # difference of two values ~ 1e6 is rounding, and exp of it meaningless), and the error
+        # as a_i |expm1(.)| (relative to a_i, no cancellation against a_i)
+        D64 = torch.float64
+        h64 = (b_log.to(D64) + g_ab.to(D64) / e).contiguous()
         if small:
-            t = ops.ot_softmin_dense(Cxy, (b_log + g_ab / e).contiguous(), e, 2, backend)
+            t = ops.ot_softmin_dense(ops.ot_cost_matrix(X.to(D64), Y.to(D64), p).contiguous(), h64, e, 2)
         else:
-            t, _ = softmin_points(X, Y, (b_log + g_ab / e).contiguous(), e, p, False, backend)
-        rows = torch.where(va, A * torch.exp((f_ba - t) / e), torch.zeros((), dtype=X.dtype))
-        out["marginal_error"] = (rows - A).abs().sum(1)
+            t, _ = softmin_points(X.to(D64).contiguous(), Y.to(D64).contiguous(), h64, e, p, False)
+        z64 = torch.zeros((), dtype=D64, device=X.device)
+        dev = torch.where(va, A.to(D64) * torch.expm1((f_ba.to(D64) - t) / e).abs(), z64)
+        out["marginal_error"] = dev.sum(1).to(X.dtype)
     else:
         out["marginal_error"] = loss.new_full((B,), float("nan"))
     if bool(empty.any()):
@@ -264,10 +289,14 @@ def solve(X, Y, A, Bw, cfg: _Config, want_grad: bool):
         out["marginal_error"] = torch.where(zb, 0.0, out["marginal_error"])
         out["A"] = torch.where(zb[:, None], 0.0, out["A"])
         out["B"] = torch.where(zb[:, None], 0.0, out["B"])
+    if out_dtype != X.dtype:
+        for k, v in list(out.items()):
+            if torch.is_tensor(v) and v.is_floating_point():
+                out[k] = v.to(out_dtype)
     return out
 
 
-def _streamed(X, Y, a_log, b_log, eps_list, rho_x, rho_y, debias, p, tol, check_every, backend, want_grad):
+def _streamed(X, Y, a_log, b_log, eps_list, rho_x, rho_y, debias, p, tol, check_every, want_grad):
     """GeomLoss's symmetric loop plus the final extrapolation, each softmin streamed (no n x m).
 
     The two (or, with debias, four) softmins of one step, x <- y, y <- x, x <- x, y <- y, are one
@@ -304,10 +333,9 @@ def _streamed(X, Y, a_log, b_log, eps_list, rho_x, rho_y, debias, p, tol, check_
     def softmin(h, eps, grad):
         """-eps LSE_j[h_j - C(P_i, Q_j)/eps] over the stack, and sum_j S_ij dC/dP_i if grad."""
         if p == 2:
-            lse, out = torch.ops.hotpath.pairwise_lse_fwd(P, Q, h, Q if grad else None, 1.0 / (2 * eps),
-                                                          "sqeuclidean", backend)
+            lse, out = pairwise_ops.pairwise_lse_fwd(P, Q, h, Q if grad else None, 1.0 / (2 * eps), "sqeuclidean")
             return lse.mul_(-eps), (P - out if grad else None)
-        f, U = ops.ot_softmin_points(P, Q, h, eps, p, grad, backend)
+        f, U = ops.ot_softmin_points(P, Q, h, eps, p, grad)
         return f, (U if grad else None)
 
     def col_pot(S, eps):  # h = column log-weights + column potentials / eps
@@ -332,6 +360,9 @@ def _streamed(X, Y, a_log, b_log, eps_list, rho_x, rho_y, debias, p, tol, check_
                 break
     # last extrapolation, with the gradient terms of the envelope theorem (values = Q, one pass)
     e = eps_list[-1]
+    pre = (S[:B, :n], S[B:2 * B, :m]) + ((S[2 * B:3 * B, :n], S[3 * B:, :m]) if debias else
+                                         (X.new_zeros(0), X.new_zeros(0)))
+    pre = tuple(t.contiguous() for t in pre)
     F, U = softmin(col_pot(S, e), e, want_grad)
     F = F * damp(e)
     f_ba, g_ab = F[:B, :n], F[B:2 * B, :m]
@@ -339,16 +370,77 @@ def _streamed(X, Y, a_log, b_log, eps_list, rho_x, rho_y, debias, p, tol, check_
     Us = [None] * 4
     if want_grad:
         Us = [U[:B, :n], U[B:2 * B, :m]] + ([U[2 * B:3 * B, :n], U[3 * B:, :m]] if debias else [None, None])
-    return (f_ba.contiguous(), g_ab.contiguous(), f_aa.contiguous(), g_bb.contiguous(), n_iter, *Us)
+    return (f_ba.contiguous(), g_ab.contiguous(), f_aa.contiguous(), g_bb.contiguous(), n_iter, *Us, pre)
 
 
-class _SinkhornFn(torch.autograd.Function):
+def _softmin_graph(P, Q, h, eps, p):
+    """Dense torch softmin f_i = -eps LSE_j[h_j - C(P_i, Q_j)/eps] and U_i = sum_j S_ij dC/dP_i,
+    differentiable (autograd records it); used only to rebuild the last step for create_graph."""
+    diff = P[:, :, None, :] - Q[:, None, :, :]
+    sq = (diff * diff).sum(-1)
+    if p == 2:
+        C = sq / 2
+    else:
+        nz = sq > 0
+        C = torch.where(nz, torch.sqrt(torch.where(nz, sq, 1.0)), 0.0)  # no inf gradient at 0
+    s = h[:, None, :] - C / eps
+    lse = torch.logsumexp(s, 2)
+    fin = torch.isfinite(lse)
+    S = torch.where(fin[..., None], torch.exp(s - torch.where(fin, lse, 0.0)[..., None]), 0.0)
+    if p == 2:
+        U = P * S.sum(2, keepdim=True) - S @ Q
+    else:
+        U = (S[..., None] * torch.where(nz[..., None], diff / torch.where(nz, C, 1.0)[..., None], 0.0)).sum(2)
+    return -eps * lse, U
+
+
+def _graph_grads(x, y, a, b, aux, cfg):
+    """The analytic gradients (grad_x, grad_y, grad_a, grad_b) rebuilt in torch ops from the saved
+    inputs and the potentials before the last extrapolation (detached), as GeomLoss differentiates
+    through its last extrapolation step: with create_graph=True, the gradient is differentiable
+    (a gradient penalty sees its dependence on x, y, a, b through that step). Dense: B n m memory."""
+    pre, center, empty, e = aux
+    wd = pre[0].dtype
+    X, Y, A, Bw = (t.to(wd) for t in (x, y, a, b))
+    va, vb = A.detach() > 0, Bw.detach() > 0
+    z = torch.zeros((), dtype=wd, device=X.device)
+    X = torch.where(va[..., None], X - center.to(wd), z)
+    Y = torch.where(vb[..., None], Y - center.to(wd), z)
+    a_log, b_log = _log_w(A), _log_w(Bw)
+    f_ba, g_ab, f_aa, g_bb = (t.detach() for t in pre)
+    p, rho_x, rho_y, debias = cfg.p, cfg.rho_x, cfg.rho_y, cfg.debias
+    dx, dy = _damp(e, rho_x), _damp(e, rho_y)
+    fn, Ux = _softmin_graph(X, Y, b_log + g_ab / e, e, p)
+    gn, Uy = _softmin_graph(Y, X, a_log + f_ba / e, e, p)
+    fa = gb_ = Uxx = Uyy = None
+    if debias:
+        fa, Uxx = _softmin_graph(X, X, a_log + f_aa / e, e, p)
+        gb_, Uyy = _softmin_graph(Y, Y, b_log + g_bb / e, e, p)
+        fa, gb_ = dx * fa, dy * gb_
+    _, grad_a, cx, cxx = _side_terms(A, dx * fn, fa, rho_x, e, debias, va)
+    _, grad_b, cy, cyy = _side_terms(Bw, dy * gn, gb_, rho_y, e, debias, vb)
+    gx = cx[..., None] * Ux
+    gy = cy[..., None] * Uy
+    if debias:
+        gx = gx - cxx[..., None] * Uxx
+        gy = gy - cyy[..., None] * Uyy
+    keep = ~empty
+    gx = torch.where(va[..., None] & keep[:, None, None], gx, z)
+    gy = torch.where(vb[..., None] & keep[:, None, None], gy, z)
+    grad_a = torch.where(keep[:, None], grad_a, z)
+    grad_b = torch.where(keep[:, None], grad_b, z)
+    return tuple(t.to(x.dtype) for t in (gx, gy, grad_a, grad_b))
+
+
+class _SinkhornFn(backends.Function):
     @staticmethod
     def forward(ctx, x, y, a, b, cfg):
         want = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         out = solve(x.detach(), y.detach(), a.detach(), b.detach(), cfg, want)
-        ctx.save_for_backward(out.get("grad_x"), out.get("grad_y"), out["grad_a"], out["grad_b"])
+        ctx.save_for_backward(out.get("grad_x"), out.get("grad_y"), out["grad_a"], out["grad_b"], x, y, a, b)
         ctx.want = want
+        ctx.cfg = cfg
+        ctx.aux = (tuple(t.detach() for t in out["pre"]), out["center"].detach(), out["empty"], out["eps"])
         res = (out["loss"], out["f"], out["g"], out["f_aa"], out["g_bb"], out["n_iter"], out["marginal_error"],
                out["A"], out["B"])
         ctx.mark_non_differentiable(*res[1:])
@@ -357,7 +449,10 @@ class _SinkhornFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gl, *unused):
-        gx, gy, ga, gb = ctx.saved_tensors
+        gx, gy, ga, gb, x, y, a, b = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True: a gradient with a graph, never a detached constant
+            gx, gy, ga, gb = _graph_grads(x, y, a, b, ctx.aux, ctx.cfg)
         w = gl[:, None]
         return (w[..., None] * gx if ctx.want and ctx.needs_input_grad[0] else None,
                 w[..., None] * gy if ctx.want and ctx.needs_input_grad[1] else None,
@@ -368,8 +463,8 @@ class _SinkhornFn(torch.autograd.Function):
 
 def check_params(blur, p, reach, reach_x, reach_y, scaling, diameter, max_iter, tol):
     V.scalar("blur", blur, positive=True, allow_tensor=False)
-    if p not in (1, 2) or isinstance(p, bool):
-        raise ValueError(f"p must be 1 or 2, got {p!r}")
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or p not in (1, 2):
+        raise ValueError(f"p must be 1 or 2 (an int, or an integral float such as 2.0), got {p!r}")
     for name, r in (("reach", reach), ("reach_x", reach_x), ("reach_y", reach_y)):
         if r is not None:
             V.scalar(name, r, positive=True, allow_tensor=False)
@@ -385,9 +480,9 @@ def check_params(blur, p, reach, reach_x, reach_y, scaling, diameter, max_iter, 
 
 
 def run(X, Y, A, Bw, *, p, blur, rho_x, rho_y, diameter, scaling, debias, max_iter, tol, backend, want_marginal):
-    cfg = _Config(p, float(blur), rho_x, rho_y, diameter, float(scaling), bool(debias), max_iter, tol, backend,
-                  want_marginal)
-    return _SinkhornFn.apply(X, Y, A, Bw, cfg)
+    cfg = _Config(p, float(blur), rho_x, rho_y, diameter, float(scaling), bool(debias), max_iter, tol, want_marginal)
+    with backends.prefer(backend):
+        return _SinkhornFn.apply(X, Y, A, Bw, cfg)
 
 
 def sinkhorn(x, y, a=None, b=None, *, blur=0.05, p=2, reach=None, reach_x=None, reach_y=None, scaling=0.5,
@@ -401,8 +496,9 @@ def sinkhorn(x, y, a=None, b=None, *, blur=0.05, p=2, reach=None, reach_x=None, 
     debias=True returns the Sinkhorn divergence. Returns SinkhornResult; loss is differentiable
     wrt x, y, a, b (analytic gradients).
     """
-    check_backend(backend)
+    backends.check(backend)
     check_params(blur, p, reach, reach_x, reach_y, scaling, diameter, max_iter, tol)
+    p = int(p)
     X, Y, A, Bw, batched = prepare(x, y, a, b)
     rx = reach_x if reach_x is not None else reach
     ry = reach_y if reach_y is not None else reach

@@ -7,10 +7,12 @@ Weights are normalized per problem (POT expects them normalized already; then bo
 import math
 import numbers
 
+import numpy as np
 import torch
 
 from .. import _validate as V
-from .._backend import check_backend
+from .. import backends
+from . import _pot_io
 from .._ops import wasserstein1d as ops
 from ..reference import wasserstein1d as ref
 
@@ -36,25 +38,32 @@ def check_weights(name, w, *, dim=-1):
         raise ValueError(f"{name} must have a positive total weight in every problem (got a zero total)")
 
 
-class _W1D(torch.autograd.Function):
+class _W1D(backends.Function):
     """Rows are problems: u (B, n), v (B, m). The op returns the gradients with the value."""
 
     @staticmethod
-    def forward(ctx, u, v, uw, vw, p, presorted, backend):
+    def forward(ctx, u, v, uw, vw, p, presorted):
         nig = ctx.needs_input_grad
         gvals = bool(nig[0] or nig[1])
         gw = bool((uw is not None and nig[2]) or (vw is not None and nig[3]))
-        cost, gu, gv, guw, gvw = ops.wasserstein1d_fwd(u, v, uw, vw, p, presorted, gvals, gw, backend)
-        ctx.save_for_backward(gu, gv, guw, gvw)
+        cost, gu, gv, guw, gvw = ops.wasserstein1d_fwd(u, v, uw, vw, p, presorted, gvals, gw)
+        # the inputs too: with create_graph=True the gradient is recomputed from them
+        ctx.save_for_backward(gu, gv, guw, gvw, u, v, uw, vw)
         ctx.flags = (gvals, gw, uw is not None, vw is not None)
+        ctx.p, ctx.presorted = p, presorted
         return cost
 
     @staticmethod
     def backward(ctx, g):
-        gu, gv, guw, gvw = ctx.saved_tensors
+        gu, gv, guw, gvw, u, v, uw, vw = ctx.saved_tensors
         gvals, gw, has_uw, has_vw = ctx.flags
+        if torch.is_grad_enabled():
+            # create_graph=True (gradient penalties): the saved gradients carry no graph, so the
+            # gradient is recomputed by the reference's closed form, written in differentiable
+            # torch ops (same value as the kernel's except at ties, where both are one-sided)
+            _, gu, gv, guw, gvw = ref.wasserstein_1d_grads(u, v, uw, vw, ctx.p, ctx.presorted, gvals, gw)
         g = g[:, None]
-        out = [None] * 7
+        out = [None] * 6
         if gvals:
             out[0], out[1] = g * gu, g * gv
         if gw:
@@ -79,7 +88,8 @@ def _rows(name, w, values, n):
     return w
 
 
-def wasserstein_1d(u_values, v_values, u_weights=None, v_weights=None, p=1, *, require_sort=True, backend="auto"):
+@backends.takes_backend
+def wasserstein_1d(u_values, v_values, u_weights=None, v_weights=None, p=1, require_sort=True, *, backend="auto"):
     """W_p^p between 1-D empirical distributions, as POT's ot.wasserstein_1d.
 
     u_values (n, ...) and v_values (m, ...): samples along dim 0, the trailing dimensions (equal on
@@ -88,9 +98,22 @@ def wasserstein_1d(u_values, v_values, u_weights=None, v_weights=None, p=1, *, r
     non-negative with a positive total). p: any real >= 1 (1 and 2 are fast paths).
     require_sort=False promises the values are already sorted along dim 0.
     Returns W_p^p with the trailing shape of the values (a 0-d tensor for 1-D inputs).
-    Differentiable w.r.t. values and weights.
+    Differentiable w.r.t. values and weights (twice: create_graph=True gives a differentiable
+    gradient). POT drop-in: numpy arrays / lists in give numpy out; `[]` weights mean uniform.
     """
-    check_backend(backend)
+    as_numpy = _pot_io.numpy_mode(u_values, v_values, u_weights, v_weights)
+    dev = _pot_io.first_device(u_values, v_values, u_weights, v_weights)
+    u_values = _pot_io.as_tensor("u_values", u_values, device=dev)
+    v_values = _pot_io.as_tensor("v_values", v_values, device=dev)
+    u_weights = _pot_io.as_tensor("u_weights", u_weights, device=dev, empty_is_none=True)
+    v_weights = _pot_io.as_tensor("v_weights", v_weights, device=dev, empty_is_none=True)
+    if not isinstance(require_sort, (bool, np.bool_)):
+        raise TypeError(f"require_sort must be a bool, got {type(require_sort).__name__}")
+    out = _wasserstein_1d(u_values, v_values, u_weights, v_weights, p, bool(require_sort))
+    return _pot_io.to_numpy(out) if as_numpy else out
+
+
+def _wasserstein_1d(u_values, v_values, u_weights, v_weights, p, require_sort):
     V.tensor("u_values", u_values)
     V.tensor("v_values", v_values)
     p = check_p("p", p)
@@ -114,7 +137,7 @@ def wasserstein_1d(u_values, v_values, u_weights=None, v_weights=None, p=1, *, r
     def rows(t, k):
         return None if t is None else t.to(dtype).reshape(k, -1).t().contiguous()
 
-    cost = _W1D.apply(rows(u_values, n), rows(v_values, m), rows(uw, n), rows(vw, m), p, not require_sort, backend)
+    cost = _W1D.apply(rows(u_values, n), rows(v_values, m), rows(uw, n), rows(vw, m), p, not require_sort)
     out = cost.reshape(batch)
     if u_values.dtype in (torch.float16, torch.bfloat16):
         out = out.to(u_values.dtype)
@@ -130,27 +153,29 @@ def _raise_bad_mass(bad):
             raise ValueError(msg)
 
 
-class _HistW1(torch.autograd.Function):
+class _HistW1(backends.Function):
     @staticmethod
-    def forward(ctx, p, q, support, backend):
+    def forward(ctx, p, q, support):
         need_p, need_q = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
-        cost, gp, gq, stats = ops.histogram_w1_fwd(p, q, support, need_p, need_q, backend)
-        ctx.save_for_backward(gp, gq)
+        cost, gp, gq, stats = ops.histogram_w1_fwd(p, q, support, need_p, need_q)
+        ctx.save_for_backward(gp, gq, p, q, support)
         ctx.need = (need_p, need_q)
         ctx.mark_non_differentiable(stats)
         return cost, stats
 
     @staticmethod
     def backward(ctx, g, _gstats):
-        gp, gq = ctx.saved_tensors
-        # loss.sum().backward() on CPU: the saved gradients as they are, no copy (on GPU the test
-        # would cost a host sync, the multiply does not)
-        if g.device.type == "cpu" and bool((g == 1).all()):
-            return (gp if ctx.need[0] else None), (gq if ctx.need[1] else None), None, None
+        gp, gq, p, q, support = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True: differentiable closed form of the same gradient (see _W1D)
+            _, gp, gq = ref.histogram_wasserstein_grads(p, q, support, *ctx.need)
+        # always a fresh tensor: a saved buffer handed out as .grad would be accumulated into
+        # (retain_graph) or zeroed in place (zero_grad(set_to_none=False)) by autograd
         g = g[:, None]
-        return (g * gp if ctx.need[0] else None), (g * gq if ctx.need[1] else None), None, None
+        return (g * gp if ctx.need[0] else None), (g * gq if ctx.need[1] else None), None
 
 
+@backends.takes_backend
 def histogram_wasserstein(p, q, support=None, order=1, *, backend="auto"):
     """W_order^order between histograms on an ordered 1-D support (like wasserstein_1d, no root).
 
@@ -160,7 +185,6 @@ def histogram_wasserstein(p, q, support=None, order=1, *, backend="auto"):
     orders go through the quantile functions. Differentiable w.r.t. p and q (and support).
     Returns (B,) or a 0-d tensor for 1-D inputs.
     """
-    check_backend(backend)
     V.tensor("p", p, ndims=(1, 2))
     V.tensor("q", q, ndims=(1, 2))
     order = check_p("order", order)
@@ -198,7 +222,7 @@ def histogram_wasserstein(p, q, support=None, order=1, *, backend="auto"):
     if order == 1 and not support.requires_grad:
         # the kernel reports each row's min and total mass from its first sweep: validation
         # without reading p and q again (nothing is returned before the check)
-        cost, stats = _HistW1.apply(P2, Q2, S2.contiguous(), backend)
+        cost, stats = _HistW1.apply(P2, Q2, S2.contiguous())
         if B:
             _raise_bad_mass(torch.stack([stats[:, 0].min() < 0, (stats[:, 1] <= 0).any(),
                                          stats[:, 2].min() < 0, (stats[:, 3] <= 0).any()]).tolist())
@@ -210,7 +234,7 @@ def histogram_wasserstein(p, q, support=None, order=1, *, backend="auto"):
             cost = ref.histogram_wasserstein(P2, Q2, S2.expand(B, K), 1)
         else:
             Sb = S2.expand(B, K).contiguous()
-            cost = _W1D.apply(Sb, Sb, P2, Q2, order, True, backend)
+            cost = _W1D.apply(Sb, Sb, P2, Q2, order, True)
     if not batched:
         cost = cost.reshape(())
     if p.dtype in (torch.float16, torch.bfloat16):

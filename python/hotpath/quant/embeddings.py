@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import _validate as V
-from .._backend import check_backend
+from .. import backends
 from .._ops import quant_lowbit as ops
 from ..reference import quant_lowbit as ref
 
@@ -79,6 +79,7 @@ def quantize_embeddings(x: Tensor, precision: str = "int8") -> QuantizedEmbeddin
     return QuantizedEmbeddings("binary", x.shape[1], pack_sign_bits(x))
 
 
+@backends.takes_backend
 def embedding_search(queries: Tensor, codes: QuantizedEmbeddings, k: int, rescore_with=None, *,
                      rescore_multiplier: int = 4, backend="auto"):
     """Top-k keys per query over quantized codes -> (values (Q, k) float32, indices (Q, k) int64).
@@ -88,7 +89,6 @@ def embedding_search(queries: Tensor, codes: QuantizedEmbeddings, k: int, rescor
     float32 dot products. Values: int8 -> approximate dot products; binary -> d - 2 * Hamming;
     rescored -> float dot products.
     """
-    check_backend(backend)
     V.tensor("queries", queries, ndims=(1, 2))
     if not isinstance(codes, QuantizedEmbeddings):
         raise TypeError(f"codes must come from quantize_embeddings, got {type(codes).__name__}")
@@ -111,9 +111,9 @@ def embedding_search(queries: Tensor, codes: QuantizedEmbeddings, k: int, rescor
     qf = q.float().contiguous()
     if codes.precision == "int8":
         qq, qstep = _quantize_rows_int8(qf)
-        vals, idx = ops.embedding_search_int8(qq, qstep, codes.codes, codes.packed, codes.scales, kc, backend)
+        vals, idx = ops.embedding_search_int8(qq, qstep, codes.codes, codes.packed, codes.scales, kc)
     else:
-        vals, idx = ops.embedding_search_binary(pack_sign_bits(qf), codes.codes, codes.dim, kc, backend)
+        vals, idx = ops.embedding_search_binary(pack_sign_bits(qf), codes.codes, codes.dim, kc)
     if rescore_with is not None:
         cand = rescore_with[idx.reshape(-1)].reshape(idx.shape[0], kc, codes.dim).float()
         s = torch.bmm(cand, qf.unsqueeze(-1)).squeeze(-1)

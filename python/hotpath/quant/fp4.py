@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .. import _validate as V
-from .._backend import check_backend
+from .. import backends
 from .._ops import quant_lowbit as ops
 from ..reference import quant_lowbit as ref
 from . import _minifloat as mf
@@ -172,24 +172,25 @@ class _FP4Base(QuantConfig):
         block = int(q["had_block"][0])
         return (q["had_signs"], block) if block > 0 else None
 
+    @backends.takes_backend
     def dequantize_weight(self, q, backend="auto"):
         K = q["scales"].shape[1] * self.block
-        w = ops.fp4_dequantize(q["packed"], q["scales"], self.scale_kind, self.block, q["tensor_scale"], K, backend)
+        w = ops.fp4_dequantize(q["packed"], q["scales"], self.scale_kind, self.block, q["tensor_scale"], K)
         rot = self._rotation(q)
         if rot is not None:
-            w = ops.fwht(w, rot[0], rot[1], True, backend)
+            w = ops.fwht(w, rot[0], rot[1], True)
         return w
 
+    @backends.takes_backend
     def linear(self, x, q, bias: Optional[Tensor] = None, backend: str = "auto"):
-        check_backend(backend)
         N = q["packed"].shape[0]
         K = q["scales"].shape[1] * self.block
         xf = prep_x(x, K)
         rot = self._rotation(q)
         if rot is not None:
-            xf = ops.fwht(xf, rot[0], rot[1], False, backend)
+            xf = ops.fwht(xf, rot[0], rot[1], False)
         y = ops.fp4_linear(xf, q["packed"], q["scales"], self.scale_kind, self.block, q["tensor_scale"],
-                           prep_bias(bias, N, x.device), backend)
+                           prep_bias(bias, N, x.device))
         return y.to(x.dtype)
 
     def fake_quantize(self, w):

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .. import _validate as V
-from .._backend import check_backend
+from .. import backends
 from .._ops import quant_lowbit as ops
 from . import _minifloat as mf
 from ._base import QuantConfig, register_format
@@ -98,11 +98,11 @@ class FP8WeightOnly(QuantConfig):
     def dequantize_weight(self, q):
         return mf.decode(q["codes"], self.fmt) * q["scales"][:, None]
 
+    @backends.takes_backend
     def linear(self, x, q, bias: Optional[Tensor] = None, backend: str = "auto"):
-        check_backend(backend)
         N, K = q["codes"].shape
         xf = prep_x(x, K)
-        y = ops.fp8_linear(xf, q["codes"], q["scales"], self.fmt, prep_bias(bias, N, x.device), backend)
+        y = ops.fp8_linear(xf, q["codes"], q["scales"], self.fmt, prep_bias(bias, N, x.device))
         return y.to(x.dtype)
 
     def fake_quantize(self, w):

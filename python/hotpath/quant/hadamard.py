@@ -8,7 +8,7 @@ quantization error of the rotated weight is what the matmul sees, rotated back).
 import torch
 
 from .. import _validate as V
-from .._backend import check_backend
+from .. import backends
 from .._ops import quant_lowbit as ops
 
 MIN_BLOCK, MAX_BLOCK = 16, 256
@@ -44,6 +44,7 @@ def hadamard_signs(K, seed=0, dtype=torch.float32, device=None):
     return (1 - 2 * bits).to(dtype=dtype, device=device)
 
 
+@backends.takes_backend
 def random_hadamard(x, block=None, *, seed=0, signs=None, inverse=False, backend="auto"):
     """Apply the blockwise random Hadamard transform (or its inverse) along the last dim of x.
 
@@ -51,7 +52,6 @@ def random_hadamard(x, block=None, *, seed=0, signs=None, inverse=False, backend
     signs: (K,) +-1 tensor (default: hadamard_signs(K, seed)). Returns a tensor like x
     (float16 / bfloat16 computed in float32).
     """
-    check_backend(backend)
     V.tensor("x", x)
     if x.dim() == 0:
         raise ValueError("x must have at least one dimension")
@@ -70,21 +70,21 @@ def random_hadamard(x, block=None, *, seed=0, signs=None, inverse=False, backend
             raise ValueError(f"signs must have shape ({K},), got {tuple(signs.shape)}")
         signs = signs.to(device=x.device, dtype=cd).contiguous()
     x2 = x.reshape(-1, K).to(cd).contiguous()
-    y = _Fwht.apply(x2, signs, int(block), bool(inverse), backend)
+    y = _Fwht.apply(x2, signs, int(block), bool(inverse))
     return y.reshape(x.shape).to(x.dtype)
 
 
-class _Fwht(torch.autograd.Function):
+class _Fwht(backends.Function):
     """The transform is orthogonal: its gradient is the inverse transform of the incoming gradient."""
 
     @staticmethod
-    def forward(ctx, x, signs, block, inverse, backend):
+    def forward(ctx, x, signs, block, inverse):
         ctx.save_for_backward(signs)
-        ctx.cfg = (block, inverse, backend)
-        return ops.fwht(x, signs, block, inverse, backend)
+        ctx.cfg = (block, inverse)
+        return ops.fwht(x, signs, block, inverse)
 
     @staticmethod
     def backward(ctx, g):
         (signs,) = ctx.saved_tensors
-        block, inverse, backend = ctx.cfg
-        return ops.fwht(g.contiguous(), signs, block, not inverse, backend), None, None, None, None
+        block, inverse = ctx.cfg
+        return ops.fwht(g.contiguous(), signs, block, not inverse), None, None, None

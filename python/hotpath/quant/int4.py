@@ -17,6 +17,7 @@ from torch import Tensor
 from ._base import register_format
 from . import scales as S
 from .int8 import _IntConfig
+from .. import backends
 from .._ops import quant_int as ops
 from ..reference import quant_int as ref
 
@@ -67,8 +68,9 @@ class Int4WeightOnly(_Int4Config):
         codes, s, z = self._unsigned(weight, qparams)
         return {"qweight": ref.pack_int4_rows(codes), "scale": s, "zero": z.contiguous()}
 
+    @backends.takes_backend
     def linear(self, x, q, bias, backend="auto"):
-        return ops.int4_weight_only_linear(self._x(x), q["qweight"], q["scale"], q["zero"], bias, backend)
+        return ops.int4_weight_only_linear(self._x(x), q["qweight"], q["scale"], q["zero"], bias)
 
     def dequantize_weight(self, q):
         return ref.int4_rows_weight(q["qweight"], q["scale"], q["zero"], q["scale"].shape[1] * self.group_size)
@@ -87,8 +89,9 @@ class Int4Dynamic(_Int4Config):
         codes, s, z = self._unsigned(weight, qparams)
         return {"qweight": ref.pack_int4_vnni(codes), "scale": s.t().contiguous(), "zero": z.t().contiguous()}
 
+    @backends.takes_backend
     def linear(self, x, q, bias, backend="auto"):
-        return ops.int4_dynamic_linear(self._x(x), q["qweight"], q["scale"], q["zero"], bias, backend)
+        return ops.int4_dynamic_linear(self._x(x), q["qweight"], q["scale"], q["zero"], bias)
 
     def dequantize_weight(self, q):
         return ref.int4_vnni_weight(q["qweight"], q["scale"], q["zero"], q["scale"].shape[0] * self.group_size)

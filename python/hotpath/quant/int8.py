@@ -12,6 +12,7 @@ from torch import Tensor
 
 from ._base import QuantConfig, register_format
 from . import scales as S
+from .. import backends
 from .._ops import quant_int as ops
 from ..reference import quant_int as ref
 
@@ -132,8 +133,9 @@ class Int8WeightOnly(_Int8Range, _IntConfig):
         codes, s, _ = self._codes(weight, qparams)
         return {"qweight": codes.to(torch.int8).contiguous(), "scale": s.reshape(-1).contiguous()}
 
+    @backends.takes_backend
     def linear(self, x, q, bias, backend="auto"):
-        return ops.int8_weight_only_linear(self._x(x), q["qweight"], q["scale"], bias, backend)
+        return ops.int8_weight_only_linear(self._x(x), q["qweight"], q["scale"], bias)
 
     def dequantize_weight(self, q):
         return ref.int8_rows_weight(q["qweight"], q["scale"])
@@ -167,8 +169,9 @@ class Int8Dynamic(_Int8Range, _IntConfig):
                 "colsum": c8.to(torch.int32).sum(dim=1, dtype=torch.int32).contiguous(),
                 "k": torch.tensor(weight.shape[1], dtype=torch.int64)}
 
+    @backends.takes_backend
     def linear(self, x, q, bias, backend="auto"):
-        return ops.int8_dynamic_linear(self._x(x), q["qweight"], q["scale"], q["colsum"], bias, backend)
+        return ops.int8_dynamic_linear(self._x(x), q["qweight"], q["scale"], q["colsum"], bias)
 
     def dequantize_weight(self, q):
         return ref.int8_vnni_weight(q["qweight"], q["scale"], int(q["k"]))

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from ._base import QuantConfig, config_from_dict
-from .._backend import check_backend
+from .. import backends
 
 
 class QuantLinear(nn.Module):
@@ -24,7 +24,7 @@ class QuantLinear(nn.Module):
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        check_backend(backend)
+        backends.check(backend)
         config.validate_shape(out_features, in_features)
         self.in_features, self.out_features = in_features, out_features
         self.config = config
@@ -52,7 +52,7 @@ class QuantLinear(nn.Module):
         w = linear.weight.detach() if weight is None else weight.detach()
         mod = cls.__new__(cls)
         nn.Module.__init__(mod)
-        check_backend(backend)
+        backends.check(backend)
         config.validate_shape(linear.out_features, linear.in_features)
         mod.in_features, mod.out_features, mod.config, mod.backend = linear.in_features, linear.out_features, config, backend
         mod._names = []
@@ -111,6 +111,7 @@ class QuantLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, config={self.config}"
 
 
+@backends.takes_backend
 def quantize_(model: nn.Module, config: QuantConfig, filter_fn: Optional[Callable[[nn.Module, str], bool]] = None,
               backend: str = "auto", *, calibrate: Optional[Callable[[nn.Module], object]] = None,
               gptq_damp: float = 0.1) -> nn.Module:
@@ -128,7 +129,6 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: Optional[Callabl
         raise TypeError(f"config must be a QuantConfig (e.g. Int8WeightOnly()), got {type(config).__name__}")
     if filter_fn is not None and not callable(filter_fn):
         raise TypeError("filter_fn must be callable (module, fqn) -> bool or None")
-    check_backend(backend)
 
     def want(mod, fqn):
         return type(mod) is nn.Linear and (filter_fn is None or filter_fn(mod, fqn))

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .. import _validate as V
-from .._backend import check_backend
+from .. import backends
 from .._ops import quant_lowbit as ops
 from ..reference import quant_lowbit as ref
 from ._base import QuantConfig, register_format
@@ -61,12 +61,12 @@ class Ternary(QuantConfig):
             return int(q["ternary_k"][0])
         return q["pos"].shape[1] * 32
 
+    @backends.takes_backend
     def linear(self, x, q, bias: Optional[Tensor] = None, backend: str = "auto"):
-        check_backend(backend)
         N, nw = q["pos"].shape
         V.tensor("x", x, ndims=(2,))
         xf = prep_x(x, self._k(q))
-        y = ops.ternary_linear(xf, q["pos"], q["neg"], q["wscale"], prep_bias(bias, N, x.device), backend)
+        y = ops.ternary_linear(xf, q["pos"], q["neg"], q["wscale"], prep_bias(bias, N, x.device))
         return y.to(x.dtype)
 
     def fake_quantize_input(self, x):

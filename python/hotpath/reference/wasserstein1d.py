@@ -38,7 +38,7 @@ def wasserstein_1d(u, v, uw=None, vw=None, p=1.0, presorted=False):
     one = torch.ones_like(cu[..., -1:])
     cu = torch.cat([cu[..., :-1], one], -1)
     cv = torch.cat([cv[..., :-1], one], -1)
-    qs, _ = torch.sort(torch.cat([cu, cv], -1), -1)
+    qs, _ = torch.sort(torch.cat([cu, cv], -1), dim=-1, stable=True)
     # u index of a segment ending at q: first u breakpoint >= q (ties: u breakpoints first).
     iu = torch.searchsorted(cu.contiguous(), qs.contiguous(), right=False).clamp_(max=n - 1)
     iv = torch.searchsorted(cv.contiguous(), qs.contiguous(), right=False).clamp_(max=m - 1)
@@ -48,9 +48,11 @@ def wasserstein_1d(u, v, uw=None, vw=None, p=1.0, presorted=False):
 
 
 def random_projections(d, n_projections, *, generator=None, dtype=torch.float32, device="cpu"):
-    """(d, n_projections) directions uniform on the sphere, as POT's get_random_projections."""
-    theta = torch.randn(d, n_projections, generator=generator, dtype=dtype, device=device)
-    return theta / theta.norm(dim=0, keepdim=True)
+    """(d, n_projections) directions uniform on the sphere, as POT's get_random_projections.
+    Drawn in `dtype` (the same stream as POT's torch backend) and normalized in float64, so float32
+    columns have unit norm to float32 rounding (~1e-7), not to the error of a float32 norm."""
+    theta = torch.randn(d, n_projections, generator=generator, dtype=dtype, device=device).double()
+    return (theta / theta.norm(dim=0, keepdim=True)).to(dtype)
 
 
 def sliced_wasserstein(x, y, a, b, theta, p=2.0):
@@ -81,3 +83,115 @@ def histogram_wasserstein(p, q, support, order=1.0):
         dc = torch.cumsum(p - q, -1)[..., :-1]
         return (dc.abs() * torch.diff(support, dim=-1)).sum(-1)
     return wasserstein_1d(support, support, p, q, order, presorted=True)
+
+
+# ---------------------------------------------------------------------------- explicit gradients
+# The functions below give the reference's values with their gradients in closed form (no
+# autograd inside). They are written with differentiable torch ops only (gather / scatter / sort
+# values / cumsum, nothing in place on a tensor that can carry a graph), so the same code is the
+# reference kernel of the fused ops and, called under grad mode, the double-backward formula.
+
+
+def _dcost(d, p):
+    """c'(d) for c = |d|^p: exactly 0 at d = 0 (equal inputs get zero gradients), NaN stays NaN.
+    The power uses a safe base so that its own derivative is finite at d = 0 as well."""
+    if p == 1:
+        return torch.where(d != d, d, torch.sign(d))
+    if p == 2:
+        return 2.0 * d
+    a = d.abs()
+    pos = a > 0
+    safe = torch.where(pos, a, torch.ones_like(a))
+    return torch.where(pos, p * safe ** (p - 1.0) * torch.sign(d), d * 0.0)
+
+
+def _sorted_normalized(w, idx, like):
+    """Normalized weights in sorted order and their raw totals (None for uniform weights)."""
+    if w is None:
+        return torch.full_like(like, 1.0 / like.shape[-1]), None
+    total = w.sum(-1, keepdim=True)
+    wn = w / total
+    return (wn if idx is None else torch.gather(wn, -1, idx)), total
+
+
+def _unsort(g, idx):
+    return g if idx is None else torch.zeros_like(g).scatter(-1, idx, g)
+
+
+def _weight_grad(dF, wn, total, idx):
+    """Gradient w.r.t. raw weights from the gradient w.r.t. the first n-1 CDF breakpoints (the last
+    one is the constant 1): reverse cumsum, then through w / sum(w), then back to input order."""
+    g = torch.cat([dF, dF.new_zeros(*dF.shape[:-1], 1)], -1)
+    gwn = torch.flip(torch.cumsum(torch.flip(g, [-1]), -1), [-1])
+    return _unsort((gwn - (gwn * wn).sum(-1, keepdim=True)) / total, idx)
+
+
+def wasserstein_1d_grads(u, v, u_weights, v_weights, p, presorted, grad_values, grad_weights):
+    """wasserstein_1d (same layout, same value) with its analytic gradients.
+
+    u (B, n), v (B, m), weights (B, n) / (B, m) or None (uniform), normalized here. Returns
+    (cost (B,), du, dv, duw, dvw): d cost_b / d input, each an empty tensor when not asked for (or
+    when that side has no weights). Segments of the merged quantile grid: ends qs (the sorted
+    union of the two CDFs' breakpoints), u / v indices ju, jv (first breakpoint >= the end),
+    lengths delta. cost = sum_k delta_k c(u_ju - v_jv), so
+      d/du_i = sum_{k: ju_k = i} delta_k c'(d_k)        (and minus that for v)
+      d/dqs_k = c_k - c_{k+1}                            (qs_k ends segment k, starts k + 1)
+    routed back to the breakpoints through the sort of qs, then to the weights."""
+    n, m = u.shape[-1], v.shape[-1]
+    if presorted:
+        us, vs, su, sv = u, v, None, None
+    else:
+        us, su = torch.sort(u, dim=-1, stable=True)
+        vs, sv = torch.sort(v, dim=-1, stable=True)
+    wu, tu = _sorted_normalized(u_weights, su, u)
+    wv, tv = _sorted_normalized(v_weights, sv, v)
+    cu, cv = torch.cumsum(wu, -1), torch.cumsum(wv, -1)
+    one = torch.ones_like(cu[..., -1:])
+    cu = torch.cat([cu[..., :-1], one], -1)
+    cv = torch.cat([cv[..., :-1], one], -1)
+    qs, perm = torch.sort(torch.cat([cu, cv], -1), dim=-1, stable=True)
+    qd = qs.detach().contiguous()
+    ju = torch.searchsorted(cu.detach().contiguous(), qd, right=False).clamp_(max=n - 1)
+    jv = torch.searchsorted(cv.detach().contiguous(), qd, right=False).clamp_(max=m - 1)
+    delta = torch.diff(qs, dim=-1, prepend=torch.zeros_like(qs[..., :1]))
+    d = torch.gather(us, -1, ju) - torch.gather(vs, -1, jv)
+    c = cost(d, p)
+    value = (delta * c).sum(-1)
+    empty = u.new_zeros(0)
+    du = dv = duw = dvw = empty
+    if grad_values:
+        gd = delta * _dcost(d, p)
+        du = _unsort(torch.zeros_like(us).scatter_add(-1, ju, gd), su)
+        dv = _unsort(torch.zeros_like(vs).scatter_add(-1, jv, -gd), sv)
+    if grad_weights and (u_weights is not None or v_weights is not None):
+        dq = c - torch.cat([c[..., 1:], torch.zeros_like(c[..., :1])], -1)
+        dcat = torch.zeros_like(dq).scatter(-1, perm, dq)
+        if u_weights is not None:
+            duw = _weight_grad(dcat[..., :n - 1], wu, tu, su)
+        if v_weights is not None:
+            dvw = _weight_grad(dcat[..., n:n + m - 1], wv, tv, sv)
+    return value, du, dv, duw, dvw
+
+
+def histogram_wasserstein_grads(p, q, support, need_gp, need_gq):
+    """Order-1 histogram_wasserstein (same value) with its analytic gradients w.r.t. p and q.
+
+    p, q (B, K) raw masses (normalized here), support (1, K) or (B, K) non-decreasing. With
+    D_k = CDF_p(k) - CDF_q(k) (k < K-1), sw_k = sign(D_k) (s_{k+1} - s_k) and R_i = sum_{k >= i} sw_k:
+    d/dp_i = (R_i - sum_k sw_k CDF_p(k)) / sum(p), d/dq_i = -(R_i - sum_k sw_k CDF_q(k)) / sum(q).
+    Returns (cost (B,), gp, gq), a gradient an empty tensor when not asked for."""
+    sp, sq = p.sum(-1, keepdim=True), q.sum(-1, keepdim=True)
+    pn, qn = p / sp, q / sq
+    dc = torch.cumsum(pn - qn, -1)[..., :-1]
+    w = torch.diff(support, dim=-1)
+    value = (dc.abs() * w).sum(-1)
+    gp = gq = p.new_zeros(0)
+    if need_gp or need_gq:
+        sw = torch.where(dc != dc, dc, torch.sign(dc)) * w
+        sw = torch.cat([sw, sw.new_zeros(*sw.shape[:-1], 1)], -1)
+        R = torch.flip(torch.cumsum(torch.flip(sw, [-1]), -1), [-1])
+        if need_gp:
+            gp = (R - (R * pn).sum(-1, keepdim=True)) / sp
+        if need_gq:
+            gq = -(R - (R * qn).sum(-1, keepdim=True)) / sq
+    return value, gp, gq

@@ -292,3 +292,8 @@ def topk(q, keys, k):
                                         K_PAD=max(16, triton.next_power_of_2(k)), BLOCK_M=16, BLOCK_N=_BN,
                                         BLOCK_D=_BD)
     return vals, idx
+
+
+def lse_sweep(x, y, scale, want_col, exclude_diag):
+    """The lse_sweep op: rows, and with want_col the columns as the rows of the swapped pair."""
+    return lse_rows(x, y, scale, exclude_diag), (lse_rows(y, x, scale, exclude_diag) if want_col else x.new_zeros(0))

@@ -114,4 +114,4 @@ def softmin_points(x, y, h, eps, p, want_grad):
     if n > 0:
         _softmin_points_kernel[(B, triton.cdiv(n, BR))](x, y, h, f, U if want_grad else f, n, m, d, 1.0 / eps, -eps,
                                                         P=p, WANT=want_grad, BLOCK_R=BR, BLOCK_C=BC, BLOCK_D=BD)
-    return f, (U if want_grad else None)
+    return f, U

@@ -221,4 +221,5 @@ def pairwise_lse_bwd(x, y, col_bias, values, lse, out, grad_lse, grad_out, scale
                                   values is not None)
         gy = coef_a * acc + coef_b * rsum[..., None] * y
         gc = rsum if col_bias is not None else None
-    return gx, gy, gc, gv
+    empty = x.new_zeros(0)
+    return gx, gy, (gc if gc is not None else empty), (gv if gv is not None else empty)

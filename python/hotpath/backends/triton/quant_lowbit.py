@@ -245,3 +245,8 @@ def embedding_search_binary(qbits, kbits, d, k, chunk=65536):
         _binary_scores_kernel[grid](q32, k32[c0:c1], out, Q, c1 - c0, W32, d, BQ=BQ, BN=BN)
         best = _merge(best, out, c0, k)
     return best
+
+
+def embedding_search_int8_op(qq, qstep, keys, packed, key_scale, k):
+    """The op's argument order; the VNNI-packed copy of the keys serves the CPU kernel only."""
+    return embedding_search_int8(qq, qstep, keys, key_scale, k)

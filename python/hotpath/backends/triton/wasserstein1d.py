@@ -184,6 +184,16 @@ def wasserstein1d(u, v, uw, vw, p, presorted, grad_values, grad_weights):
     gv = unsort(gvs, iv) if grad_values else e(0)
     guw = _weight_grad(gFu, wu, su, iu) if gF and uw is not None else e(0)
     gvw = _weight_grad(gFv, wv, sv, iv) if gF and vw is not None else e(0)
+    if uw is not None or vw is not None:
+        # NaN rule: a NaN or infinite total weight makes the problem NaN (the kernel's max / min
+        # on NaN breakpoints would drop them on a GPU). Elementwise, no host sync.
+        bad = torch.zeros(B, 1, dtype=torch.bool, device=u.device)
+        for total in (su, sv):
+            if total is not None:
+                bad = bad | ~torch.isfinite(total)
+        nan = torch.full((), float("nan"), dtype=u.dtype, device=u.device)
+        cost = torch.where(bad[:, 0], nan, cost)
+        gu, gv, guw, gvw = (t if t.numel() == 0 else torch.where(bad, nan, t) for t in (gu, gv, guw, gvw))
     return cost, gu, gv, guw, gvw
 
 
@@ -272,3 +282,14 @@ def histogram_w1(p, q, support, need_grad):
         _hist_w1_kernel[(B,)](p, q, support, cost, gp if need_grad else p, gq if need_grad else q, stats, K,
                               0 if support.shape[0] == 1 else K, NEED_GRAD=need_grad, BLOCK=BLOCK)
     return cost, gp, gq, stats
+
+
+def sliced_wasserstein_fwd(x, y, a, b, theta, p, need_gx, need_gy, need_ga, need_gb, need_gtheta):
+    """The sliced op: projections by matmul, then the batched 1-D kernel above on every row."""
+    from ..._ops.wasserstein1d import sliced_via_rows
+    return sliced_via_rows(x, y, a, b, theta, p, (need_gx, need_gy, need_ga, need_gb, need_gtheta), wasserstein1d)
+
+
+def histogram_w1_fwd(p, q, support, need_gp, need_gq):
+    cost, gp, gq, stats = histogram_w1(p, q, support, need_gp or need_gq)
+    return cost, (gp if need_gp else p.new_zeros(0)), (gq if need_gq else p.new_zeros(0)), stats

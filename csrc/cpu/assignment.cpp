@@ -1,0 +1,595 @@
+// Exact assignment and exact optimal transport on dense costs (issue 16).
+//
+// lsa_solve:  linear sum assignment, Jonker-Volgenant style. Square problems start with JV's
+//             column reduction, reduction transfer and two passes of augmenting row reduction;
+//             rectangular ones (rows < cols) start from a greedy row-minimum matching with v = 0,
+//             which keeps the never-matched columns at v = 0 as the rectangular dual needs. The
+//             remaining free rows are matched by Dijkstra shortest augmenting paths.
+// emd_solve:  the transportation problem (POT's ot.emd) by successive shortest paths on the
+//             residual network rows -> columns (forward arcs, all of them) and columns -> rows
+//             (reverse arcs, only where the plan is positive, kept as per-column row lists).
+//
+// Both Dijkstras spend their time in one kernel, relax_row: for one scanned row i, over the
+// contiguous cost row, d[k] = min(d[k], c_ik - vb[k] - h) with pred[k] = i where it improved,
+// and the minimum of d in the same pass. Finalized columns are taken out of the scan without a
+// branch: their d is +inf and vb = -inf, so c - vb = +inf never improves them and never wins the
+// minimum (vb is restored to v when the search ends). The pass is 8 doubles at a time (zmm on
+// AVX-512 hosts); float32 costs are widened on load, so every problem is solved in float64
+// arithmetic without an n x m float64 copy. maximize negates on load (no copy either).
+//
+// Batched problems (B, n, m) run one problem per task with at::parallel_for; errors are
+// recorded per problem and raised after the parallel region (ValueError, scipy's wording).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "simd.h"
+
+namespace hotpath {
+namespace {
+
+using simd::vf64;
+using simd::vi64;
+constexpr int W = 8;
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+typedef float vf32x8 __attribute__((vector_size(32), aligned(32)));
+
+template <typename T> struct Wide;
+template <> struct Wide<double> {
+  static inline vf64 load(const double* p) { vf64 v; std::memcpy(&v, p, sizeof(v)); return v; }
+};
+template <> struct Wide<float> {
+  static inline vf64 load(const float* p) {
+    vf32x8 v;
+    std::memcpy(&v, p, sizeof(v));
+    return __builtin_convertvector(v, vf64);
+  }
+};
+
+inline vf64 ld(const double* p) { vf64 v; std::memcpy(&v, p, sizeof(v)); return v; }
+inline void st(double* p, vf64 v) { std::memcpy(p, &v, sizeof(v)); }
+inline vi64 ldi(const int64_t* p) { vi64 v; std::memcpy(&v, p, sizeof(v)); return v; }
+inline void sti(int64_t* p, vi64 v) { std::memcpy(p, &v, sizeof(v)); }
+inline vf64 splat(double a) { return vf64{} + a; }
+inline double hmin(vf64 v) {
+  double s = v[0];
+  for (int l = 1; l < W; ++l) s = v[l] < s ? v[l] : s;
+  return s;
+}
+
+// Shared Dijkstra state over the columns of one problem (padded to a multiple of W: padding
+// columns have d = +inf and vb = -inf, so they never improve and never win).
+struct ColumnSearch {
+  int m = 0, mp = 0;
+  std::vector<double> v, vb, d, dfin;
+  std::vector<int64_t> pred;
+  std::vector<int> scanned;
+
+  void init(int m_) {
+    m = m_;
+    mp = (m + W - 1) / W * W;
+    v.assign(mp, 0.0);
+    vb.assign(mp, -kInf);
+    d.assign(mp, kInf);
+    dfin.assign(mp, 0.0);
+    pred.assign(mp, -1);
+    scanned.clear();
+    scanned.reserve(m);
+  }
+  void reset_d() { std::fill(d.begin(), d.end(), kInf); }
+  void sync_vb() { std::memcpy(vb.data(), v.data(), sizeof(double) * m); }
+
+  // d[k] = min(d[k], s*c_ik - vb[k] - h), pred[k] = i where improved; returns min_k d[k].
+  template <typename T, bool NEG>
+  double relax_row(const T* row, int64_t i, double h) {
+    const vf64 hv = splat(h);
+    const vi64 iv = vi64{} + i;
+    vf64 mn = splat(kInf);
+    int k = 0;
+    for (; k + W <= m; k += W) {
+      vf64 c = Wide<T>::load(row + k);
+      if (NEG) c = -c;
+      const vf64 cr = (c - ld(&vb[k])) - hv;
+      vf64 dk = ld(&d[k]);
+      const vi64 better = cr < dk;
+      dk = better ? cr : dk;
+      st(&d[k], dk);
+      sti(&pred[k], better ? iv : ldi(&pred[k]));
+      mn = mn < dk ? mn : dk;
+    }
+    double best = hmin(mn);
+    for (; k < m; ++k) {
+      double c = (double)row[k];
+      if (NEG) c = -c;
+      const double cr = (c - vb[k]) - h;
+      if (cr < d[k]) { d[k] = cr; pred[k] = i; }
+      best = d[k] < best ? d[k] : best;
+    }
+    return best;
+  }
+
+  double min_d() const {
+    vf64 mn = splat(kInf);
+    for (int k = 0; k < mp; k += W) { const vf64 dk = ld(&d[k]); mn = mn < dk ? mn : dk; }
+    return hmin(mn);
+  }
+
+  // A column with d == mu, preferring one for which good(k) holds (it ends the search).
+  template <typename Good>
+  int find(double mu, Good good) const {
+    int first = -1;
+    const vf64 mv = splat(mu);
+    for (int k = 0; k < mp; k += W) {
+      const vi64 eq = ld(&d[k]) == mv;
+      int64_t any = 0;
+      for (int l = 0; l < W; ++l) any |= eq[l];
+      if (!any) continue;
+      for (int l = 0; l < W; ++l) {
+        if (!eq[l]) continue;
+        const int j = k + l;
+        if (good(j)) return j;
+        if (first < 0) first = j;
+      }
+    }
+    return first;
+  }
+
+  void finalize(int j, double mu) {
+    scanned.push_back(j);
+    dfin[j] = mu;
+    d[j] = kInf;
+    vb[j] = -kInf;
+  }
+};
+
+// The two smallest of s*r[k] - v[k] over k < m, lowest index first among equal values
+// (per-lane minima, then a merge of the 2W lane candidates). j1 = -1 when all are +inf.
+template <typename T, bool NEG>
+void two_smallest(const T* r, const double* v, int m, double& u1, int& j1, double& u2, int& j2) {
+  vf64 m1 = splat(kInf), m2 = splat(kInf);
+  vi64 i1 = vi64{} - 1, i2 = vi64{} - 1;
+  vi64 kk = vi64{0, 1, 2, 3, 4, 5, 6, 7};
+  int k = 0;
+  for (; k + W <= m; k += W, kk += W) {
+    vf64 c = Wide<T>::load(r + k);
+    if (NEG) c = -c;
+    const vf64 h = c - ld(v + k);
+    const vi64 lt1 = h < m1, lt2 = h < m2;
+    m2 = lt1 ? m1 : (lt2 ? h : m2);
+    i2 = lt1 ? i1 : (lt2 ? kk : i2);
+    m1 = lt1 ? h : m1;
+    i1 = lt1 ? kk : i1;
+  }
+  u1 = u2 = kInf;
+  j1 = j2 = -1;
+  auto push = [&](double h, int j) {
+    if (j < 0) return;
+    if (h < u1 || (h == u1 && j < j1)) { u2 = u1; j2 = j1; u1 = h; j1 = j; }
+    else if (h < u2 || (h == u2 && (j2 < 0 || j < j2))) { u2 = h; j2 = j; }
+  };
+  for (int l = 0; l < W; ++l) { push(m1[l], (int)i1[l]); push(m2[l], (int)i2[l]); }
+  for (; k < m; ++k) {
+    double c = (double)r[k];
+    if (NEG) c = -c;
+    push(c - v[k], k);
+  }
+  if (j1 >= 0 && !(u1 < kInf)) j1 = j2 = -1;
+  if (j2 >= 0 && !(u2 < kInf)) j2 = -1;
+}
+
+// --------------------------------------------------------------------------------- assignment
+enum Status : int { kOk = 0, kInvalid = 1, kInfeasible = 2 };
+
+template <typename T, bool NEG>
+struct Lsa {
+  const T* C;
+  int64_t ldc;
+  int n, m;  // n <= m
+  ColumnSearch cs;
+  std::vector<int> x, y;  // row -> column, column -> row
+
+  inline const T* row(int i) const { return C + (int64_t)i * ldc; }
+  inline double cost(int i, int j) const { const double c = (double)row(i)[j]; return NEG ? -c : c; }
+
+  // two smallest of c_ij - v_j over j (indices j1, j2; j2 = -1 when m == 1)
+  void two_min(int i, double& u1, int& j1, double& u2, int& j2) const {
+    two_smallest<T, NEG>(row(i), cs.v.data(), m, u1, j1, u2, j2);
+  }
+
+  bool square_init(std::vector<int>& free_rows) {
+    std::vector<double> colmin(cs.mp, kInf);
+    std::vector<int64_t> arg(cs.mp, -1);
+    for (int i = 0; i < n; ++i) {  // column minima by contiguous row passes
+      const T* r = row(i);
+      const vi64 iv = vi64{} + (int64_t)i;
+      int k = 0;
+      for (; k + W <= m; k += W) {
+        vf64 c = Wide<T>::load(r + k);
+        if (NEG) c = -c;
+        const vf64 cm = ld(&colmin[k]);
+        const vi64 lt = c < cm;
+        st(&colmin[k], lt ? c : cm);
+        sti(&arg[k], lt ? iv : ldi(&arg[k]));
+      }
+      for (; k < m; ++k) {
+        const double c = cost(i, k);
+        if (c < colmin[k]) { colmin[k] = c; arg[k] = i; }
+      }
+    }
+    std::vector<int> matches(n, 0);
+    for (int j = m - 1; j >= 0; --j) {
+      if (!(colmin[j] < kInf)) return false;  // a column with no allowed row
+      cs.v[j] = colmin[j];
+      const int i = (int)arg[j];
+      if (matches[i]++ == 0) { x[i] = j; y[j] = i; }
+    }
+    // reduction transfer: a row matched once may lower its column's price to its second best
+    for (int i = 0; i < n; ++i) {
+      if (matches[i] == 0) { free_rows.push_back(i); continue; }
+      if (matches[i] != 1) continue;
+      const int j1 = x[i];
+      double a1, a2;
+      int k1, k2;
+      two_min(i, a1, k1, a2, k2);
+      const double mn = k1 == j1 ? a2 : a1;  // cheapest alternative to j1 (a1 == a2 on ties)
+      if (mn < kInf) cs.v[j1] -= mn;
+    }
+    // augmenting row reduction, two passes; re-processing a displaced row is bounded
+    for (int pass = 0; pass < 2 && !free_rows.empty(); ++pass) {
+      std::vector<int> next;
+      size_t k = 0;
+      // displaced rows re-enter at once only this often: ARR can cycle among near-equal prices,
+      // and past about n re-entries the shortest paths below are the cheaper way to finish
+      int64_t budget = n;
+      while (k < free_rows.size()) {
+        const int i = free_rows[k++];
+        double u1, u2;
+        int j1, j2;
+        two_min(i, u1, j1, u2, j2);
+        if (j1 < 0) return false;  // a row with no allowed column
+        int i0 = y[j1];
+        bool lowered = false;
+        if (u1 < u2 && u2 < kInf) {
+          cs.v[j1] -= u2 - u1;
+          lowered = true;
+        } else if (i0 >= 0 && j2 >= 0 && u2 < kInf) {
+          j1 = j2;
+          i0 = y[j2];
+        }
+        if (i0 >= 0) {
+          x[i0] = -1;
+          if (lowered && budget-- > 0) free_rows[--k] = i0;
+          else next.push_back(i0);
+        }
+        x[i] = j1;
+        y[j1] = i;
+      }
+      free_rows.swap(next);
+    }
+    return true;
+  }
+
+  bool rect_init(std::vector<int>& free_rows) {
+    for (int i = 0; i < n; ++i) {
+      double u1, u2;
+      int jb, j2;
+      two_min(i, u1, jb, u2, j2);  // v = 0 here
+      if (jb < 0) return false;
+      if (y[jb] < 0) { x[i] = jb; y[jb] = i; }
+      else free_rows.push_back(i);
+    }
+    return true;
+  }
+
+  bool augment(int f) {
+    cs.reset_d();
+    cs.scanned.clear();
+    double mu = cs.relax_row<T, NEG>(row(f), f, 0.0);
+    int sink = -1;
+    while (true) {
+      if (!(mu < kInf)) return false;
+      const int j = cs.find(mu, [this](int k) { return y[k] < 0; });
+      if (y[j] < 0) { sink = j; break; }
+      cs.finalize(j, mu);
+      const int i = y[j];
+      const double h = cost(i, j) - cs.v[j] - mu;
+      mu = cs.relax_row<T, NEG>(row(i), i, h);
+    }
+    for (int j : cs.scanned) { cs.v[j] += cs.dfin[j] - mu; cs.vb[j] = cs.v[j]; }
+    int j = sink;
+    while (true) {
+      const int i = (int)cs.pred[j];
+      y[j] = i;
+      const int nxt = x[i];
+      x[i] = j;
+      if (i == f) break;
+      j = nxt;
+    }
+    return true;
+  }
+
+  int solve() {
+    cs.init(m);
+    x.assign(n, -1);
+    y.assign(m, -1);
+    std::vector<int> free_rows;
+    const bool ok = n == m ? square_init(free_rows) : rect_init(free_rows);
+    if (!ok) return kInfeasible;
+    cs.sync_vb();
+    for (int f : free_rows)
+      if (!augment(f)) return kInfeasible;
+    return kOk;
+  }
+};
+
+template <typename T>
+int check_entries(const T* C, int64_t count, bool maximize) {
+  // scipy: NaN is invalid, and so is the infinity that would be "free" (-inf when minimizing)
+  const double bad = maximize ? kInf : -kInf;
+  const vf64 bv = splat(bad);
+  vi64 flag = vi64{};
+  int64_t k = 0;
+  for (; k + W <= count; k += W) {
+    const vf64 c = Wide<T>::load(C + k);
+    flag |= (c != c) | (c == bv);
+  }
+  int64_t any = 0;
+  for (int l = 0; l < W; ++l) any |= flag[l];
+  for (; k < count; ++k) {
+    const double c = (double)C[k];
+    any |= (c != c) || c == bad;
+  }
+  return any ? kInvalid : kOk;
+}
+
+template <typename T, bool NEG>
+int lsa_one(const T* C, int n, int m, int64_t* rows, int64_t* cols, std::vector<T>& tbuf) {
+  const T* A = C;
+  int nr = n, nc = m;
+  if (n > m) {  // solve the transpose so the search runs over the longer, contiguous side
+    tbuf.resize((size_t)n * m);
+    for (int i = 0; i < n; ++i)
+      for (int j = 0; j < m; ++j) tbuf[(size_t)j * n + i] = C[(size_t)i * m + j];
+    A = tbuf.data();
+    nr = m;
+    nc = n;
+  }
+  Lsa<T, NEG> s{A, nc, nr, nc, {}, {}, {}};
+  const int st = s.solve();
+  if (st != kOk) return st;
+  if (n <= m) {
+    for (int i = 0; i < n; ++i) { rows[i] = i; cols[i] = s.x[i]; }
+  } else {
+    std::vector<int> col_of_row(n, -1);
+    for (int j = 0; j < m; ++j) col_of_row[s.x[j]] = j;
+    int k = 0;
+    for (int i = 0; i < n; ++i)
+      if (col_of_row[i] >= 0) { rows[k] = i; cols[k] = col_of_row[i]; ++k; }
+  }
+  return kOk;
+}
+
+std::tuple<at::Tensor, at::Tensor> lsa_solve_cpu(const at::Tensor& C_in, bool maximize) {
+  TORCH_CHECK_VALUE(C_in.dim() == 3, "lsa_solve: C must be (B, n, m), got ", C_in.sizes());
+  TORCH_CHECK_TYPE(C_in.scalar_type() == at::kFloat || C_in.scalar_type() == at::kDouble,
+                   "lsa_solve: C must be float32 or float64, got ", C_in.scalar_type());
+  TORCH_CHECK_VALUE(C_in.size(1) < (1LL << 30) && C_in.size(2) < (1LL << 30), "lsa_solve: C is too large");
+  const at::Tensor C = C_in.contiguous();
+  const int64_t B = C.size(0);
+  const int n = (int)C.size(1), m = (int)C.size(2);
+  const int k = std::min(n, m);
+  auto opts = C.options().dtype(at::kLong);
+  at::Tensor rows = at::empty({B, k}, opts), cols = at::empty({B, k}, opts);
+  if (B == 0 || k == 0) return {rows, cols};
+  std::vector<int> status(B, kOk);
+  AT_DISPATCH_FLOATING_TYPES(C.scalar_type(), "lsa_solve", [&] {
+    const scalar_t* pc = C.data_ptr<scalar_t>();
+    int64_t* pr = rows.data_ptr<int64_t>();
+    int64_t* pk = cols.data_ptr<int64_t>();
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<scalar_t> tbuf;
+      for (int64_t b = b0; b < b1; ++b) {
+        const scalar_t* Cb = pc + b * (int64_t)n * m;
+        int st = check_entries(Cb, (int64_t)n * m, maximize);
+        if (st == kOk)
+          st = maximize ? lsa_one<scalar_t, true>(Cb, n, m, pr + b * k, pk + b * k, tbuf)
+                        : lsa_one<scalar_t, false>(Cb, n, m, pr + b * k, pk + b * k, tbuf);
+        status[b] = st;
+      }
+    });
+  });
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK_VALUE(status[b] != kInvalid, "matrix contains invalid numeric entries (problem ", b, ")");
+    TORCH_CHECK_VALUE(status[b] != kInfeasible, "cost matrix is infeasible (problem ", b, ")");
+  }
+  return {rows, cols};
+}
+
+// ---------------------------------------------------------------------------------- transport
+template <typename T>
+struct Transport {
+  const T* C;
+  int n, m;
+  double* X;  // plan (n, m), zero on entry
+  ColumnSearch cs;
+  std::vector<double> u, sup, dem, drow;
+  std::vector<int> predr, rows_seen;
+  std::vector<char> seen;
+  std::vector<std::vector<int>> colrows;  // rows with X_ij > 0, per column
+
+  inline const T* row(int i) const { return C + (int64_t)i * m; }
+
+  void add_flow(int i, int j, double delta) {
+    double& x = X[(int64_t)i * m + j];
+    if (x == 0.0) colrows[j].push_back(i);
+    x += delta;
+  }
+  void remove_flow(int i, int j, double delta) {
+    double& x = X[(int64_t)i * m + j];
+    if (x <= delta) {
+      x = 0.0;
+      auto& lst = colrows[j];
+      for (size_t t = 0; t < lst.size(); ++t)
+        if (lst[t] == i) { lst[t] = lst.back(); lst.pop_back(); break; }
+    } else {
+      x -= delta;
+    }
+  }
+
+  // One shortest augmenting path from source s; false when no column with demand is reachable.
+  bool augment(int s, double tiny) {
+    cs.reset_d();
+    cs.scanned.clear();
+    for (int i : rows_seen) seen[i] = 0;
+    rows_seen.clear();
+    seen[s] = 1;
+    drow[s] = 0.0;
+    rows_seen.push_back(s);
+    double mu = cs.relax_row<T, false>(row(s), s, u[s]);
+    int sink = -1;
+    while (true) {
+      if (!(mu < kInf)) return false;
+      const int j = cs.find(mu, [this](int k) { return dem[k] > 0.0; });
+      if (dem[j] > 0.0) { sink = j; break; }
+      cs.finalize(j, mu);
+      const double dj = mu;  // rows behind j's reverse arcs (reduced cost 0) sit at j's distance
+      bool relaxed = false;
+      for (int i : colrows[j]) {
+        if (seen[i]) continue;
+        seen[i] = 1;
+        rows_seen.push_back(i);
+        drow[i] = dj;
+        predr[i] = j;
+        mu = cs.relax_row<T, false>(row(i), i, u[i] - drow[i]);
+        relaxed = true;
+      }
+      if (!relaxed) mu = cs.min_d();
+    }
+    const double D = mu;
+    for (int i : rows_seen) u[i] += D - drow[i];
+    for (int j : cs.scanned) { cs.v[j] += cs.dfin[j] - D; cs.vb[j] = cs.v[j]; }
+    // bottleneck along the path sink <- row <- column <- row ... <- s
+    double delta = std::min(sup[s], dem[sink]);
+    for (int i = (int)cs.pred[sink]; i != s;) {
+      const int j = predr[i];
+      delta = std::min(delta, X[(int64_t)i * m + j]);
+      i = (int)cs.pred[j];
+    }
+    int j = sink;
+    while (true) {
+      const int i = (int)cs.pred[j];
+      add_flow(i, j, delta);
+      if (i == s) break;
+      j = predr[i];
+      remove_flow(i, j, delta);
+    }
+    sup[s] -= delta;
+    dem[sink] -= delta;
+    if (sup[s] <= tiny) sup[s] = 0.0;
+    if (dem[sink] <= tiny) dem[sink] = 0.0;
+    return true;
+  }
+
+  void solve(const double* a, const double* b, double* cost, double* uo, double* vo) {
+    cs.init(m);
+    u.assign(n, 0.0);
+    sup.assign(a, a + n);
+    dem.assign(b, b + m);
+    drow.assign(n, 0.0);
+    predr.assign(n, -1);
+    seen.assign(n, 0);
+    colrows.assign(m, {});
+    double total = 0.0;
+    for (int i = 0; i < n; ++i) total += a[i];
+    // rounding residue left when the masses differ in the last bits (POT rescales b to a's mass)
+    const double tiny = total * 1e-14;
+    // start: u_i = row minimum (v = 0), and each row ships what it can along its cheapest arc
+    for (int i = 0; i < n; ++i) {
+      double best, u2;
+      int jb, j2;
+      two_smallest<T, false>(row(i), cs.v.data(), m, best, jb, u2, j2);  // v = 0 here
+      u[i] = best;
+      if (sup[i] > 0.0 && dem[jb] > 0.0) {
+        const double delta = std::min(sup[i], dem[jb]);
+        add_flow(i, jb, delta);
+        sup[i] -= delta;
+        dem[jb] -= delta;
+        if (sup[i] <= tiny) sup[i] = 0.0;
+        if (dem[jb] <= tiny) dem[jb] = 0.0;
+      }
+    }
+    cs.sync_vb();
+    for (int s = 0; s < n; ++s)
+      while (sup[s] > 0.0)
+        if (!augment(s, tiny)) { sup[s] = 0.0; break; }
+    // zero-weight rows / columns: the largest potentials that keep the dual feasible (tight)
+    for (int i = 0; i < n; ++i) {
+      if (a[i] != 0.0) continue;
+      double mn = kInf;
+      for (int k = 0; k < m; ++k) mn = std::min(mn, (double)row(i)[k] - cs.v[k]);
+      u[i] = mn;
+    }
+    for (int k = 0; k < m; ++k) {
+      if (b[k] != 0.0) continue;
+      double mn = kInf;
+      for (int i = 0; i < n; ++i) mn = std::min(mn, (double)row(i)[k] - u[i]);
+      cs.v[k] = mn;
+    }
+    double c = 0.0;
+    for (int k = 0; k < m; ++k)
+      for (int i : colrows[k]) c += X[(int64_t)i * m + k] * (double)row(i)[k];
+    *cost = c;
+    std::memcpy(uo, u.data(), sizeof(double) * n);
+    std::memcpy(vo, cs.v.data(), sizeof(double) * m);
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> emd_solve_cpu(const at::Tensor& a_in, const at::Tensor& b_in,
+                                                                         const at::Tensor& M_in) {
+  TORCH_CHECK_VALUE(M_in.dim() == 3, "emd_solve: M must be (B, n, m), got ", M_in.sizes());
+  TORCH_CHECK_TYPE(M_in.scalar_type() == at::kFloat || M_in.scalar_type() == at::kDouble,
+                   "emd_solve: M must be float32 or float64, got ", M_in.scalar_type());
+  const int64_t B = M_in.size(0);
+  const int n = (int)M_in.size(1), m = (int)M_in.size(2);
+  TORCH_CHECK_VALUE(a_in.dim() == 2 && a_in.size(0) == B && a_in.size(1) == n, "emd_solve: a must be (B, n)");
+  TORCH_CHECK_VALUE(b_in.dim() == 2 && b_in.size(0) == B && b_in.size(1) == m, "emd_solve: b must be (B, m)");
+  const at::Tensor M = M_in.contiguous();
+  const at::Tensor a = a_in.to(at::kDouble).contiguous(), b = b_in.to(at::kDouble).contiguous();
+  auto o = M.options().dtype(at::kDouble);
+  at::Tensor plan = at::zeros({B, n, m}, o), cost = at::zeros({B}, o), u = at::zeros({B, n}, o),
+             v = at::zeros({B, m}, o);
+  if (B == 0 || n == 0 || m == 0) return {plan, cost, u, v};
+  std::vector<int> status(B, kOk);
+  AT_DISPATCH_FLOATING_TYPES(M.scalar_type(), "emd_solve", [&] {
+    const scalar_t* pm = M.data_ptr<scalar_t>();
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t bb = b0; bb < b1; ++bb) {
+        const scalar_t* Mb = pm + bb * (int64_t)n * m;
+        bool finite = true;
+        for (int64_t k = 0; k < (int64_t)n * m; ++k) finite &= std::isfinite((double)Mb[k]);
+        if (!finite) { status[bb] = kInvalid; continue; }
+        Transport<scalar_t> t{Mb, n, m, plan.data_ptr<double>() + bb * (int64_t)n * m, {}, {}, {}, {}, {}, {}, {}, {}, {}};
+        t.solve(a.data_ptr<double>() + bb * n, b.data_ptr<double>() + bb * m, cost.data_ptr<double>() + bb,
+                u.data_ptr<double>() + bb * n, v.data_ptr<double>() + bb * m);
+      }
+    });
+  });
+  for (int64_t bb = 0; bb < B; ++bb)
+    TORCH_CHECK_VALUE(status[bb] == kOk, "emd_solve: M contains NaN or infinite entries (problem ", bb, ")");
+  return {plan, cost, u, v};
+}
+
+}  // namespace
+}  // namespace hotpath
+
+TORCH_LIBRARY_IMPL(hotpath, CPU, m) {
+  m.impl("lsa_solve", &hotpath::lsa_solve_cpu);
+  m.impl("emd_solve", &hotpath::emd_solve_cpu);
+}
