@@ -1,4 +1,4 @@
-"""Quantized embedding search (issue 7): int8 / binary codes, streaming top-k, float rescoring."""
+"""Quantized embedding search: int8 / binary codes, streaming top-k, float rescoring."""
 import pytest
 import torch
 
@@ -133,7 +133,37 @@ def test_opcheck():
     keys, queries = _data(40, 24, 3)
     c = L.quantize_embeddings(keys, "int8")
     qq, qs = ref.quantize_act_int8(queries)
-    torch.library.opcheck(ops.embedding_search_int8, (qq.to(torch.int8), qs, c.codes, c.packed, c.scales, 4))
+    torch.library.opcheck(ops.embedding_search_int8.overload, (qq.to(torch.int8), qs, c.codes, c.packed, c.scales, 4))
     b = L.quantize_embeddings(keys, "binary")
-    torch.library.opcheck(ops.embedding_search_binary, (pack_sign_bits(queries), b.codes, 24, 4))
+    torch.library.opcheck(ops.embedding_search_binary.overload, (pack_sign_bits(queries), b.codes, 24, 4))
     assert torch.equal(pack_int8_keys(c.codes), c.packed)
+
+
+# ---------------------------------------------------------------- zero-dimensional embeddings
+
+@pytest.mark.parametrize("precision", ["int8", "binary"])
+def test_zero_dimension_rejected(precision):
+    with pytest.raises(ValueError, match=r"x must have at least one dimension"):
+        L.quantize_embeddings(torch.zeros(5, 0), precision)
+    codes = L.QuantizedEmbeddings(precision, 0, torch.zeros(5, 0, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"codes must encode.*d >= 1"):
+        L.embedding_search(torch.zeros(2, 0), codes, 1)
+
+
+@pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
+@pytest.mark.parametrize("call", [
+    "ops.embedding_search_binary(torch.zeros(1, 0, dtype=torch.uint8), torch.zeros(3, 0, dtype=torch.uint8), 0, 1)",
+    "ops.embedding_search_int8(torch.zeros(1, 0, dtype=torch.int8), torch.ones(1), torch.zeros(3, 0, dtype=torch.int8),"
+    " torch.zeros(0, dtype=torch.uint8), torch.ones(3), 1)",
+])
+def test_zero_dimension_kernel_raises_instead_of_crashing(call):
+    # d = 0 used to kill the process with SIGFPE (a division by the number of 64-bit words):
+    # run it in a child process so a crash fails this test instead of the whole session
+    import os
+    import subprocess
+    import sys
+    code = ("import torch, hotpath\nfrom hotpath._ops import quant_lowbit as ops\n"
+            f"try:\n    {call}\nexcept RuntimeError as e:\n    print('raised', 'd must be >= 1' in str(e))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ), timeout=600)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert "raised True" in r.stdout

@@ -12,6 +12,7 @@ from conftest import HAS_CPP, HAS_TRITON, backend_param
 import hotpath as hp
 from hotpath.quant import (Int4Dynamic, Int4WeightOnly, Int8Dynamic, Int8WeightOnly, QuantLinear, convert_qat,
                            fake_quantize, prepare_qat, quantize_)
+from hotpath.quant import packing
 from hotpath.reference import quant_int as ref
 import hotpath._ops.quant_int  # noqa: F401  (registers the custom ops)
 
@@ -62,13 +63,13 @@ def _unit_scale_buffers(cfg, codes):
     q = cfg.quantize_weight(codes.float())  # integer weights quantize to themselves at scale 1 only by luck:
     if isinstance(cfg, Int8Dynamic):
         c8 = codes.to(torch.int8)
-        return {"qweight": ref.pack_int8_vnni(c8), "scale": torch.ones(N), "colsum": c8.int().sum(1, dtype=torch.int32),
+        return {"qweight": packing.pack_int8_vnni(c8), "scale": torch.ones(N), "colsum": c8.int().sum(1, dtype=torch.int32),
                 "k": torch.tensor(K)}
     ng = K // cfg.group_size
     zero = torch.full((N, ng), 8, dtype=torch.uint8)
     u = (codes + 8).to(torch.uint8)
     del q
-    return {"qweight": ref.pack_int4_vnni(u), "scale": torch.ones(ng, N), "zero": zero.t().contiguous()}
+    return {"qweight": packing.pack_int4_vnni(u), "scale": torch.ones(ng, N), "zero": zero.t().contiguous()}
 
 
 @pytest.mark.parametrize("backend", backend_param())
@@ -157,10 +158,10 @@ def test_zero_rows_and_nan(cfg):
 
 def test_packing_round_trip():
     c8 = torch.randint(-127, 128, (33, 97), dtype=torch.int8)
-    assert torch.equal(ref.unpack_int8_vnni(ref.pack_int8_vnni(c8), 33, 97), c8)
+    assert torch.equal(ref.unpack_int8_vnni(packing.pack_int8_vnni(c8), 33, 97), c8)
     c4 = torch.randint(0, 16, (33, 96), dtype=torch.uint8)
-    assert torch.equal(ref.unpack_int4_rows(ref.pack_int4_rows(c4), 96), c4)
-    assert torch.equal(ref.unpack_int4_vnni(ref.pack_int4_vnni(c4), 33, 96), c4)
+    assert torch.equal(ref.unpack_int4_rows(packing.pack_int4_rows(c4), 96), c4)
+    assert torch.equal(ref.unpack_int4_vnni(packing.pack_int4_vnni(c4), 33, 96), c4)
 
 
 @pytest.mark.parametrize("cfg", FORMATS)

@@ -1,4 +1,4 @@
-"""Low-bit float / ternary formats (issue 7): bit-exact format tables, block formats, Hadamard
+"""Low-bit float / ternary formats: bit-exact format tables, block formats, Hadamard
 transform, kernels vs dequantize-then-matmul, NaN / inf behaviour, QAT, bad input."""
 import math
 
@@ -409,10 +409,10 @@ def test_opcheck():
     x = torch.randn(3, 64)
     for cfg in (L.MXFP4(), L.NVFP4(hadamard=False)):
         q = cfg.quantize_weight(torch.randn(16, 64))
-        torch.library.opcheck(ops.fp4_linear, (x, q["packed"], q["scales"], cfg.scale_kind, cfg.block, q["tensor_scale"], None))
-        torch.library.opcheck(ops.fp4_dequantize, (q["packed"], q["scales"], cfg.scale_kind, cfg.block, q["tensor_scale"], 64))
+        torch.library.opcheck(ops.fp4_linear.overload, (x, q["packed"], q["scales"], cfg.scale_kind, cfg.block, q["tensor_scale"], None))
+        torch.library.opcheck(ops.fp4_dequantize.overload, (q["packed"], q["scales"], cfg.scale_kind, cfg.block, q["tensor_scale"], 64))
     q = L.FP8WeightOnly().quantize_weight(torch.randn(16, 64))
-    torch.library.opcheck(ops.fp8_linear, (x, q["codes"], q["scales"], "e4m3", torch.randn(16)))
+    torch.library.opcheck(ops.fp8_linear.overload, (x, q["codes"], q["scales"], "e4m3", torch.randn(16)))
     q = L.Ternary().quantize_weight(torch.randn(16, 64))
-    torch.library.opcheck(ops.ternary_linear, (x, q["pos"], q["neg"], q["wscale"], None))
-    torch.library.opcheck(ops.fwht, (x, L.hadamard_signs(64), 32, False))
+    torch.library.opcheck(ops.ternary_linear.overload, (x, q["pos"], q["neg"], q["wscale"], None))
+    torch.library.opcheck(ops.fwht.overload, (x, L.hadamard_signs(64), 32, False))

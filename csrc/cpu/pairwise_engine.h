@@ -190,6 +190,9 @@ void lse_rows(const Pairs<T>* Ps, const Feats<T>* Vs, int64_t B, T* lse_all, T* 
         score_tile<T>(P, i0, R, j0, TC, S);
         for (int r = 0; r < R; ++r) {
           T* s = S + r * TC;
+          // padded columns score x * 0 + (-inf): NaN for an infinite x, which the vector max
+          // could return; they must read -inf like any masked column
+          for (int c = nvalid; c < TC; ++c) s[c] = simd::neg_inf<T>();
           V m = VV::set1(simd::neg_inf<T>());
           for (int c = 0; c < TC; c += VV::W) m = VV::vmax(m, VV::load(s + c));
           const T tmax = VV::hmax(m);

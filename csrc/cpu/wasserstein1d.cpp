@@ -368,12 +368,29 @@ void weight_grad(const double* gF, const double* wn, const int32_t* idx, int64_t
   }
 }
 
+// The NaN answer of one problem: value and every requested gradient NaN.
+template <typename T>
+double nan_problem(int64_t n, int64_t m, const T* uw, const T* vw, const Out<T>& o) {
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  if (o.gu) std::fill(o.gu, o.gu + n, nan);
+  if (o.gv) std::fill(o.gv, o.gv + m, nan);
+  if (o.guw && uw) std::fill(o.guw, o.guw + n, nan);
+  if (o.gvw && vw) std::fill(o.gvw, o.gvw + m, nan);
+  return std::numeric_limits<double>::quiet_NaN();
+}
+
 template <typename T>
 double solve_sorted(const T* us, const int32_t* iu, int64_t n, const T* uw, const T* vs, const int32_t* iv,
                     int64_t m, const T* vw, double p, double scale, const Out<T>& o, Scratch<T>& s) {
   const bool weighted = uw != nullptr || vw != nullptr;
   const bool want_vals = o.gu != nullptr || o.gv != nullptr;
   const bool want_w = o.guw != nullptr || o.gvw != nullptr;
+  // NaN rule, as the reference: a problem with a NaN or infinite value is NaN (otherwise an
+  // infinite value gives inf or NaN depending on whether a zero-length segment meets it). Sorted
+  // values (the radix order puts NaN of either sign at an end) need only their two ends checked.
+  if (!std::isfinite((double)us[0]) || !std::isfinite((double)us[n - 1]) || !std::isfinite((double)vs[0]) ||
+      !std::isfinite((double)vs[m - 1]))
+    return nan_problem(n, m, uw, vw, o);
   Grads g;
   if (want_vals) {
     s.gu.assign(n, 0.0);
@@ -392,16 +409,9 @@ double solve_sorted(const T* us, const int32_t* iu, int64_t n, const T* uw, cons
   if (weighted) {
     su = sorted_weights(uw, iu, n, s.wu);
     sv = sorted_weights(vw, iv, m, s.wv);
-    if (!std::isfinite(su) || !std::isfinite(sv)) {
-      // A NaN or infinite weight: the walk's comparisons would skip the NaN breakpoints and return
-      // a finite number. NaN rule (as the reference and POT): the value and every gradient are NaN.
-      const T nan = std::numeric_limits<T>::quiet_NaN();
-      if (o.gu) std::fill(o.gu, o.gu + n, nan);
-      if (o.gv) std::fill(o.gv, o.gv + m, nan);
-      if (o.guw && uw) std::fill(o.guw, o.guw + n, nan);
-      if (o.gvw && vw) std::fill(o.gvw, o.gvw + m, nan);
-      return std::numeric_limits<double>::quiet_NaN();
-    }
+    // A NaN or infinite weight: the walk's comparisons would skip NaN breakpoints and return a
+    // finite number. NaN rule: the value and every gradient are NaN.
+    if (!std::isfinite(su) || !std::isfinite(sv)) return nan_problem(n, m, uw, vw, o);
     const double* wu = s.wu.data();
     const double* wv = s.wv.data();
     cost = pk == 1   ? walk_weighted<T, 1>(us, wu, n, vs, wv, m, p, g)

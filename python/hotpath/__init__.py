@@ -3,6 +3,6 @@ linear layers, with C++ (CPU) and Triton (GPU) kernels behind thin autograd wrap
 from ._version import __version__
 from ._info import info
 from .pairwise import pairwise_lse
-from . import ot, contrastive, quant
+from . import backends, ot, contrastive, quant
 
-__all__ = ["__version__", "pairwise_lse", "info", "ot", "contrastive", "quant"]
+__all__ = ["__version__", "pairwise_lse", "info", "backends", "ot", "contrastive", "quant"]

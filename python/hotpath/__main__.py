@@ -1,4 +1,4 @@
-"""python -m hotpath info | bench [family ...] [--quick] [--out DIR]"""
+"""python -m hotpath info | bench [family ...] [--quick] [--device cpu|cuda] [--out DIR] | gpucheck [--out DIR]"""
 import argparse
 import sys
 
@@ -12,16 +12,30 @@ def main(argv=None):
     b.add_argument("--quick", action="store_true", help="small sizes, a few minutes in all")
     b.add_argument("--out", default="bench-results", help="folder for JSON results and PNG plots")
     b.add_argument("--list", action="store_true", help="list the benchmark families and exit")
+    b.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="where the tensors live; cuda runs the GPU cases (sizes, peers, targets of the GPU issues)")
+    g = sub.add_parser("gpucheck", help="the whole library on a GPU: the test suite in GPU mode, then "
+                                        "bench --device cuda --quick; logs and tables under --out")
+    g.add_argument("--out", default="gpucheck-results", help="folder for pytest.log, bench.log, bench/results.*")
+    g.add_argument("--full", action="store_true", help="full benchmark sizes instead of --quick")
+    g.add_argument("--keep-going", action="store_true", help="run every test (no -x)")
+    g.add_argument("--no-tests", action="store_true", help="benchmarks only")
+    g.add_argument("--no-bench", action="store_true", help="tests only")
+    g.add_argument("--tests", default=None, help="the tests folder (default: the repository's tests/)")
     args = parser.parse_args(argv)
     if args.cmd == "info":
         import hotpath
         print(hotpath.info())
         return 0
+    if args.cmd == "gpucheck":
+        from hotpath import _gpucheck
+        return _gpucheck.main(out=args.out, quick=not args.full, exitfirst=not args.keep_going,
+                              tests=not args.no_tests, bench=not args.no_bench, tests_dir=args.tests)
     from hotpath.benchmarks import harness
     if args.list:
         print("\n".join(harness.families()))
         return 0
-    return harness.main(args.families, quick=args.quick, out=args.out)
+    return harness.main(args.families, quick=args.quick, out=args.out, device=args.device)
 
 
 if __name__ == "__main__":

@@ -25,16 +25,16 @@ def lsa_solve(C: Tensor, maximize: bool) -> Tuple[Tensor, Tensor]:
     return ref.lsa_solve(C, maximize)
 
 
-def _emd_fake(a, b, M):
+def _emd_fake(a, b, M, max_iter):
     B, n, m = M.shape
     f = M.new_empty
     return (f(B, n, m, dtype=torch.float64), f(B, dtype=torch.float64), f(B, n, dtype=torch.float64),
-            f(B, m, dtype=torch.float64))
+            f(B, m, dtype=torch.float64), f(B, dtype=torch.int64))
 
 
 @backends.op("emd_solve", fake=_emd_fake)
-def emd_solve(a: Tensor, b: Tensor, M: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def emd_solve(a: Tensor, b: Tensor, M: Tensor, max_iter: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """a (B, n), b (B, m) (same mass), M (B, n, m) finite -> plan (B, n, m), cost (B,), u (B, n),
-    v (B, m), all float64: the exact transport plan and dual potentials (u_i + v_j <= M_ij,
-    tight where the plan is positive)."""
-    return ref.emd_solve(a, b, M)
+    v (B, m), all float64, and the pivots / augmentations used (B,) int64 (== max_iter: stopped
+    early). The plan is exact; the duals satisfy u_i + v_j <= M_ij, tight where the plan is positive."""
+    return ref.emd_solve(a, b, M, max_iter)

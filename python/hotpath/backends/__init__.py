@@ -140,9 +140,8 @@ class Op:
         fn = self.kernel(kind)
         if fn is not None:
             return fn(*args)
-        if device.type == "cpu":
-            load_extension()  # registers the C++ CPU kernels with the dispatcher (once)
-        elif device.type == "cuda" and self.triton is None and not triton_available():
+        load_extension()  # registers the C++ (CPU and CUDA) kernels with the dispatcher, once
+        if device.type == "cuda" and self.triton is None and not triton_available():
             _warn_once("triton", "hotpath: triton is not installed; CUDA ops fall back to the pure-torch reference")
         return self.overload(*args)
 

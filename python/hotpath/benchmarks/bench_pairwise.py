@@ -44,7 +44,12 @@ def _have_keops():
         return False
 
 
+DEVICES = ("cpu", "cuda")
+
+
 def run(h, quick):
+    if h.cuda:
+        return run_cuda(h, quick)
     torch.manual_seed(0)
     n = 4000 if quick else 10000
     keops = _have_keops()
@@ -97,3 +102,63 @@ def run(h, quick):
     peak = h._case["impls"]["hotpath"].get("peak_mb")
     if peak is not None:
         h.target_value("peak memory growth MB", peak, at_most=100.0)
+
+
+def run_cuda(h, quick):
+    """The GPU cases of the OT speed issue (pairwise engine), same sizes with --quick (each call
+    takes well under a second on an H100 / H200). The torch baseline takes 4096-row chunks: a
+    stronger baseline on a GPU than the CPU's 1000."""
+    from . import _gpu
+    dev = h.device
+    g = torch.Generator(device=dev).manual_seed(0)
+    chunk = _gpu.sz(h, 4096)
+
+    # d = 3, n = m = 100k, forward: >= 1.0 Tpairs/s
+    n = _gpu.sz(h, 100_000)
+    x, y = torch.randn(n, 3, device=dev, generator=g), torch.randn(n, 3, device=dev, generator=g)
+    h.case(f"lse sqeuclidean n=m={n} d=3 forward", work=n * n, unit="pairs")
+    h.measure("hotpath", lambda: hp.pairwise_lse(x, y, scale=0.5, metric="sqeuclidean"))
+    h.measure(f"torch chunked ({chunk} rows)", lambda: torch_chunked(x, y, 0.5, "sqeuclidean", chunk=chunk))
+    ours = h._case["impls"]["hotpath"]
+    if "seconds" in ours:
+        h.target_value("Tpairs/s forward", n * n / ours["seconds"] / 1e12, at_least=1.0)
+    try:
+        with _gpu.tf32(False):
+            diff = _gpu.rel_diff(hp.pairwise_lse(x, y, scale=0.5, metric="sqeuclidean"),
+                                 torch_chunked(x.double(), y.double(), 0.5, "sqeuclidean", chunk=chunk))
+        h.target_value("relative difference vs float64 torch", diff, at_most=1e-5)
+    except Exception as exc:
+        h.note(f"value check failed: {type(exc).__name__}: {exc}")
+
+    # the same with values (k = 3), forward + backward: backward <= 2.5x forward
+    v = torch.randn(n, 3, device=dev, generator=g)
+    xg, yg, vg = x.clone().requires_grad_(), y.clone().requires_grad_(), v.clone().requires_grad_()
+
+    def fwd():
+        with torch.no_grad():
+            return hp.pairwise_lse(xg, yg, scale=0.5, metric="sqeuclidean", values=vg)
+
+    def fwd_bwd():
+        lse, out = hp.pairwise_lse(xg, yg, scale=0.5, metric="sqeuclidean", values=vg)
+        return torch.autograd.grad(lse.sum() + out.sum(), [xg, yg, vg])
+
+    h.case(f"fwd+bwd sqeuclidean n=m={n} d=3 k=3", work=n * n, unit="pairs")
+    h.measure("hotpath fwd+bwd", fwd_bwd)
+    h.measure("hotpath fwd", fwd)
+    imp = h._case["impls"]
+    if "seconds" in imp["hotpath fwd"] and "seconds" in imp["hotpath fwd+bwd"]:
+        f, fb = imp["hotpath fwd"]["seconds"], imp["hotpath fwd+bwd"]["seconds"]
+        h.target_value("backward time / forward time", (fb - f) / f, at_most=2.5)
+    del x, y, v, xg, yg, vg
+
+    # d = 64, n = m = 65,536, dot and sqeuclidean, in both float32 precisions: >= 2x torch chunked
+    n = _gpu.sz(h, 65_536)
+    x, y = torch.randn(n, 64, device=dev, generator=g), torch.randn(n, 64, device=dev, generator=g)
+    scale = 0.125
+    for metric in ("dot", "sqeuclidean"):
+        for on in (False, True):
+            h.case(f"lse {metric} n=m={n} d=64 ({_gpu.precision_label(on)})", work=n * n, unit="pairs")
+            h.measure("hotpath", _gpu.under_tf32(on, lambda: hp.pairwise_lse(x, y, scale=scale, metric=metric)))
+            h.measure(f"torch chunked ({chunk} rows)",
+                      _gpu.under_tf32(on, lambda: torch_chunked(x, y, scale, metric, chunk=chunk)))
+            h.target(f"torch chunked ({chunk} rows)", 2)

@@ -35,7 +35,12 @@ def _int4_torch(w_codes, scale, zero, group_size):
     return lambda x: torch._weight_int4pack_mm_for_cpu(x, packed, group_size, sz)
 
 
+DEVICES = ("cpu", "cuda")
+
+
 def run(h, quick):
+    if h.cuda:
+        return run_cuda(h, quick)
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     K = 4096
@@ -114,7 +119,7 @@ def run(h, quick):
 
     # ---- MiniLM: embedding quality and encode time
     try:
-        from hotpath.quant import minilm
+        from hotpath.benchmarks import minilm
         model = minilm.load_model()
     except Exception as exc:  # sentence-transformers / model package missing
         h.case("MiniLM")
@@ -162,3 +167,21 @@ def run(h, quick):
         h.measure("float model", lambda: minilm.encode(model, sents))
         if name == "Int8Dynamic":  # weight-only GEMM dequantizes then runs fp32: no prefill speed-up expected
             h.target("float model", 1.0)
+
+
+def run_cuda(h, quick):
+    """The GPU cases of the quantization speed issue for the integer formats (the low-bit float and
+    ternary formats are in bench_quant_lowbit), K = 4096, N = 16384, GEMV M = 1 and GEMM M = 4096,
+    quick or not: decode >= 1.7x (int8) / 3x (int4) bf16 F.linear at >= 60% of the HBM bandwidth
+    the weight bytes allow; prefill Int8Dynamic >= 1.3x, Int4Dynamic >= 1.0x, weight-only >= 0.8x."""
+    from . import _gpu
+    warnings.filterwarnings("ignore")
+    bw = _gpu.hbm_bandwidth(h)
+    p = _gpu.quant_problem(h)
+    for name, cfg, gemv_t, gemm_t in (("Int8WeightOnly", Int8WeightOnly(), 1.7, 0.8),
+                                      ("Int8Dynamic", Int8Dynamic(), None, 1.3),
+                                      ("Int4WeightOnly g128", Int4WeightOnly(group_size=128), 3.0, 0.8),
+                                      ("Int4Dynamic g128", Int4Dynamic(group_size=128), None, 1.0)):
+        _gpu.quant_format_cases(h, name, cfg, p, gemv_target=gemv_t, gemm_target=gemm_t, bandwidth=bw,
+                                int_mm=name == "Int8Dynamic")
+    h.note("GPU quant rows: hotpath takes float32 activations; its weights were quantized on the GPU")

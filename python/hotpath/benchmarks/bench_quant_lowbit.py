@@ -43,7 +43,12 @@ def _float_topk(queries, keys, k):
         return "float32 chunked mm+topk", chunked
 
 
+DEVICES = ("cpu", "cuda")
+
+
 def run(h, quick):
+    if h.cuda:
+        return run_cuda(h, quick)
     import hotpath as hp  # noqa: F401  (builds / loads the extension)
     from hotpath.quant import lowbit as L
 
@@ -131,3 +136,55 @@ def run(h, quick):
     h.target(fname, 10.0)
     rb = recall(L.embedding_search(queries, cb, k, rescore_with=keys, rescore_multiplier=10)[1])
     h.note(f"recall@10 binary: {recall(L.embedding_search(queries, cb, k)[1]):.4f}; with 10x rescoring: {rb:.4f}")
+
+
+def run_cuda(h, quick):
+    """The GPU cases of the quantization speed issue for the low-bit formats, K = 4096, N = 16384,
+    quick or not: decode GEMV M = 1 MXFP4 / NVFP4 >= 3x bf16 F.linear, Ternary >= 4x, FP8WeightOnly
+    >= 1.7x, each at >= 60% of the HBM bandwidth its weight bytes allow; prefill GEMM M = 4096
+    >= 0.8x bf16 (weight-only), FP8 dynamic >= 1.5x where the format exists. Without --quick, the
+    MiniLM model quantized with each weight-only format, encoded at batch 256 against its bf16 copy
+    (>= 1.0x), where the model package is installed. (The GPU embedding search rows are in the
+    contrastive family, with topk_similarity.)"""
+    import hotpath.quant as Q
+    from . import _gpu
+    bw = _gpu.hbm_bandwidth(h)
+    p = _gpu.quant_problem(h, seed=1)
+    formats = [("FP8WeightOnly", Q.FP8WeightOnly(), 1.7, 0.8), ("MXFP4", Q.MXFP4(), 3.0, 0.8),
+               ("NVFP4", Q.NVFP4(hadamard=False), 3.0, 0.8),
+               ("NVFP4(hadamard=True)", Q.NVFP4(hadamard=True, hadamard_mode="always"), 3.0, 0.8),
+               ("Ternary", Q.Ternary(), 4.0, 0.8)]
+    if hasattr(Q, "FP8Dynamic"):
+        formats.append(("FP8Dynamic", Q.FP8Dynamic(), None, 1.5))
+    else:
+        h.note("FP8Dynamic: not in hotpath.quant yet, no rows")
+    for name, cfg, gemv_t, gemm_t in formats:
+        _gpu.quant_format_cases(h, name, cfg, p, gemv_target=gemv_t, gemm_target=gemm_t, bandwidth=bw)
+    del p
+    if quick:
+        return
+    try:
+        import copy
+        from hotpath.benchmarks import minilm
+        model = minilm.load_model(device=h.device)
+    except Exception as exc:  # sentence-transformers or the bundled model package missing
+        h.case("MiniLM encode on the GPU")
+        h.skip("hotpath", f"MiniLM unavailable: {type(exc).__name__}: {str(exc)[:200]}")
+        return
+    sents = (minilm.SENTENCES * 3)[:256]
+    model_bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    for name, cfg in (("Int8WeightOnly", Q.Int8WeightOnly()), ("Int4WeightOnly g128", Q.Int4WeightOnly(group_size=128)),
+                      ("FP8WeightOnly", Q.FP8WeightOnly()), ("MXFP4", Q.MXFP4()), ("NVFP4(hadamard=True)", Q.NVFP4()),
+                      ("Ternary", Q.Ternary())):
+        h.case(f"MiniLM encode 256 sentences batch 256, {name}", work=256, unit="sentences")
+        try:
+            qm = minilm.quantized_copy(model, cfg)
+        except Exception as exc:
+            h.skip("hotpath", f"quantize_ failed: {type(exc).__name__}: {str(exc)[:200]}")
+            continue
+        h.measure("hotpath", lambda: minilm.encode(qm, sents, batch_size=256))
+        h.measure("bf16 model", lambda: minilm.encode(model_bf16, sents, batch_size=256))
+        h.target("bf16 model", 1.0)
+        cos = torch.nn.functional.cosine_similarity(minilm.encode(model), minilm.encode(qm), dim=1)
+        h.note(f"MiniLM {name} on {h.device}: mean cosine vs the float model {float(cos.mean()):.5f}")
+        del qm

@@ -36,7 +36,12 @@ def _pot():
         return None
 
 
+DEVICES = ("cpu", "cuda")
+
+
 def run(h, quick):
+    if h.cuda:
+        return run_cuda(h, quick)
     torch.manual_seed(0)
     ot = _pot()
 
@@ -127,3 +132,68 @@ def run(h, quick):
     h.measure("torch cumsum reference", hist_ref, value=val)
     h.measure("torch cumsum (unit bins, no normalization)", hist_plain, value=val)
     h.target("torch cumsum reference", 2)
+
+
+def run_cuda(h, quick):
+    """The GPU cases of the OT speed issue (sliced / 1-D): N = M = 1M, L = 256 forward + backward
+    within 4 GB peak and >= 3x POT's torch backend on the GPU; the batched 1-D Wasserstein against
+    POT too. Same sizes with --quick (a fraction of a second per call)."""
+    from . import _gpu
+    ot = _pot()
+    dev = h.device
+    g = torch.Generator(device=dev).manual_seed(0)
+
+    N, L, D = _gpu.sz(h, 1_000_000), 256, 3
+    x = torch.randn(N, D, device=dev, generator=g).requires_grad_()
+    y = (torch.randn(N, D, device=dev, generator=g) * 0.5 + 1.0).requires_grad_()
+    theta = hp.ot.random_projections(D, L, generator=torch.Generator().manual_seed(0)).to(dev)
+
+    def with_grads(loss_fn):
+        def run():
+            x.grad = None
+            y.grad = None
+            return _backward(loss_fn())
+        return run
+
+    h.case(f"sliced_wasserstein fwd+bwd N=M={N} D={D} L={L} f32", work=2 * N * L, unit="projected pts")
+    h.measure("hotpath", with_grads(lambda: hp.ot.sliced_wasserstein(x, y, projections=theta)), value=float)
+    h.measure("torch reference (rows)", with_grads(lambda: torch_sliced_rows(x, y, theta)), value=float)
+    if ot is not None:
+        h.measure("POT (torch, GPU)", with_grads(lambda: ot.sliced_wasserstein_distance(x, y, projections=theta)),
+                  value=float)
+        h.target("POT (torch, GPU)", 3)
+    else:
+        h.skip("POT (torch, GPU)", "POT not installed")
+    peak = h._case["impls"].get("hotpath", {}).get("peak_mb")
+    if peak is not None:
+        h.target_value("peak memory growth MB", peak, at_most=4096)
+    del x, y
+
+    B, n = _gpu.sz(h, 10_000), 1000
+    u = torch.randn(n, B, device=dev, generator=g)
+    v = torch.randn(n, B, device=dev, generator=g) * 1.5 + 0.3
+    uw, vw = torch.rand(n, B, device=dev, generator=g), torch.rand(n, B, device=dev, generator=g)
+    uw /= uw.sum(0)
+    vw /= vw.sum(0)
+    h.case(f"wasserstein_1d weighted B={B} n=m={n} p=1 f32", work=B, unit="problems")
+    h.measure("hotpath", lambda: hp.ot.wasserstein_1d(u, v, uw, vw, p=1), value=lambda c: float(c.sum()))
+    if ot is not None:
+        h.measure("POT (torch, GPU)", lambda: ot.wasserstein_1d(u, v, uw, vw, p=1), value=lambda c: float(c.sum()))
+        h.target("POT (torch, GPU)", 3)
+    else:
+        h.skip("POT (torch, GPU)", "POT not installed")
+
+    Bh, K = _gpu.sz(h, 8192), 1000
+    P = torch.randn(Bh, K, device=dev, generator=g).softmax(-1).requires_grad_()
+    Q = torch.rand(Bh, K, device=dev, generator=g)
+    Q /= Q.sum(-1, keepdim=True)
+
+    def hist(fn):
+        def run():
+            P.grad = None
+            return _backward(fn())
+        return run
+
+    h.case(f"histogram_wasserstein fwd+bwd B={Bh} K={K} f32", work=Bh * K, unit="bins")
+    h.measure("hotpath", hist(lambda: hp.ot.histogram_wasserstein(P, Q).sum()), value=float)
+    h.measure("torch cumsum (unit bins)", hist(lambda: torch.cumsum(P - Q, -1).abs().sum()), value=float)

@@ -116,7 +116,9 @@ class Memory:
 class Harness:
     def __init__(self, quick=False, device="cpu", repeat=None, budget_s=None):
         self.quick = quick
-        self.device = device
+        self.device = str(device)
+        # families branch on this: their GPU cases (sizes, peers, targets) are not the CPU ones
+        self.cuda = torch.device(self.device).type == "cuda"
         self.repeat = repeat or (3 if quick else 5)
         self.budget_s = budget_s or (20.0 if quick else 60.0)
         self.rows = []
@@ -125,12 +127,15 @@ class Harness:
         self._case = None
 
     def _sync(self):
-        if torch.device(self.device).type == "cuda":
+        if self.cuda:
             torch.cuda.synchronize()
 
     def case(self, name, work=None, unit=None, family=None):
         self._case = {"case": name, "work": work, "unit": unit, "family": family or self.family, "impls": {}}
         self.rows.append(self._case)
+        if self.cuda:  # blocks cached by the previous case's peers (tens of GB) must not crowd this one
+            gc.collect()
+            torch.cuda.empty_cache()
         print(f"  case: {name}", flush=True)
 
     def measure(self, impl, fn, *, repeat=None, value=None):
@@ -142,6 +147,16 @@ class Harness:
             self._sync()
             first = time.perf_counter() - t0
             del out
+            inner = 1
+            if self.cuda:
+                # the first call compiles / autotunes Triton kernels: time a second warm-up; a
+                # sub-millisecond call is timed in batches, or launch + sync latency would dominate
+                t0 = time.perf_counter()
+                out = fn()
+                self._sync()
+                first = time.perf_counter() - t0
+                del out
+                inner = max(1, min(200, int(2e-3 / max(first, 1e-9))))
             n = repeat or self.repeat
             if first * n > self.budget_s:
                 n = max(1, int(self.budget_s / max(first, 1e-9)))
@@ -149,9 +164,10 @@ class Harness:
             _malloc_mode("time")
             for _ in range(n):
                 t0 = time.perf_counter()
-                out = fn()
+                for _ in range(inner):
+                    out = fn()
                 self._sync()
-                times.append(time.perf_counter() - t0)
+                times.append((time.perf_counter() - t0) / inner)
                 if value is not None and len(times) == 1:
                     c.setdefault("values", {})[impl] = float(value(out))
                 del out
@@ -213,14 +229,23 @@ class Harness:
     def hardware(self):
         """Where the numbers come from: ratios depend on the instruction set (AMX, VNNI, AVX-512)."""
         from .._info import cpu_isa, cpu_model
-        dev = torch.cuda.get_device_name(0) if torch.device(self.device).type == "cuda" else None
-        return {"processor": cpu_model(), "cpu_isa": " ".join(cpu_isa()), "cpu_count": os.cpu_count(),
-                "threads": torch.get_num_threads(), "gpu": dev}
+        dev = torch.cuda.get_device_name(self.device) if self.cuda else None
+        out = {"processor": cpu_model(), "cpu_isa": " ".join(cpu_isa()), "cpu_count": os.cpu_count(),
+               "threads": torch.get_num_threads(), "gpu": dev, "device": self.device}
+        if self.cuda:  # the GPU cases run Triton kernels: its version is part of the record
+            try:
+                import triton
+                tv = getattr(triton, "__version__", "?")
+            except ImportError:
+                tv = None
+            out.update(cuda=torch.version.cuda, triton=tv, tf32=bool(torch.backends.cuda.matmul.allow_tf32))
+        return out
 
     def markdown(self):
         hw = self.hardware()
         head = (f"Measured on {hw['processor']} ({hw['cpu_count']} CPUs, {hw['threads']} threads; "
-                f"ISA: {hw['cpu_isa']})" + (f", GPU {hw['gpu']}" if hw["gpu"] else "")
+                f"ISA: {hw['cpu_isa']})"
+                + (f", GPU {hw['gpu']} (CUDA {hw['cuda']}, Triton {hw['triton']})" if hw["gpu"] else "")
                 + f", torch {torch.__version__}, {'--quick' if self.quick else 'full'} sizes.")
         lines = [head, "", "| family | case | impl | median ms | peak MB | rate |", "|---|---|---|---:|---:|---:|"]
         for c in self.rows:
@@ -294,15 +319,41 @@ def main(names, quick=False, out="bench-results", device=None):
         if n not in avail:
             print(f"unknown benchmark family {n!r}; known: {', '.join(avail)}")
             return 2
+    device = device or "cpu"
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        print(f"--device {device}: torch {torch.__version__} sees no CUDA device "
+              f"(CUDA build: {torch.version.cuda or 'none'}); nothing was run")
+        return 2
     import hotpath
     print(hotpath.info())
-    h = Harness(quick=quick, device=device or "cpu")
+    h = Harness(quick=quick, device=device)
+    if h.cuda:
+        print(f"GPU: {torch.cuda.get_device_name(device)}, float32 matmul precision "
+              f"{torch.get_float32_matmul_precision()!r} (TF32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'})")
+    crashed = []
     for n in names:
         print(f"\n## {n}", flush=True)
         h.family = n
         for modname in family_modules(n):
-            importlib.import_module(f"hotpath.benchmarks.{modname}").run(h, quick)
+            mod = importlib.import_module(f"hotpath.benchmarks.{modname}")
+            # a module declares the device types its cases are written for; CPU only by default,
+            # so a CPU-only module is skipped on a GPU rather than timing CPU tensors under a GPU label
+            devices = getattr(mod, "DEVICES", ("cpu",))
+            if torch.device(device).type not in devices:
+                h.notes.append(f"{modname}: no {device} cases (DEVICES = {tuple(devices)}), skipped")
+                print(f"  {modname}: no {device} cases, skipped", flush=True)
+                continue
+            try:
+                mod.run(h, quick)
+            except Exception as exc:  # the other families still run and the results are still saved
+                crashed.append(modname)
+                h.notes.append(f"{modname} stopped: {type(exc).__name__}: {exc}")
+                print(f"  {modname} stopped: {type(exc).__name__}: {exc}", flush=True)
+                traceback.print_exc()
     print("\n" + h.markdown())
     h.save(out)
     print(f"\nwrote {out}/results.json, results.md, speedups.png")
+    if crashed:
+        print(f"stopped early: {', '.join(crashed)}")
+        return 1
     return 0

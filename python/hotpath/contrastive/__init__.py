@@ -1,4 +1,4 @@
-"""Pairwise contrastive losses with memory linear in the batch (issue 5).
+"""Pairwise contrastive losses with memory linear in the batch.
 
 CLIP / InfoNCE, SigLIP, supervised contrastive, triplet (batch-hard / batch-all), DINO and exact
 top-k retrieval, single process and distributed (torch.distributed), matching open_clip and

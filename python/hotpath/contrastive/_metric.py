@@ -73,7 +73,7 @@ def pair_matrix(x, y, kind):
     d2 = (x.pow(2).sum(1)[:, None] + y.pow(2).sum(1)[None, :] - 2 * x @ y.T).clamp(min=0)
     if kind == "squared_euclidean":
         return d2
-    return torch.where(d2 > 0, d2.clamp(min=torch.finfo(d2.dtype).tiny).sqrt(), torch.zeros_like(d2))
+    return torch.where(d2 > 0, d2.clamp(min=torch.finfo(d2.dtype).tiny).sqrt(), d2 * 0)  # NaN stays NaN
 
 
 def as_distance(mat, kind):

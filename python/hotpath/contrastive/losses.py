@@ -11,7 +11,7 @@ from ._core import siglip_sum as _siglip_sum
 from ._core import result_dtype
 from ._metric import (all_triplets, as_distance, distance_arg, hard_triplets_dense, pair_masks, pair_matrix,
                       ref_arg, supcon_dense, triplet_terms)
-from .distributed import distributed_clip_loss, siglip_exchange_terms
+from .distributed import distributed_clip_loss, gather_features, siglip_exchange_terms
 
 
 # -- CLIP / InfoNCE ----------------------------------------------------------------------------------
@@ -99,6 +99,28 @@ class ClipLoss(torch.nn.Module):
                                          rank=self.rank, world_size=self.world_size, backend=self.backend)
         return {"contrastive_loss": loss} if output_dict else loss
 
+    def get_logits(self, image_features, text_features, logit_scale, logit_bias=None):
+        """(logits_per_image, logits_per_text), as open_clip's ClipLoss.get_logits: the full
+        score matrices (B x B, or B x global batch with local_loss), for evaluation code that
+        reads them. The loss itself never builds them. Features gathered as the loss gathers."""
+        features_pair("image_features", image_features, "text_features", text_features)
+        if self.world_size > 1:
+            all_img, all_txt = gather_features(image_features, text_features, local_loss=self.local_loss,
+                                               gather_with_grad=self.gather_with_grad, rank=self.rank,
+                                               world_size=self.world_size)
+            if self.local_loss:
+                per_image = logit_scale * image_features @ all_txt.T
+                per_text = logit_scale * text_features @ all_img.T
+            else:
+                per_image = logit_scale * all_img @ all_txt.T
+                per_text = per_image.T
+        else:
+            per_image = logit_scale * image_features @ text_features.T
+            per_text = logit_scale * text_features @ image_features.T
+        if logit_bias is not None:
+            per_image, per_text = per_image + logit_bias, per_text + logit_bias
+        return per_image, per_text
+
 
 # -- SigLIP ------------------------------------------------------------------------------------------
 
@@ -124,17 +146,23 @@ def siglip_loss(image_features, text_features, logit_scale, logit_bias=None, *, 
 class SigLipLoss(torch.nn.Module):
     """Drop-in for open_clip.loss.SigLipLoss. world_size > 1 exchanges text features with the
     neighbouring ranks (dist_impl "bidir" (default) or "shift", point-to-point, with gradients
-    sent back the other way) or gathers them ("gather"), as open_clip does."""
+    sent back the other way) or gathers them ("gather"), as open_clip does. open_clip's
+    "reduce" (one all_reduce per rank to broadcast its texts) gives the same terms as "gather"
+    and runs that path: world_size all-reduces of the whole text block cost more than one gather."""
 
-    def __init__(self, cache_labels=False, rank=0, world_size=1, dist_impl=None, backend="auto"):
+    def __init__(self, cache_labels=False, rank=0, world_size=1, dist_impl=None, chunk_size=0, backend="auto"):
         super().__init__()
         backends.check(backend)
+        # open_clip's chunk_size bounds its B x B logits; hotpath never builds them, so any value
+        # is accepted and changes nothing
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 0:
+            raise ValueError(f"chunk_size must be an int >= 0, got {chunk_size!r}")
         if not isinstance(world_size, int) or world_size < 1:
             raise ValueError(f"world_size must be a positive int, got {world_size!r}")
         if not isinstance(rank, int) or not 0 <= rank < world_size:
             raise ValueError(f"rank must be an int in [0, world_size), got {rank!r}")
         self.dist_impl = dist_impl or "bidir"
-        V.one_of("dist_impl", self.dist_impl, ("bidir", "shift", "gather"))
+        V.one_of("dist_impl", self.dist_impl, ("bidir", "shift", "reduce", "gather"))
         self.rank, self.world_size, self.backend = rank, world_size, backend
 
     def forward(self, image_features, text_features, logit_scale, logit_bias=None, output_dict=False):
@@ -142,8 +170,19 @@ class SigLipLoss(torch.nn.Module):
         if self.world_size > 1:
             loss = loss + siglip_exchange_terms(image_features, text_features, logit_scale, logit_bias,
                                                 rank=self.rank, world_size=self.world_size,
-                                                dist_impl=self.dist_impl, backend=self.backend)
+                                                dist_impl="gather" if self.dist_impl == "reduce" else self.dist_impl,
+                                                backend=self.backend)
         return {"contrastive_loss": loss} if output_dict else loss
+
+    def _loss(self, image_features, text_features, logit_scale, logit_bias=None, negative_only=False):
+        """open_clip's SigLipLoss._loss (this process's terms), which code written for it calls."""
+        return siglip_loss(image_features, text_features, logit_scale, logit_bias, negative_only=negative_only,
+                           backend=self.backend)
+
+    def get_logits(self, image_features, text_features, logit_scale, logit_bias=None):
+        """open_clip's SigLipLoss.get_logits: logit_scale * image @ text.T (+ logit_bias), B x B."""
+        logits = logit_scale * image_features @ text_features.T
+        return logits + logit_bias if logit_bias is not None else logits
 
 
 # -- supervised contrastive ----------------------------------------------------------------------------
@@ -430,7 +469,14 @@ def topk_similarity(queries, keys, k, *, screen="auto", backend="auto"):
     """Exact top-k keys by inner product for each query: (values (n, k) descending, indices (n, k)).
 
     Streams key tiles with a per-query sorted buffer, so memory is O((n + m) d) however many keys
-    (Recall@k on millions of keys). Ties keep the lower key index; NaN scores are never selected.
+    (Recall@k on millions of keys). Ties keep the lower key index.
+
+    Sentinel: NaN and -inf scores are never selected. When a query has fewer than k other
+    scores, the slots left over hold value -inf and index -1 (the same on every backend). Do not
+    index with such rows directly -- ``keys[idx]`` would silently read the last key for -1; mask
+    first: ``found = idx >= 0`` (equivalently ``values > -inf``), e.g.
+    ``keys[idx.clamp_min(0)] * found[..., None]``. With finite inputs and finite scores every
+    slot is filled.
 
     screen: on CPUs with bfloat16 dot-product instructions (AVX512-BF16 / AMX), float32 inputs
     are first scored by a bfloat16 GEMM and only the keys whose score bound can still reach the
@@ -466,9 +512,10 @@ def _use_screen(screen, q, kk):
         return False
     if not torch.ops.hotpath.cpu_has_bf16_dot():
         return False
-    if screen is True:
-        return True
+    # the screen's error bound needs finite scores; non-finite inputs take the float32 path
     # a finite sum means finite entries (an overflowing sum only sends us to the float32 path);
     # isfinite(kk).all() would allocate several times the keys' size
     finite = bool(torch.isfinite(q.sum())) and bool(torch.isfinite(kk.sum()))
+    if screen is True:
+        return finite
     return finite and q.shape[0] * kk.shape[0] >= 1 << 24 and q.shape[1] >= 32

@@ -99,7 +99,16 @@ def _value(kind, C, A, Bw, f, g, eps, rho):
         return torch.where(P > 0, P * C, z).sum((1, 2))
     fz, gz = torch.where(A > 0, f, z), torch.where(Bw > 0, g, z)
     if rho is None:
-        return (A * fz).sum(1) + (Bw * gz).sum(1)
+        # <a, f> + <b, g> - eps (sum P - sum a sum b): the last term is 0 for probability vectors
+        # at the fixed point, but masses that differ by one rounding (float32 inputs) put
+        # eps * 1e-8 there (eps = 1e8: -5.5 for 0.49). (f + t, g - t) is the same solution and
+        # changes the linear part by t (sum a - sum b): evaluated in the gauge <a, f> ~ <b, g>,
+        # not POT's (f ~ eps log n, g ~ -eps log n).
+        with torch.no_grad():
+            t = 0.5 * ((A * fz).sum(1) / A.sum(1) - (Bw * gz).sum(1) / Bw.sum(1))
+        mass = torch.exp(log_plan(C, A, Bw, f, g, eps)).sum((1, 2))
+        return ((A * (fz - t[:, None])).sum(1) + (Bw * (gz + t[:, None])).sum(1)
+                - eps * (mass - A.sum(1) * Bw.sum(1)))
     # expm1: 1 - exp(-f/rho) is all rounding once f << rho (reach = 1e4 returned 0)
     return (rho + eps / 2) * ((A * -torch.expm1(-fz / rho)).sum(1) + (Bw * -torch.expm1(-gz / rho)).sum(1))
 
@@ -113,7 +122,11 @@ def _envelope_grads(kind, C, A, Bw, f, g, eps, rho):
         z = torch.zeros((), dtype=C.dtype, device=C.device)
         return P, torch.where(A > 0, f, z), torch.where(Bw > 0, g, z)
     if rho is None:
-        return P, f, g
+        # partial derivatives of the dual above (-eps (P 1 / a - sum b) vanishes at a fixed point
+        # with unit masses: then dL/da = f)
+        Qa = torch.exp(log_plan(C, torch.ones_like(A), Bw, f, g, eps)).sum(2)
+        Qb = torch.exp(log_plan(C, A, torch.ones_like(Bw), f, g, eps)).sum(1)
+        return (P, f - eps * (Qa - Bw.sum(1, keepdim=True)), g - eps * (Qb - A.sum(1, keepdim=True)))
     return (P, (rho + eps) * -torch.expm1(-f / rho) - eps / 2, (rho + eps) * -torch.expm1(-g / rho) - eps / 2)
 
 
@@ -218,7 +231,7 @@ def sinkhorn_dense(C, a=None, b=None, *, eps, reach=None, max_iter=1000, tol=1e-
 METHODS = ("sinkhorn", "sinkhorn_log", "sinkhorn_stabilized")
 
 
-def _pot_args(a, b, M, reg, method, numItermax, stopThr, warmstart, multi_ok):
+def _pot_args(a, b, M, reg, method, numItermax, stopThr, warmstart):
     """POT argument handling shared by sinkhorn2 / sinkhorn_plan: returns Cb, A, Bw, batched,
     n_hists (0: one histogram), numpy_out, f0."""
     if not isinstance(method, str) or method.lower() not in METHODS:
@@ -232,9 +245,6 @@ def _pot_args(a, b, M, reg, method, numItermax, stopThr, warmstart, multi_ok):
     n_hists = 0
     if isinstance(M_, torch.Tensor) and M_.dim() == 2 and isinstance(b_, torch.Tensor) and b_.dim() == 2:
         # POT's multiple histograms: b (m, n_hists), one problem per column, same a and M
-        if not multi_ok:
-            raise ValueError("b of shape (m, n_hists) is POT's multiple-histograms form: use sinkhorn2, "
-                             "which returns one value per histogram")
         if b_.shape[0] != M_.shape[1]:
             raise ValueError(f"b must have shape ({M_.shape[1]}, n_hists) to match M {tuple(M_.shape)}, "
                              f"got {tuple(b_.shape)}")
@@ -301,7 +311,7 @@ def sinkhorn2(a, b, M, reg, method="sinkhorn", numItermax=1000, stopThr=1e-9, ve
     """
     _check_grad(grad)
     Cb, A, Bw, batched, n_hists, numpy_out, f0 = _pot_args(a, b, M, reg, method, numItermax, stopThr,
-                                                           warmstart, True)
+                                                           warmstart)
     loss, f, g, n_iter, err, _ = _dense_value("primal", Cb, A, Bw, float(reg), None, int(numItermax),
                                               float(stopThr), grad, f0)
     _pot_warn(n_iter, err, numItermax, stopThr, warn and not n_hists, verbose)
@@ -321,7 +331,10 @@ def sinkhorn_plan(a, b, M, reg, method="sinkhorn", numItermax=1000, stopThr=1e-9
     differentiable wrt M, a, b (implicit differentiation of the fixed point: exact).
     """
     Cb, A, Bw, batched, n_hists, numpy_out, f0 = _pot_args(a, b, M, reg, method, numItermax, stopThr,
-                                                           warmstart, False)
+                                                           warmstart)
+    if n_hists:
+        # POT's ot.sinkhorn with b (m, n_hists) returns the n_hists values <P_k, M>, not plans
+        return sinkhorn2(a, b, M, reg, method, numItermax, stopThr, verbose, log, warn, warmstart)
     eps = float(reg)
     f, g, n_iter, err, work = _solve(Cb, A, Bw, eps, None, int(numItermax), float(stopThr), f0)
     _pot_warn(n_iter, err, numItermax, stopThr, warn, verbose)

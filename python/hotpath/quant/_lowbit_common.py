@@ -1,4 +1,4 @@
-"""Helpers shared by the low-bit formats (issue 7): argument checks, x preparation, STE."""
+"""Helpers shared by the quantization formats: argument checks, x preparation, STE."""
 import torch
 
 from .. import _validate as V
@@ -8,8 +8,8 @@ def check_weight(weight, *, name="weight", finite=True):
     V.tensor(name, weight, ndims=(2,))
     if finite and not bool(torch.isfinite(weight).all()):
         bad = (~torch.isfinite(weight)).nonzero()[0].tolist()
-        raise ValueError(f"{name} holds a non-finite value at {tuple(bad)}: low-bit formats quantize finite "
-                         "weights only (fake_quantize passes NaN / inf through element-wise instead)")
+        raise ValueError(f"{name} holds a non-finite value at {tuple(bad)}: every quantization format stores "
+                         "finite weights only (fake_quantize passes NaN / inf through element-wise instead)")
     return weight
 
 

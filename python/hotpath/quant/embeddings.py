@@ -17,7 +17,7 @@ from torch import Tensor
 from .. import _validate as V
 from .. import backends
 from .._ops import quant_lowbit as ops
-from ..reference import quant_lowbit as ref
+from . import packing as P
 
 PRECISIONS = ("int8", "binary")
 
@@ -63,7 +63,7 @@ class QuantizedEmbeddings:
 
 
 def _quantize_rows_int8(x):
-    q, step = ref.quantize_act_int8(x)
+    q, step = P.quantize_act_int8(x)
     return q.to(torch.int8).contiguous(), step.contiguous()
 
 
@@ -71,6 +71,8 @@ def quantize_embeddings(x: Tensor, precision: str = "int8") -> QuantizedEmbeddin
     """Quantize (n, d) float embeddings to "int8" or "binary" codes (see the module docstring)."""
     V.tensor("x", x, ndims=(2,))
     V.one_of("precision", precision, PRECISIONS)
+    if x.shape[1] < 1:
+        raise ValueError(f"x must have at least one dimension per embedding (d >= 1), got shape {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x must be finite (a NaN / inf embedding has no code)")
     if precision == "int8":
@@ -92,6 +94,8 @@ def embedding_search(queries: Tensor, codes: QuantizedEmbeddings, k: int, rescor
     V.tensor("queries", queries, ndims=(1, 2))
     if not isinstance(codes, QuantizedEmbeddings):
         raise TypeError(f"codes must come from quantize_embeddings, got {type(codes).__name__}")
+    if codes.dim < 1:
+        raise ValueError(f"codes must encode embeddings of dimension d >= 1, got d = {codes.dim}")
     single = queries.dim() == 1
     q = queries.unsqueeze(0) if single else queries
     if q.shape[1] != codes.dim:
@@ -117,7 +121,7 @@ def embedding_search(queries: Tensor, codes: QuantizedEmbeddings, k: int, rescor
     if rescore_with is not None:
         cand = rescore_with[idx.reshape(-1)].reshape(idx.shape[0], kc, codes.dim).float()
         s = torch.bmm(cand, qf.unsqueeze(-1)).squeeze(-1)
-        vals, pos = ref.topk_desc(s, k)
+        vals, pos = P.topk_desc(s, k)
         idx = torch.gather(idx, 1, pos)
     if single:
         vals, idx = vals[0], idx[0]

@@ -23,7 +23,7 @@ from torch import Tensor
 from .. import _validate as V
 from .. import backends
 from .._ops import quant_lowbit as ops
-from ..reference import quant_lowbit as ref
+from . import packing as P
 from . import _minifloat as mf
 from ._base import QuantConfig, register_format
 from ._lowbit_common import check_rounding, check_weight, finite_passthrough, prep_bias, prep_x, ste
@@ -134,7 +134,7 @@ class _FP4Base(QuantConfig):
         K = w.shape[1]
         block = block or self._had_block(K)
         signs = hadamard_signs(K, self.seed, torch.float32, w.device) if signs is None else signs
-        return ops.fwht(w.float().contiguous(), signs, block, inverse, "auto"), signs, block
+        return ops.fwht(w.float().contiguous(), signs, block, inverse), signs, block
 
     def _encode(self, w):
         """Finite (N, K) float32 -> (codes, scales, tensor_scale, signs or None, hadamard block (0 = not
@@ -162,7 +162,7 @@ class _FP4Base(QuantConfig):
         if self.hadamard:
             q["had_signs"] = signs.contiguous()
             q["had_block"] = torch.tensor([block], dtype=torch.int64, device=weight.device)
-        q.update(packed=ref.pack_fp4(codes), scales=scales.contiguous(), tensor_scale=g.contiguous())
+        q.update(packed=P.pack_fp4(codes), scales=scales.contiguous(), tensor_scale=g.contiguous())
         return q
 
     @staticmethod

@@ -41,6 +41,11 @@ def collect_hessians(model: nn.Module, want, calibrate: Callable[[nn.Module], ob
     finally:
         for h in hooks:
             h.remove()
+    bad = [fqn or "<model>" for fqn, s in sums.items() if not bool(torch.isfinite(s).all())]
+    if bad:
+        # a NaN / inf input reaches H and its Cholesky factorization would fail obscurely
+        raise ValueError(f"calibrate fed non-finite (NaN / inf) inputs to layer(s) {bad[:5]}"
+                         f"{' ...' if len(bad) > 5 else ''}: GPTQ needs finite calibration activations")
     missing = [fqn or "<model>" for fqn, c in counts.items() if c == 0]
     if missing:
         raise ValueError(f"calibrate never ran layer(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}: "
@@ -73,10 +78,8 @@ def gptq_round(weight: Tensor, H: Tensor, round_columns, damp: float = 0.1, bloc
     return Q.to(torch.float32)
 
 
-def gptq_converter(model: nn.Module, config: QuantConfig, want, calibrate, damp: float, backend: str):
-    """fqn, nn.Linear -> QuantLinear with GPTQ-rounded weights (used by quantize_)."""
-    from .linear import QuantLinear
-
+def gptq_converter(model: nn.Module, config: QuantConfig, want, calibrate, damp: float):
+    """fqn, nn.Linear -> (qparams, GPTQ-rounded weight) for QuantLinear.from_linear (used by quantize_)."""
     if not callable(calibrate):
         raise TypeError(f"calibrate must be callable (model) -> anything, got {type(calibrate).__name__}")
     if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not damp > 0:
@@ -89,7 +92,6 @@ def gptq_converter(model: nn.Module, config: QuantConfig, want, calibrate, damp:
     def convert(fqn, linear):
         w = linear.weight.detach().float()
         qparams, round_columns = config.gptq_quantizer(w)
-        wq = gptq_round(w, hessians.pop(fqn), round_columns, float(damp))
-        return QuantLinear.from_linear(linear, config, backend, qparams=qparams, weight=wq)
+        return qparams, gptq_round(w, hessians.pop(fqn), round_columns, float(damp))
 
     return convert

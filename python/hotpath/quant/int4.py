@@ -19,7 +19,7 @@ from . import scales as S
 from .int8 import _IntConfig
 from .. import backends
 from .._ops import quant_int as ops
-from ..reference import quant_int as ref
+from . import packing as P
 
 
 @dataclasses.dataclass
@@ -66,14 +66,14 @@ class Int4WeightOnly(_Int4Config):
 
     def quantize_weight(self, weight: Tensor, qparams: Optional[Dict[str, Tensor]] = None) -> Dict[str, Tensor]:
         codes, s, z = self._unsigned(weight, qparams)
-        return {"qweight": ref.pack_int4_rows(codes), "scale": s, "zero": z.contiguous()}
+        return {"qweight": P.pack_int4_rows(codes), "scale": s, "zero": z.contiguous()}
 
     @backends.takes_backend
     def linear(self, x, q, bias, backend="auto"):
         return ops.int4_weight_only_linear(self._x(x), q["qweight"], q["scale"], q["zero"], bias)
 
     def dequantize_weight(self, q):
-        return ref.int4_rows_weight(q["qweight"], q["scale"], q["zero"], q["scale"].shape[1] * self.group_size)
+        return P.int4_rows_weight(q["qweight"], q["scale"], q["zero"], q["scale"].shape[1] * self.group_size)
 
 
 @register_format
@@ -87,14 +87,14 @@ class Int4Dynamic(_Int4Config):
 
     def quantize_weight(self, weight: Tensor, qparams: Optional[Dict[str, Tensor]] = None) -> Dict[str, Tensor]:
         codes, s, z = self._unsigned(weight, qparams)
-        return {"qweight": ref.pack_int4_vnni(codes), "scale": s.t().contiguous(), "zero": z.t().contiguous()}
+        return {"qweight": P.pack_int4_vnni(codes), "scale": s.t().contiguous(), "zero": z.t().contiguous()}
 
     @backends.takes_backend
     def linear(self, x, q, bias, backend="auto"):
         return ops.int4_dynamic_linear(self._x(x), q["qweight"], q["scale"], q["zero"], bias)
 
     def dequantize_weight(self, q):
-        return ref.int4_vnni_weight(q["qweight"], q["scale"], q["zero"], q["scale"].shape[0] * self.group_size)
+        return P.int4_vnni_weight(q["qweight"], q["scale"], q["zero"], q["scale"].shape[0] * self.group_size)
 
     def fake_quantize_input(self, x: Tensor) -> Tensor:
         return S.fake_quantize_activations(x)

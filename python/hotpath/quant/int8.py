@@ -11,10 +11,11 @@ import torch
 from torch import Tensor
 
 from ._base import QuantConfig, register_format
+from ._lowbit_common import check_weight
 from . import scales as S
 from .. import backends
 from .._ops import quant_int as ops
-from ..reference import quant_int as ref
+from . import packing as P
 
 
 @dataclasses.dataclass
@@ -65,6 +66,7 @@ class _IntConfig(QuantConfig):
     def qat_params(self, weight: Tensor) -> Dict[str, Tensor]:
         """Initial LSQ parameters: "scale" (learned) and "zero" (fixed), each (N, K / G)."""
         self._check_weight(weight)
+        check_weight(weight)
         s, z = self._qparams(weight.detach().float())
         return {"scale": s, "zero": z}
 
@@ -83,6 +85,8 @@ class _IntConfig(QuantConfig):
 
     def _codes(self, weight, qparams):
         self._check_weight(weight)
+        # a NaN / inf weight would poison its whole row's (group's) scale: refuse, as every format does
+        check_weight(weight)
         w = weight.detach().float()
         N, K = w.shape
         G = self._group(K)
@@ -138,7 +142,7 @@ class Int8WeightOnly(_Int8Range, _IntConfig):
         return ops.int8_weight_only_linear(self._x(x), q["qweight"], q["scale"], bias)
 
     def dequantize_weight(self, q):
-        return ref.int8_rows_weight(q["qweight"], q["scale"])
+        return P.int8_rows_weight(q["qweight"], q["scale"])
 
 
 @register_format
@@ -165,7 +169,7 @@ class Int8Dynamic(_Int8Range, _IntConfig):
     def quantize_weight(self, weight: Tensor, qparams: Optional[Dict[str, Tensor]] = None) -> Dict[str, Tensor]:
         codes, s, _ = self._codes(weight, qparams)
         c8 = codes.to(torch.int8)
-        return {"qweight": ref.pack_int8_vnni(c8), "scale": s.reshape(-1).contiguous(),
+        return {"qweight": P.pack_int8_vnni(c8), "scale": s.reshape(-1).contiguous(),
                 "colsum": c8.to(torch.int32).sum(dim=1, dtype=torch.int32).contiguous(),
                 "k": torch.tensor(weight.shape[1], dtype=torch.int64)}
 
@@ -174,7 +178,7 @@ class Int8Dynamic(_Int8Range, _IntConfig):
         return ops.int8_dynamic_linear(self._x(x), q["qweight"], q["scale"], q["colsum"], bias)
 
     def dequantize_weight(self, q):
-        return ref.int8_vnni_weight(q["qweight"], q["scale"], int(q["k"]))
+        return P.int8_vnni_weight(q["qweight"], q["scale"], int(q["k"]))
 
     def fake_quantize_input(self, x: Tensor) -> Tensor:
         return S.fake_quantize_activations(x)

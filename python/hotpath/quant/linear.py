@@ -5,15 +5,44 @@ import torch
 from torch import Tensor, nn
 
 from ._base import QuantConfig, config_from_dict
+from .gptq import gptq_converter
 from .. import backends
+
+
+class _QuantLinearFn(backends.Function):
+    """y = x W^T + bias by the format's kernel. The weight is frozen; the input gradient is a
+    plain GEMM with the dequantized weight, dx = dy W (LoRA and other adapters on a quantized
+    base train through it), and db = sum of dy when the bias is trainable. The dynamic formats'
+    activation rounding passes the gradient straight through, as in QAT."""
+
+    @staticmethod
+    def forward(ctx, x, bias, config, q):
+        ctx.config, ctx.q, ctx.x_dtype = config, q, x.dtype
+        return config.linear(x, q, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        gx = gb = None
+        if ctx.needs_input_grad[0]:
+            w = ctx.config.dequantize_weight(ctx.q)
+            gx = (g.to(w.dtype) @ w).to(ctx.x_dtype)
+        if ctx.needs_input_grad[1]:
+            gb = g.sum(0)
+        return gx, gb, None, None
 
 
 class QuantLinear(nn.Module):
     """y = x @ W^T + bias with W stored in a quantized format (buffers from config.quantize_weight).
 
-    x may have any leading batch dimensions; float32 / bfloat16 / float16 inputs compute with
-    float32 accumulation and return the input dtype. state_dict holds the packed buffers, the bias
-    and (as extra state) the config and shape, so save / load round-trips bit-exactly.
+    x may have any leading batch dimensions; float32 / bfloat16 / float16 / float64 inputs compute
+    with float32 accumulation and return the input dtype. state_dict holds the packed buffers, the
+    bias and (as extra state) the config and shape, so save / load round-trips bit-exactly.
+
+    The quantized weight is frozen, but gradients flow to the input (dx = dy @ W, W the
+    dequantized weight) and to the bias if it is made trainable: adapters such as LoRA train on a
+    quantized base. Module casts (``.half()``, ``.to(torch.bfloat16)``, ``.double()``) leave the
+    quantized buffers' dtypes alone (codes and scales are the format); only the bias follows
+    the cast, as in torchao's and bitsandbytes' layers. Device moves move everything.
     """
 
     def __init__(self, in_features: int, out_features: int, config: QuantConfig, bias: bool = True,
@@ -65,6 +94,21 @@ class QuantLinear(nn.Module):
     def qbuffers(self):
         return {name: getattr(self, name) for name in self._names}
 
+    def _apply(self, fn, recurse=True):
+        # the quantized buffers follow device moves but never dtype casts: model.half() must not
+        # turn float32 scales into float16 ones (the kernels read float32, and the values would
+        # change); the bias, a float parameter, follows the cast
+        held = {name: self._buffers.pop(name) for name in self._names if name in self._buffers}
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            for name, t in held.items():
+                moved = fn(t)
+                if moved.dtype != t.dtype:
+                    moved = t.to(device=moved.device)
+                self._buffers[name] = moved
+        return self
+
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
@@ -74,7 +118,12 @@ class QuantLinear(nn.Module):
             raise TypeError(f"input must be float32, bfloat16, float16 or float64, got {x.dtype}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
-        y = self.config.linear(x2, self.qbuffers(), self.bias, self.backend)
+        bias = None if self.bias is None else self.bias.float()  # a cast module holds a half bias
+        with backends.prefer(self.backend):
+            if torch.is_grad_enabled() and (x2.requires_grad or (bias is not None and bias.requires_grad)):
+                y = _QuantLinearFn.apply(x2, bias, self.config, self.qbuffers())
+            else:
+                y = self.config.linear(x2, self.qbuffers(), bias)
         return y.reshape(*lead, self.out_features).to(x.dtype)
 
     def dequantize(self) -> nn.Linear:
@@ -133,10 +182,17 @@ def quantize_(model: nn.Module, config: QuantConfig, filter_fn: Optional[Callabl
     def want(mod, fqn):
         return type(mod) is nn.Linear and (filter_fn is None or filter_fn(mod, fqn))
 
-    convert = lambda fqn, lin: QuantLinear.from_linear(lin, config, backend)  # noqa: E731
-    if calibrate is not None:
-        from .gptq import gptq_converter
-        convert = gptq_converter(model, config, want, calibrate, gptq_damp, backend)
+    rounder = gptq_converter(model, config, want, calibrate, gptq_damp) if calibrate is not None else None
+
+    def convert(fqn, lin):
+        try:
+            if rounder is None:
+                return QuantLinear.from_linear(lin, config, backend)
+            qparams, wq = rounder(fqn, lin)
+            return QuantLinear.from_linear(lin, config, backend, qparams=qparams, weight=wq)
+        except ValueError as e:  # name the layer: "weight holds NaN" alone does not say which one
+            raise ValueError(f"layer {fqn or type(model).__name__!r}: {e}") from e
+
     if want(model, ""):
         return convert("", model)
     for fqn, mod in list(model.named_modules()):

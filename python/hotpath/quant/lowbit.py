@@ -1,5 +1,5 @@
-"""Public names of the low-bit float / ternary formats, the Hadamard transform and quantized
-embedding search (issue 7); re-exported by hotpath.quant."""
+"""The low-bit float / ternary formats, the Hadamard transform and quantized embedding search in
+one namespace (hotpath.quant exports the same names)."""
 from ._minifloat import decode_table
 from .embeddings import QuantizedEmbeddings, embedding_search, quantize_embeddings
 from .fp4 import MXFP4, NVFP4, decode_fp4, encode_fp4, mx_dequantize, mx_quantize, nv_dequantize, nv_quantize

@@ -15,7 +15,7 @@ from torch import Tensor
 from .. import _validate as V
 from .. import backends
 from .._ops import quant_lowbit as ops
-from ..reference import quant_lowbit as ref
+from . import packing as P
 from ._base import QuantConfig, register_format
 from ._lowbit_common import check_weight, finite_passthrough, prep_bias, prep_x, ste
 
@@ -49,12 +49,12 @@ class Ternary(QuantConfig):
         check_weight(weight)
         self.validate_shape(*weight.shape)
         t, gamma = ternarize(weight.detach(), self.eps)
-        return {"pos": ref.pack_bits(t > 0), "neg": ref.pack_bits(t < 0), "wscale": gamma.contiguous(),
+        return {"pos": P.pack_bits(t > 0), "neg": P.pack_bits(t < 0), "wscale": gamma.contiguous(),
                 "ternary_k": torch.tensor([weight.shape[1]], dtype=torch.int64, device=weight.device)}
 
     def dequantize_weight(self, q):
         K = self._k(q)
-        return ref.ternary_weight(q["pos"], q["neg"], K).float() * q["wscale"]
+        return P.ternary_weight(q["pos"], q["neg"], K).float() * q["wscale"]
 
     def _k(self, q):
         if "ternary_k" in q:   # K (the bit planes are padded to 32)
@@ -86,5 +86,5 @@ def fake_quantize_act_int8(x: Tensor) -> Tensor:
     """Per-token int8 fake quantization of activations (BitNet QAT), straight-through gradient."""
     V.tensor("x", x)
     x2 = x.detach().reshape(-1, x.shape[-1])
-    xq, step = ref.quantize_act_int8(x2)
+    xq, step = P.quantize_act_int8(x2)
     return ste(x, (xq.float() * step[:, None]).reshape(x.shape))

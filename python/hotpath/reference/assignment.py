@@ -119,12 +119,13 @@ def _bellman_ford(C, X, src):
     return drow, dcol, prow, pcol
 
 
-def _emd_one(a, b, C):
+def _emd_one(a, b, C, max_iter):
     n, m = C.shape
+    it = 0
     X = torch.zeros(n, m, dtype=torch.float64)
     sup, dem = a.clone(), b.clone()
     tiny = float(a.sum()) * 1e-14
-    for _ in range(4 * (n + m) * (n + m)):
+    for it in range(max_iter):
         src = sup > tiny
         if not bool(src.any()) or not bool((dem > tiny).any()):
             break
@@ -153,11 +154,12 @@ def _emd_one(a, b, C):
     src = torch.ones(n, dtype=torch.bool)
     drow, dcol, _, _ = _bellman_ford(C, X, src)
     u, v = -drow, dcol
-    return X, float((X * C).sum()), u, v
+    return X, float((X * C).sum()), u, v, it
 
 
-def emd_solve(a, b, M):
-    """a (B, n), b (B, m), M (B, n, m) -> plan (B, n, m), cost (B,), u (B, n), v (B, m), float64."""
+def emd_solve(a, b, M, max_iter=100000):
+    """a (B, n), b (B, m), M (B, n, m) -> plan (B, n, m), cost (B,), u (B, n), v (B, m), float64,
+    augmentations (B,) int64."""
     B, n, m = M.shape
     dev = M.device
     if not bool(torch.isfinite(M).all()):
@@ -166,10 +168,11 @@ def emd_solve(a, b, M):
     cost = torch.zeros(B, dtype=torch.float64)
     u = torch.zeros(B, n, dtype=torch.float64)
     v = torch.zeros(B, m, dtype=torch.float64)
+    iters = torch.zeros(B, dtype=torch.int64)
     for k in range(B):
         if n == 0 or m == 0:
             continue
-        X, c, uu, vv = _emd_one(a[k].detach().double().cpu(), b[k].detach().double().cpu(),
-                                M[k].detach().double().cpu())
-        plan[k], cost[k], u[k], v[k] = X, c, uu, vv
-    return plan.to(dev), cost.to(dev), u.to(dev), v.to(dev)
+        X, c, uu, vv, it = _emd_one(a[k].detach().double().cpu(), b[k].detach().double().cpu(),
+                                    M[k].detach().double().cpu(), max_iter)
+        plan[k], cost[k], u[k], v[k], iters[k] = X, c, uu, vv, it
+    return plan.to(dev), cost.to(dev), u.to(dev), v.to(dev), iters.to(dev)

@@ -71,24 +71,32 @@ def supcon_loss(features, labels, temperature):
 
 
 def pairwise_distance(x, distance):
-    if distance == "euclidean":
+    """Distances (larger = farther): euclidean, squared_euclidean, cosine (1 - <x, y>), dot (-<x, y>)."""
+    if distance in ("euclidean", "squared_euclidean"):
         sq = x.pow(2).sum(1)
         d2 = (sq[:, None] + sq[None, :] - 2 * x @ x.T).clamp(min=0)
         d2 = d2.masked_fill(torch.eye(x.shape[0], dtype=torch.bool, device=x.device), 0.0)
+        if distance == "squared_euclidean":
+            return d2
         # sqrt's gradient at 0 (the diagonal) would be inf * 0 = NaN: use the zero subgradient
-        return torch.where(d2 > 0, d2.clamp(min=torch.finfo(d2.dtype).tiny).sqrt(), 0.0)
+        # (d2 * 0 keeps a NaN distance NaN)
+        return torch.where(d2 > 0, d2.clamp(min=torch.finfo(d2.dtype).tiny).sqrt(), d2 * 0)
+    if distance == "dot":
+        return -(x @ x.T)
     return 1 - x @ x.T
 
 
 def triplet_loss(embeddings, labels, margin, mining="batch_hard", distance="euclidean", normalize=True,
-                 reduction="mean_nonzero"):
+                 reduction="mean_nonzero", smooth_loss=False):
     """Triplet margin loss relu(d(a, p) - d(a, n) + margin) over mined triplets.
 
     batch_hard: per anchor the farthest positive and the nearest negative (anchors lacking either
     are dropped) — pytorch-metric-learning's BatchHardMiner + TripletMarginLoss. batch_all: every
     valid (a, p, n). reduction "mean_nonzero" averages over triplets with positive loss (PML's
-    AvgNonZeroReducer), "mean" over all mined triplets, "sum" sums.
+    AvgNonZeroReducer), "mean" over all mined triplets, "sum" sums. smooth_loss: softplus
+    instead of relu. NaN distances propagate (torch's max / min do) and count as nonzero.
     """
+    act = F.softplus if smooth_loss else F.relu
     x = F.normalize(embeddings, dim=1) if (normalize or distance == "cosine") else embeddings
     dist = pairwise_distance(x, distance)
     n = x.shape[0]
@@ -99,10 +107,10 @@ def triplet_loss(embeddings, labels, margin, mining="batch_hard", distance="eucl
         has = pos.any(1) & neg.any(1)
         dap = dist.masked_fill(~pos, -float("inf")).max(1).values[has]
         dan = dist.masked_fill(~neg, float("inf")).min(1).values[has]
-        losses = F.relu(dap - dan + margin)
+        losses = act(dap - dan + margin)
     else:
         trip = pos[:, :, None] & neg[:, None, :]
-        losses = F.relu(dist[:, :, None] - dist[:, None, :] + margin)[trip]
+        losses = act(dist[:, :, None] - dist[:, None, :] + margin)[trip]
     return _reduce(losses, reduction, embeddings)
 
 
@@ -111,7 +119,7 @@ def _reduce(losses, reduction, like):
         return losses.sum()
     if reduction == "mean":
         return losses.mean() if losses.numel() else like.sum() * 0
-    nz = losses > 0
+    nz = (losses > 0) | torch.isnan(losses)
     if not bool(nz.any()):
         return like.sum() * 0
     return losses[nz].mean()
@@ -136,21 +144,30 @@ def dino_loss(student, teacher, center, student_temp, teacher_temp):
 
 
 def topk_similarity(queries, keys, k):
-    """Exact top-k keys by inner product per query: (values, indices), values sorted descending."""
-    return torch.topk(queries @ keys.T, k, dim=1)
+    """Exact top-k keys by inner product per query: (values, indices), values sorted descending,
+    ties to the lower key index. NaN and -inf scores are never selected: slots they leave empty
+    hold value -inf and index -1."""
+    return topk_chunked(queries, keys, k, chunk=max(1, keys.shape[0]))
+
+
+def _topk_stable(s, k):
+    s = torch.where(torch.isnan(s), -float("inf"), s)
+    v, i = torch.sort(s, dim=1, descending=True, stable=True)
+    return v[:, :k], i[:, :k]
 
 
 def topk_chunked(queries, keys, k, chunk=65536):
-    """The usual memory-bounded baseline: matmul + topk per key chunk, merged."""
+    """Memory-bounded top-k: matmul + top-k per key chunk, merged (earlier keys first, so a
+    stable sort keeps the lower index on ties). The sentinel rule of topk_similarity above."""
     best_v = best_i = None
     for j0 in range(0, keys.shape[0], chunk):
-        v, i = torch.topk(queries @ keys[j0:j0 + chunk].T, min(k, keys[j0:j0 + chunk].shape[0]), dim=1)
+        v, i = _topk_stable(queries @ keys[j0:j0 + chunk].T, k)
         i = i + j0
         if best_v is not None:
-            v, pos = torch.topk(torch.cat([best_v, v], 1), k, dim=1)
+            v, pos = _topk_stable(torch.cat([best_v, v], 1), k)
             i = torch.gather(torch.cat([best_i, i], 1), 1, pos)
         best_v, best_i = v, i
-    return best_v, best_i
+    return best_v, torch.where(best_v == -float("inf"), -1, best_i)
 
 
 # Kernel-level references (what the custom ops compute), used by the "reference" backend.

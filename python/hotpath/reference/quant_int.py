@@ -1,7 +1,8 @@
 """Reference (pure torch) for the integer quantized linear layers: weight packing / unpacking in
 the kernel layouts, per-token activation quantization and the four linear ops.
 
-Layouts (what the C++ kernels read; packing happens once, at quantization time):
+Layouts (what the C++ kernels read; hotpath.quant.packing packs them at quantization time; the
+unpacking below is the reference's own, an independent oracle of that packing):
 
 - int8 row-major: codes (N, K) int8. Used by Int8WeightOnly (W8A16).
 - int8 VNNI: codes padded to (Np, Kp) = (roundup(N, 16), roundup(K, 4)) and stored as
@@ -28,16 +29,7 @@ def _roundup(a, b):
     return (a + b - 1) // b * b
 
 
-# ---------------------------------------------------------------- packing / unpacking
-
-def pack_int8_vnni(codes):
-    """codes (N, K) int8 -> (Np/16, Kp/4, 64) int8."""
-    N, K = codes.shape
-    Np, Kp = _roundup(max(N, 1), 16), _roundup(max(K, 1), 4)
-    w = codes.new_zeros(Np, Kp)
-    w[:N, :K] = codes
-    return w.view(Np // 16, 16, Kp // 4, 4).permute(0, 2, 1, 3).contiguous().view(Np // 16, Kp // 4, 64)
-
+# ---------------------------------------------------------------- unpacking
 
 def unpack_int8_vnni(packed, N, K):
     nb, k4, _ = packed.shape
@@ -45,33 +37,11 @@ def unpack_int8_vnni(packed, N, K):
     return w[:N, :K]
 
 
-def pack_int4_rows(codes):
-    """unsigned codes (N, K) in [0, 15] -> (N, Kp/2) uint8, Kp = roundup(K, 64)."""
-    N, K = codes.shape
-    Kp = _roundup(max(K, 1), 64)
-    c = torch.zeros(N, Kp, dtype=torch.uint8, device=codes.device)
-    c[:, :K] = codes.to(torch.uint8)
-    c = c.view(N, Kp // 64, 2, 32)
-    return (c[:, :, 0, :] | (c[:, :, 1, :] << 4)).reshape(N, Kp // 2)
-
-
 def unpack_int4_rows(packed, K):
     N = packed.shape[0]
     p = packed.view(N, -1, 32)
     c = torch.stack([p & 15, p >> 4], dim=2)  # (N, Kp/64, 2, 32)
     return c.reshape(N, -1)[:, :K]
-
-
-def pack_int4_vnni(codes):
-    """unsigned codes (N, K), K % 8 == 0 -> (Np/16, K/8, 64) uint8."""
-    N, K = codes.shape
-    if K % 8:
-        raise ValueError(f"int4 VNNI packing needs K % 8 == 0, got K={K}")
-    Np = _roundup(max(N, 1), 16)
-    c = torch.zeros(Np, K, dtype=torch.uint8, device=codes.device)
-    c[:N] = codes.to(torch.uint8)
-    t = c.view(Np // 16, 16, K // 8, 2, 4).permute(0, 2, 1, 4, 3)  # (nb, k8, c, j, half)
-    return (t[..., 0] | (t[..., 1] << 4)).contiguous().view(Np // 16, K // 8, 64)
 
 
 def unpack_int4_vnni(packed, N, K):

@@ -1,7 +1,8 @@
 """References of the low-bit float / ternary kernels, the Hadamard transform and quantized
-embedding search (issue 7): decode the weights to float, then a plain matmul in float64.
+embedding search : decode the weights to float, then a plain matmul in float64.
 
-Kernel layouts (shared with csrc/cpu/quant_lowbit.cpp and kernels/quant_lowbit.py):
+Kernel layouts (packed by hotpath.quant.packing; read by csrc/cpu/quant_lowbit.cpp and
+backends/triton/quant_lowbit.py; the decoding below is the reference's own):
   FP4 packed:  (N, ceil(K / 32) * 16) uint8; in chunk c (32 weights of one row) byte j holds weight
                32c + j in its low nibble and weight 32c + 16 + j in its high nibble (0 past K), so a
                zero-extended load of 16 bytes gives table indices for 16 consecutive weights.
@@ -17,7 +18,38 @@ import math
 
 import torch
 
-from ..quant import _minifloat as mf
+
+
+# ---------------- small float formats, decoded from their bit fields ----------------
+
+_FIELDS = {"e4m3": (4, 3, 7), "e5m2": (5, 2, 15), "e2m1": (2, 1, 1)}
+
+
+def decode_minifloat(codes, fmt):
+    """uint8 codes -> float32: sign, exponent and mantissa fields read one by one. E4M3 (OCP fn)
+    has NaN at magnitude 0x7F and no infinities; E5M2 has IEEE-style inf / NaN; E2M1 neither."""
+    ebits, mbits, bias = _FIELDS[fmt]
+    c = codes.to(torch.int64) & ((1 << (1 + ebits + mbits)) - 1)
+    sign = torch.where((c >> (ebits + mbits)) & 1 == 1, -1.0, 1.0).double()
+    e = (c >> mbits) & ((1 << ebits) - 1)
+    m = (c & ((1 << mbits) - 1)).double()
+    normal = (1 + m / (1 << mbits)) * torch.pow(2.0, (e - bias).double())
+    sub = m * 2.0 ** (1 - bias - mbits)
+    v = sign * torch.where(e == 0, sub, normal)
+    mag = c & ((1 << (ebits + mbits)) - 1)
+    if fmt == "e4m3":
+        v = torch.where(mag == 0x7F, float("nan"), v)
+    elif fmt == "e5m2":
+        top = e == (1 << ebits) - 1
+        v = torch.where(top & (m == 0), sign * float("inf"), v)
+        v = torch.where(top & (m != 0), float("nan"), v)
+    return v.float()
+
+
+def decode_e8m0(codes):
+    """E8M0 block scales: 2^(c - 127); 0xFF is NaN."""
+    c = codes.to(torch.int64)
+    return torch.where(c == 255, float("nan"), torch.pow(2.0, (c - 127).double())).float()
 
 
 # ---------------- Hadamard ----------------
@@ -47,16 +79,6 @@ def fwht(x, signs, block, inverse):
 
 # ---------------- FP4 ----------------
 
-def pack_fp4(codes):
-    """(N, K) uint8 4-bit codes -> (N, ceil(K/32) * 16) packed kernel layout."""
-    N, K = codes.shape
-    nc = (K + 31) // 32
-    c = torch.zeros(N, nc * 32, dtype=torch.uint8, device=codes.device)
-    c[:, :K] = codes
-    c = c.reshape(N, nc, 2, 16)
-    return (c[:, :, 0] | (c[:, :, 1] << 4)).reshape(N, nc * 16).contiguous()
-
-
 def unpack_fp4(packed, K):
     N = packed.shape[0]
     p = packed.reshape(N, -1, 16)
@@ -65,13 +87,13 @@ def unpack_fp4(packed, K):
 
 
 def fp4_scale_values(scales, scale_kind):
-    return mf.e8m0_decode(scales) if scale_kind == 0 else mf.decode(scales, "e4m3")
+    return decode_e8m0(scales) if scale_kind == 0 else decode_minifloat(scales, "e4m3")
 
 
 def fp4_dequantize(packed, scales, scale_kind, block, tensor_scale, K):
     """float32 (N, K) weight: (e2m1(code) * block_scale) * tensor_scale, rounded in float32."""
     codes = unpack_fp4(packed, K)
-    vals = mf.decode(codes, "e2m1")
+    vals = decode_minifloat(codes, "e2m1")
     s = fp4_scale_values(scales, scale_kind).repeat_interleave(block, dim=1)
     return (vals * s) * tensor_scale.float()
 
@@ -87,7 +109,7 @@ def fp4_linear(x, packed, scales, scale_kind, block, tensor_scale, bias):
 # ---------------- FP8 ----------------
 
 def fp8_dequantize(codes, scales, fmt):
-    return mf.decode(codes, fmt) * scales.float()[:, None]
+    return decode_minifloat(codes, fmt) * scales.float()[:, None]
 
 
 def fp8_linear(x, codes, scales, fmt, bias):
@@ -98,16 +120,6 @@ def fp8_linear(x, codes, scales, fmt, bias):
 
 
 # ---------------- Ternary ----------------
-
-def pack_bits(mask):
-    """(N, K) bool -> (N, ceil(K/32)) int32, bit j of word w = mask[:, 32w + j]."""
-    N, K = mask.shape
-    nw = (K + 31) // 32
-    m = torch.zeros(N, nw * 32, dtype=torch.int64, device=mask.device)
-    m[:, :K] = mask.to(torch.int64)
-    words = (m.reshape(N, nw, 32) << torch.arange(32, device=mask.device)).sum(-1)
-    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
-
 
 def unpack_bits(words, K):
     w = words.to(torch.int64) & 0xFFFFFFFF

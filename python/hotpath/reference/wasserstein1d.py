@@ -22,8 +22,23 @@ def cost(d, p):
     return a ** p
 
 
+def nan_rows(*ts):
+    """NaN rule of the family: NaN (as a (B,) additive term, 0 elsewhere) for every problem (row)
+    with a NaN or an infinity in its values or weights. Without it an infinite value gives inf or
+    NaN depending on whether a zero-length segment of the merged grid meets it."""
+    ok = None
+    for t in ts:
+        if t is not None:
+            f = torch.isfinite(t.detach()).all(-1)
+            ok = f if ok is None else ok & f
+    zero = torch.zeros((), dtype=ts[0].dtype, device=ts[0].device)
+    return torch.where(ok, zero, zero + float("nan"))
+
+
 def wasserstein_1d(u, v, uw=None, vw=None, p=1.0, presorted=False):
-    """W_p^p between the rows of u (B, n) and v (B, m) with weights (normalized here)."""
+    """W_p^p between the rows of u (B, n) and v (B, m) with weights (normalized here); NaN for a
+    problem with a NaN or infinite value or weight (nan_rows)."""
+    bad = nan_rows(u, v, uw, vw)
     uw = _normalize(uw, u)
     vw = _normalize(vw, v)
     if not presorted:
@@ -44,7 +59,7 @@ def wasserstein_1d(u, v, uw=None, vw=None, p=1.0, presorted=False):
     iv = torch.searchsorted(cv.contiguous(), qs.contiguous(), right=False).clamp_(max=m - 1)
     delta = torch.diff(qs, dim=-1, prepend=torch.zeros_like(qs[..., :1]))
     d = torch.gather(u, -1, iu) - torch.gather(v, -1, iv)
-    return (delta * cost(d, p)).sum(-1)
+    return (delta * cost(d, p)).sum(-1) + bad
 
 
 def random_projections(d, n_projections, *, generator=None, dtype=torch.float32, device="cpu"):
@@ -138,6 +153,7 @@ def wasserstein_1d_grads(u, v, u_weights, v_weights, p, presorted, grad_values, 
       d/dqs_k = c_k - c_{k+1}                            (qs_k ends segment k, starts k + 1)
     routed back to the breakpoints through the sort of qs, then to the weights."""
     n, m = u.shape[-1], v.shape[-1]
+    bad = nan_rows(u, v, u_weights, v_weights)
     if presorted:
         us, vs, su, sv = u, v, None, None
     else:
@@ -156,7 +172,7 @@ def wasserstein_1d_grads(u, v, u_weights, v_weights, p, presorted, grad_values, 
     delta = torch.diff(qs, dim=-1, prepend=torch.zeros_like(qs[..., :1]))
     d = torch.gather(us, -1, ju) - torch.gather(vs, -1, jv)
     c = cost(d, p)
-    value = (delta * c).sum(-1)
+    value = (delta * c).sum(-1) + bad
     empty = u.new_zeros(0)
     du = dv = duw = dvw = empty
     if grad_values:
@@ -170,6 +186,7 @@ def wasserstein_1d_grads(u, v, u_weights, v_weights, p, presorted, grad_values, 
             duw = _weight_grad(dcat[..., :n - 1], wu, tu, su)
         if v_weights is not None:
             dvw = _weight_grad(dcat[..., n:n + m - 1], wv, tv, sv)
+    du, dv, duw, dvw = (t if t.numel() == 0 else t + bad[..., None] for t in (du, dv, duw, dvw))
     return value, du, dv, duw, dvw
 
 

@@ -4,8 +4,7 @@ from typing import Optional, Tuple
 
 from torch import Tensor
 
-from .. import op
-from ..triton import pairwise as triton_pairwise
+from .. import OPS, op, triton_available
 
 NARROW = 16
 _state = {"cuda_cpp": True}
@@ -30,4 +29,7 @@ def pairwise_lse_fwd(x, y, col_bias, values, scale, metric):
             return pairwise_lse_fwd_narrow.overload(x, y, col_bias, values, scale, metric)
         except NotImplementedError:  # extension built without CUDA: remember, use Triton
             _state["cuda_cpp"] = False
+    if not triton_available():  # no Triton kernel here: the reference, as for any other device
+        return OPS["pairwise_lse_fwd"].default(x, y, col_bias, values, scale, metric)
+    from ..triton import pairwise as triton_pairwise
     return triton_pairwise.pairwise_lse_fwd(x, y, col_bias, values, scale, metric)

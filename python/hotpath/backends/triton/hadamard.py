@@ -1,46 +1,82 @@
-"""Triton blockwise random Hadamard transform: one program per (row tile, Hadamard block); the
-Sylvester matrix is generated in registers (H_ij = (-1)^popcount(i & j)) and applied with tl.dot
-(tensor cores on GPU), the random signs before (forward) or after (inverse) it."""
+"""Triton blockwise random Hadamard transform, tiled so every launch fits the shared memory of any
+GPU: one program per (row tile, output column chunk of one Hadamard block). The Sylvester matrix
+is never stored: each (BI, BJ) piece of it is generated in registers (H_ij = (-1)^popcount(i & j))
+and multiplied with tl.dot (IEEE fp32 / fp64: the rotation must match the CPU kernel to float
+rounding), accumulating over the block's input chunks; the random signs are applied before
+(forward) or after (inverse).
+
+The former kernel held the whole (block, block) matrix and a (16, block) row tile in shared
+memory: 278,528 B for block = 256 in float32, over the 227 KB of an H100 / H200 (issue 14). Now a
+program needs smem_bytes(BM, BJ, BI, e, 0, stages, b_op_bytes=e) (backends/triton/_qgemm.py), at
+most 64 KB in float32, and the configuration is checked against the device before launch.
+"""
 import math
 
 import torch
 import triton
 import triton.language as tl
 
+from . import _qgemm as Q
+
 
 @triton.jit
 def _fwht_kernel(x_ptr, s_ptr, y_ptr, M, K, norm, BLOCK: tl.constexpr, LOG2B: tl.constexpr,
-                 BM: tl.constexpr, INVERSE: tl.constexpr, IEEE: tl.constexpr):
+                 BM: tl.constexpr, BJ: tl.constexpr, BI: tl.constexpr, INVERSE: tl.constexpr, F64: tl.constexpr):
     pid_m = tl.program_id(0)
-    pid_b = tl.program_id(1)
+    pid_j = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
-    cols = pid_b * BLOCK + tl.arange(0, BLOCK)
-    mask = (rows[:, None] < M) & (cols[None, :] < K)
-    x = tl.load(x_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0)
-    s = tl.load(s_ptr + cols)
-    if not INVERSE:
-        x = x * s[None, :]
-    i = tl.arange(0, BLOCK)
-    a = i[:, None] & i[None, :]
-    par = tl.zeros([BLOCK, BLOCK], dtype=tl.int32)
-    for b in tl.static_range(LOG2B):
-        par = par ^ ((a >> b) & 1)
-    H = (1 - 2 * par).to(x.dtype)
-    if IEEE:
-        y = tl.dot(x, H, input_precision="ieee")
+    rmask = rows < M
+    blk0 = ((pid_j * BJ) // BLOCK) * BLOCK        # first column of this chunk's Hadamard block
+    jl = (pid_j * BJ - blk0) + tl.arange(0, BJ)   # output columns, local to the block
+    if F64:
+        acc = tl.zeros([BM, BJ], dtype=tl.float64)
     else:
-        y = tl.dot(x, H)
-    y = y * norm
+        acc = tl.zeros([BM, BJ], dtype=tl.float32)
+    for i0 in tl.static_range(0, BLOCK, BI):
+        il = i0 + tl.arange(0, BI)
+        x = tl.load(x_ptr + rows[:, None] * K + (blk0 + il)[None, :], mask=rmask[:, None], other=0.0)
+        if not INVERSE:
+            x = x * tl.load(s_ptr + blk0 + il)[None, :]
+        a = il[:, None] & jl[None, :]
+        par = tl.zeros([BI, BJ], dtype=tl.int32)
+        for b in tl.static_range(LOG2B):
+            par = par ^ ((a >> b) & 1)
+        H = (1 - 2 * par).to(x.dtype)
+        acc += tl.dot(x, H, input_precision="ieee")
+    y = acc * norm
+    cols = blk0 + jl
     if INVERSE:
-        y = y * s[None, :]
-    tl.store(y_ptr + rows[:, None] * K + cols[None, :], y, mask=mask)
+        y = y * tl.load(s_ptr + cols)[None, :]
+    tl.store(y_ptr + rows[:, None] * K + cols[None, :], y, mask=rmask[:, None])
+
+
+# (BM, BJ, BI, num_warps, num_stages), best-first; BJ / BI are capped at the Hadamard block
+FWHT_CONFIGS = [(64, 64, 64, 4, 3), (64, 64, 32, 4, 2), (32, 32, 32, 4, 2), (16, 32, 16, 4, 1)]
+
+
+def fwht_smem(cfg, block, elem_bytes):
+    """Shared memory (bytes) of one program of _fwht_kernel with cfg = (BM, BJ, BI, warps, stages)."""
+    BM, BJ, BI, _, stages = cfg
+    BJ, BI = min(BJ, block), min(BI, block)
+    # x chunks are pipelined; the generated H piece is written once in the dot-operand layout
+    return Q.smem_bytes(BM, BJ, BI, elem_bytes, 0, stages, b_op_bytes=elem_bytes, out_bytes=elem_bytes)
+
+
+def fwht_config(block, elem_bytes, limit):
+    cfgs = [(bm, min(bj, block), min(bi, block), w, s) for bm, bj, bi, w, s in FWHT_CONFIGS]
+    return Q.pick(cfgs, lambda c: fwht_smem(c, block, elem_bytes), limit)
 
 
 def fwht(x, signs, block, inverse):
     M, K = x.shape
+    x = x.contiguous()
+    signs = signs.to(x.dtype).contiguous()
     y = torch.empty_like(x)
-    BM = 16
-    grid = (triton.cdiv(M, BM), K // block)
+    if M == 0 or K == 0:
+        return y
+    BM, BJ, BI, warps, stages = fwht_config(block, x.element_size(), Q.smem_limit(x.device))
+    grid = (triton.cdiv(M, BM), K // BJ)
     _fwht_kernel[grid](x, signs, y, M, K, 1.0 / math.sqrt(block), BLOCK=block, LOG2B=int(math.log2(block)),
-                       BM=BM, INVERSE=bool(inverse), IEEE=True)
+                       BM=BM, BJ=BJ, BI=BI, INVERSE=bool(inverse), F64=x.dtype == torch.float64,
+                       num_warps=warps, num_stages=stages)
     return y

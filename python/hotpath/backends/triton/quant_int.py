@@ -4,27 +4,37 @@ The kernels read the packed layouts the C++ kernels read (documented in
 python/hotpath/reference/quant_int.py), so a quantized model's buffers serve every backend and
 state_dict round-trips stay bit-exact:
 
-- W8A16: codes (N, K) int8 row-major, scale (N,). GEMM: x tile (BM, BK) fp32 against the codes
-  converted to fp32, tl.dot, per-channel scale and bias in the epilogue. GEMV (M <= 4): one
-  program per (row, channel block), a multiply-reduce over K (memory bound, no tl.dot padding).
+- W8A16: codes (N, K) int8 row-major, scale (N,). The codes are exact in bf16 / fp16, so the
+  tile converts them to the activations' dtype and feeds tl.dot (tensor cores); the per-channel
+  scale and the bias are applied to the fp32 accumulator in the epilogue.
 - W8A8: activations quantized per token by a small kernel (amax pass, then round-half-even
   codes), then int8 x int8 tl.dot with int32 accumulation on the VNNI layout (16 channels x 4 k
   per 64-byte chunk, gathered in-kernel); epilogue acc * (sx * sw) + bias. The signed x signed
   product needs no +128 offset, so `colsum` is not read.
 - W4A16: row-major halves (each 64-k block of a row in 32 bytes, low nibbles = first 32 k). The
-  K loop steps by 32, so every step reads one nibble half of one 32-byte run and lies in one
-  group (group_size % 32 == 0): codes are (byte >> shift) & 15 with a scalar shift, dequantized
-  as (code - zero) * scale before tl.dot.
+  K loop steps by 64: one 32-byte load per channel gives both halves, each inside one group
+  (group_size % 32 == 0), dequantized in registers as (code - zero) * scale (fp32, then the
+  activations' dtype) and fed to two (BM, 32) x (32, BN) tl.dots.
 - W4A8: int4 VNNI layout (16 channels x 8 k per 64 bytes; nibble j of byte 4c + i holds
   k = 8t + 4j + i). Per group: int8 x int8 tl.dot of the activation codes with the unsigned codes
   (0..15 fit int8), exact int32, minus zero * sum(qx over the group), then fp32 scale; the
   per-token scale multiplies at the end.
 
 Every integer accumulator is exact (|qx| <= 127, |w| <= 127 or <= 15, K <= 65536).
+
+Launch plans (backends/triton/_qgemm.py): prefill GEMMs (M > 8) are real tiled GEMMs over M,
+grouped tile order for L2 reuse, autotuned over the configurations whose shared memory fits the
+device; decode (M <= 8) uses 16-row tiles (tl.dot's minimum: the padding costs no weight
+traffic), narrow channel blocks and, for the float-accumulating W8A16 / W4A16, split-K so that
+every SM streams the packed weight once. The integer W8A8 / W4A8 paths never split K: their
+int32 sums stay exact and equal the CPU kernel's bit for bit.
 """
 import torch
 import triton
 import triton.language as tl
+
+from . import _qgemm as Q
+from ._qgemm import grouped_tile
 
 
 # ------------------------------------------------------------------ activation quantization
@@ -74,201 +84,173 @@ def quantize_activations(x):
     return q, sx
 
 
+# ------------------------------------------------------------------ shared
+_TL = {"bf16": tl.bfloat16, "fp16": tl.float16, "fp32": tl.float32}
+_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+KEY = ["MB", "N", "K"]
+
+
+def _x_and_policy(x):
+    """Activations as the kernels read them (float32 / bf16 / fp16 contiguous) and (DT, PREC)."""
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        x = x.float()
+    dt, prec = Q.compute_dtype(x)
+    return x.contiguous(), _TL[dt], prec, _BYTES[dt]
+
+
 # ------------------------------------------------------------------ W8A16
 @triton.jit
-def _w8a16_gemm_kernel(X, W, S, B, Y, M, N, K, s_xm, s_wn, s_ym,
-                       HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+def _w8a16_kernel(X, W, S, B, Y, M, N, K, K_SPLIT, MB, HAS_BIAS: tl.constexpr, DT: tl.constexpr,
+                  PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
+    split = tl.program_id(1)
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
+    mmask = offs_m < M
+    nmask = offs_n < N
+    k_end = tl.minimum(K, (split + 1) * K_SPLIT)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for k0 in range(0, K, BK):
+    for k0 in range(split * K_SPLIT, k_end, BK):
         offs_k = k0 + tl.arange(0, BK)
-        x = tl.load(X + offs_m[:, None] * s_xm + offs_k[None, :],
-                    mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
-        w = tl.load(W + offs_n[None, :] * s_wn + offs_k[:, None],
-                    mask=(offs_n[None, :] < N) & (offs_k[:, None] < K), other=0)
-        acc += tl.dot(x, w.to(tl.float32), input_precision="ieee")
-    s = tl.load(S + offs_n, mask=offs_n < N, other=0.0)
-    y = acc * s[None, :]
+        kmask = offs_k < k_end
+        x = tl.load(X + offs_m[:, None] * K + offs_k[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
+        w = tl.load(W + offs_n[None, :] * K + offs_k[:, None], mask=nmask[None, :] & kmask[:, None], other=0)
+        acc = tl.dot(x.to(DT), w.to(DT), acc, input_precision=PREC)
+    y = acc * tl.load(S + offs_n, mask=nmask, other=0.0)[None, :]
     if HAS_BIAS:
-        y += tl.load(B + offs_n, mask=offs_n < N, other=0.0)[None, :]
-    tl.store(Y + offs_m[:, None] * s_ym + offs_n[None, :], y, mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+        y += tl.load(B + offs_n, mask=nmask, other=0.0)[None, :]
+    tl.store(Y + split * M * N + offs_m[:, None] * N + offs_n[None, :], y, mask=mmask[:, None] & nmask[None, :])
 
 
-@triton.jit
-def _w8a16_gemv_kernel(X, W, S, B, Y, N, K, s_xm, s_wn, s_ym,
-                       HAS_BIAS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    pid_n = tl.program_id(0)
-    m = tl.program_id(1)
-    offs_n = pid_n * BN + tl.arange(0, BN)
-    acc = tl.zeros((BN, BK), dtype=tl.float32)
-    for k0 in range(0, K, BK):
-        offs_k = k0 + tl.arange(0, BK)
-        x = tl.load(X + m * s_xm + offs_k, mask=offs_k < K, other=0.0)
-        w = tl.load(W + offs_n[:, None] * s_wn + offs_k[None, :],
-                    mask=(offs_n[:, None] < N) & (offs_k[None, :] < K), other=0)
-        acc += w.to(tl.float32) * x[None, :]
-    y = tl.sum(acc, 1) * tl.load(S + offs_n, mask=offs_n < N, other=0.0)
-    if HAS_BIAS:
-        y += tl.load(B + offs_n, mask=offs_n < N, other=0.0)
-    tl.store(Y + m * s_ym + offs_n, y, mask=offs_n < N)
+_w8a16_tuner = Q.autotuned(_w8a16_kernel, KEY)
 
 
-GEMV_MAX_M = 4
-
-
-def _gemm_blocks(M, N):
-    bm = 16 if M <= 16 else (32 if M <= 32 else 64)
-    bn = 32 if N <= 32 else 64
-    return bm, bn
+def w8a16_smem(cfg, x_bytes):
+    BM, BN, BK, _, stages = cfg[:5]
+    return Q.smem_bytes(BM, BN, BK, x_bytes, 1, stages, b_op_bytes=x_bytes)
 
 
 def int8_weight_only_linear(x, qweight, scale, bias):
     M, K = x.shape
     N = qweight.shape[0]
-    x, w, s = x.contiguous(), qweight.contiguous(), scale.contiguous()
-    y = torch.empty(M, N, dtype=torch.float32, device=x.device)
     if M == 0 or N == 0:
-        return y
-    b = bias.contiguous() if bias is not None else s
-    if M <= GEMV_MAX_M:
-        BN, BK = 32, 128
-        _w8a16_gemv_kernel[(triton.cdiv(N, BN), M)](x, w, s, b, y, N, K, x.stride(0), w.stride(0), y.stride(0),
-                                                    HAS_BIAS=bias is not None, BN=BN, BK=BK)
-    else:
-        BM, BN = _gemm_blocks(M, N)
-        _w8a16_gemm_kernel[(triton.cdiv(M, BM), triton.cdiv(N, BN))](
-            x, w, s, b, y, M, N, K, x.stride(0), w.stride(0), y.stride(0),
-            HAS_BIAS=bias is not None, BM=BM, BN=BN, BK=32)
-    return y
+        return torch.zeros(M, N, dtype=torch.float32, device=x.device)
+    x, DT, PREC, xb = _x_and_policy(x)
+    b = bias.contiguous().float() if bias is not None else None
+    return Q.run_linear(_w8a16_kernel, _w8a16_tuner, (x, qweight.contiguous(), scale.contiguous()),
+                        dict(DT=DT, PREC=PREC), b, x, N, K, lambda c: w8a16_smem(c, xb))
 
 
 # ------------------------------------------------------------------ W8A8
 @triton.jit
-def _w8a8_kernel(Q, SX, W, S, B, Y, M, N, K, K4, s_qm, s_ym,
-                 HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+def _w8a8_kernel(Qx, SX, W, S, B, Y, M, N, K, K_SPLIT, MB, K4, HAS_BIAS: tl.constexpr,
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
+    mmask = offs_m < M
+    nmask = offs_n < N
     # VNNI layout: (n, k) -> ((n // 16) * K4 + k // 4) * 64 + (n % 16) * 4 + k % 4
     w_n = (offs_n // 16) * K4 * 64 + (offs_n % 16) * 4
     acc = tl.zeros((BM, BN), dtype=tl.int32)
     for k0 in range(0, K, BK):
         offs_k = k0 + tl.arange(0, BK)
-        a = tl.load(Q + offs_m[:, None] * s_qm + offs_k[None, :],
-                    mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0)
+        a = tl.load(Qx + offs_m[:, None] * K + offs_k[None, :], mask=mmask[:, None] & (offs_k[None, :] < K), other=0)
         w = tl.load(W + w_n[None, :] + ((offs_k // 4) * 64 + offs_k % 4)[:, None],
-                    mask=(offs_n[None, :] < N) & (offs_k[:, None] < K), other=0)
+                    mask=nmask[None, :] & (offs_k[:, None] < K), other=0)
         acc = tl.dot(a, w, acc, out_dtype=tl.int32)
-    sx = tl.load(SX + offs_m, mask=offs_m < M, other=1.0)
-    sw = tl.load(S + offs_n, mask=offs_n < N, other=0.0)
+    # epilogue: per-token activation scale x per-channel weight scale, one float32 rounding of
+    # the exact int32 sum (the CPU kernel's order: acc * (sx * sw) + bias)
+    sx = tl.load(SX + offs_m, mask=mmask, other=1.0)
+    sw = tl.load(S + offs_n, mask=nmask, other=0.0)
     y = acc.to(tl.float32) * (sx[:, None] * sw[None, :])
     if HAS_BIAS:
-        y += tl.load(B + offs_n, mask=offs_n < N, other=0.0)[None, :]
-    tl.store(Y + offs_m[:, None] * s_ym + offs_n[None, :], y, mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+        y += tl.load(B + offs_n, mask=nmask, other=0.0)[None, :]
+    tl.store(Y + offs_m[:, None] * N + offs_n[None, :], y, mask=mmask[:, None] & nmask[None, :])
+
+
+_w8a8_tuner = Q.autotuned(_w8a8_kernel, KEY)
+
+
+def w8a8_smem(cfg):
+    BM, BN, BK, _, stages = cfg[:5]
+    return Q.smem_bytes(BM, BN, BK, 1, 1, stages)
 
 
 def int8_dynamic_linear(x, qweight, scale, colsum, bias):
     M, K = x.shape
     N = scale.shape[0]
-    x, w, s = x.contiguous(), qweight.contiguous(), scale.contiguous()
-    y = torch.empty(M, N, dtype=torch.float32, device=x.device)
     if M == 0 or N == 0:
-        return y
-    q, sx = quantize_activations(x)
-    b = bias.contiguous() if bias is not None else s
-    BM, BN = _gemm_blocks(M, N)
-    _w8a8_kernel[(triton.cdiv(M, BM), triton.cdiv(N, BN))](
-        q, sx, w, s, b, y, M, N, K, w.shape[1], q.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, BM=BM, BN=BN, BK=32)
-    return y
+        return torch.zeros(M, N, dtype=torch.float32, device=x.device)
+    q, sx = quantize_activations(x.float().contiguous())
+    b = bias.contiguous().float() if bias is not None else None
+    # int8 tensor-core dots need K steps of 32
+    return Q.run_linear(_w8a8_kernel, _w8a8_tuner, (q, sx, qweight.contiguous(), scale.contiguous()), {},
+                        b, q, N, K, w8a8_smem, step=32, split_ok=False, extra=(qweight.shape[1],))
 
 
 # ------------------------------------------------------------------ W4A16
 @triton.jit
-def _w4_codes_rows(W, offs_n, k0, N, s_wn, BK: tl.constexpr):
-    """(BN, BK = 32) unsigned codes at k0 (a multiple of 32) from the row-major-halves layout."""
-    base = (k0 // 64) * 32
-    shift = ((k0 % 64) // 32) * 4
-    byte = tl.load(W + offs_n[:, None] * s_wn + base + tl.arange(0, BK)[None, :], mask=offs_n[:, None] < N, other=0)
-    return (byte >> shift) & 15
-
-
-@triton.jit
-def _w4a16_gemm_kernel(X, W, S, Z, B, Y, M, N, K, G, s_xm, s_wn, s_sn, s_ym,
-                       HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+def _w4a16_kernel(X, W, S, Z, B, Y, M, N, K, K_SPLIT, MB, G, NG, s_wn, HAS_BIAS: tl.constexpr,
+                  DT: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                  GROUP_M: tl.constexpr):
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
+    split = tl.program_id(1)
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
+    mmask = offs_m < M
+    nmask = offs_n < N
+    j = tl.arange(0, 32)
+    k_end = tl.minimum(K, (split + 1) * K_SPLIT)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for k0 in range(0, K, BK):
-        offs_k = k0 + tl.arange(0, BK)
-        x = tl.load(X + offs_m[:, None] * s_xm + offs_k[None, :], mask=(offs_m[:, None] < M), other=0.0)
-        g = k0 // G
-        s = tl.load(S + offs_n * s_sn + g, mask=offs_n < N, other=0.0)
-        z = tl.load(Z + offs_n * s_sn + g, mask=offs_n < N, other=0).to(tl.float32)
-        code = _w4_codes_rows(W, offs_n, k0, N, s_wn, BK).to(tl.float32)
-        w = (code - z[:, None]) * s[:, None]
-        acc += tl.dot(x, tl.trans(w), input_precision="ieee")
+    for k0 in range(split * K_SPLIT, k_end, 64):   # BK == 64: one 32-byte run per channel
+        byte = tl.load(W + offs_n[:, None] * s_wn + k0 // 2 + j[None, :], mask=nmask[:, None], other=0)
+        g_lo = k0 // G
+        g_hi = tl.minimum((k0 + 32) // G, NG - 1)   # past K (K % 64 == 32) x_hi is masked to 0
+        s_lo = tl.load(S + offs_n * NG + g_lo, mask=nmask, other=0.0)
+        z_lo = tl.load(Z + offs_n * NG + g_lo, mask=nmask, other=0).to(tl.float32)
+        s_hi = tl.load(S + offs_n * NG + g_hi, mask=nmask, other=0.0)
+        z_hi = tl.load(Z + offs_n * NG + g_hi, mask=nmask, other=0).to(tl.float32)
+        w_lo = (((byte & 15).to(tl.float32) - z_lo[:, None]) * s_lo[:, None]).to(DT)
+        w_hi = (((byte >> 4).to(tl.float32) - z_hi[:, None]) * s_hi[:, None]).to(DT)
+        k_lo = k0 + j
+        k_hi = k0 + 32 + j
+        x_lo = tl.load(X + offs_m[:, None] * K + k_lo[None, :], mask=mmask[:, None] & (k_lo[None, :] < k_end), other=0.0)
+        x_hi = tl.load(X + offs_m[:, None] * K + k_hi[None, :], mask=mmask[:, None] & (k_hi[None, :] < k_end), other=0.0)
+        acc = tl.dot(x_lo.to(DT), tl.trans(w_lo), acc, input_precision=PREC)
+        acc = tl.dot(x_hi.to(DT), tl.trans(w_hi), acc, input_precision=PREC)
     y = acc
     if HAS_BIAS:
-        y += tl.load(B + offs_n, mask=offs_n < N, other=0.0)[None, :]
-    tl.store(Y + offs_m[:, None] * s_ym + offs_n[None, :], y, mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+        y += tl.load(B + offs_n, mask=nmask, other=0.0)[None, :]
+    tl.store(Y + split * M * N + offs_m[:, None] * N + offs_n[None, :], y, mask=mmask[:, None] & nmask[None, :])
 
 
-@triton.jit
-def _w4a16_gemv_kernel(X, W, S, Z, B, Y, N, K, G, s_xm, s_wn, s_sn, s_ym,
-                       HAS_BIAS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    pid_n = tl.program_id(0)
-    m = tl.program_id(1)
-    offs_n = pid_n * BN + tl.arange(0, BN)
-    acc = tl.zeros((BN, BK), dtype=tl.float32)
-    for k0 in range(0, K, BK):
-        offs_k = k0 + tl.arange(0, BK)
-        x = tl.load(X + m * s_xm + offs_k)
-        g = k0 // G
-        s = tl.load(S + offs_n * s_sn + g, mask=offs_n < N, other=0.0)
-        z = tl.load(Z + offs_n * s_sn + g, mask=offs_n < N, other=0).to(tl.float32)
-        code = _w4_codes_rows(W, offs_n, k0, N, s_wn, BK).to(tl.float32)
-        acc += ((code - z[:, None]) * s[:, None]) * x[None, :]
-    y = tl.sum(acc, 1)
-    if HAS_BIAS:
-        y += tl.load(B + offs_n, mask=offs_n < N, other=0.0)
-    tl.store(Y + m * s_ym + offs_n, y, mask=offs_n < N)
+_w4a16_tuner = Q.autotuned(_w4a16_kernel, KEY)
+
+
+def w4a16_smem(cfg, x_bytes):
+    BM, BN, BK, _, stages = cfg[:5]
+    return Q.smem_bytes(BM, BN, BK, x_bytes, 0.5, stages, b_op_bytes=x_bytes)
 
 
 def int4_weight_only_linear(x, qweight, scale, zero, bias):
     M, K = x.shape
     N, ng = scale.shape
-    G = K // ng
-    x, w, s, z = x.contiguous(), qweight.contiguous(), scale.contiguous(), zero.contiguous()
-    y = torch.empty(M, N, dtype=torch.float32, device=x.device)
     if M == 0 or N == 0:
-        return y
-    b = bias.contiguous() if bias is not None else s
-    # BK = 32: every K step is one nibble half of a 32-byte run and lies inside one group
-    if M <= GEMV_MAX_M:
-        BN = 32
-        _w4a16_gemv_kernel[(triton.cdiv(N, BN), M)](x, w, s, z, b, y, N, K, G, x.stride(0), w.stride(0), s.stride(0),
-                                                    y.stride(0), HAS_BIAS=bias is not None, BN=BN, BK=32)
-    else:
-        BM, BN = _gemm_blocks(M, N)
-        _w4a16_gemm_kernel[(triton.cdiv(M, BM), triton.cdiv(N, BN))](
-            x, w, s, z, b, y, M, N, K, G, x.stride(0), w.stride(0), s.stride(0), y.stride(0),
-            HAS_BIAS=bias is not None, BM=BM, BN=BN, BK=32)
-    return y
+        return torch.zeros(M, N, dtype=torch.float32, device=x.device)
+    x, DT, PREC, xb = _x_and_policy(x)
+    w = qweight.contiguous()
+    b = bias.contiguous().float() if bias is not None else None
+    return Q.run_linear(_w4a16_kernel, _w4a16_tuner, (x, w, scale.contiguous(), zero.contiguous()),
+                        dict(DT=DT, PREC=PREC), b, x, N, K, lambda c: w4a16_smem(c, xb), step=64, fixed_bk=64,
+                        extra=(K // ng, ng, w.stride(0)))
 
 
 # ------------------------------------------------------------------ W4A8
 @triton.jit
-def _w4a8_kernel(Q, SX, W, S, Z, B, Y, M, N, K, K8, G, ng, s_qm, s_sg, s_ym,
-                 HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+def _w4a8_kernel(Qx, SX, W, S, Z, B, Y, M, N, K, K_SPLIT, MB, K8, G, NG, HAS_BIAS: tl.constexpr,
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
     mmask = offs_m < M
@@ -280,38 +262,41 @@ def _w4a8_kernel(Q, SX, W, S, Z, B, Y, M, N, K, K8, G, ng, s_qm, s_sg, s_ym,
     w_k = (kk // 8) * 64 + kk % 4
     shift_k = ((kk % 8) // 4) * 4
     f = tl.zeros((BM, BN), dtype=tl.float32)
-    for g in range(0, ng):
+    for g in range(0, NG):
         acc = tl.zeros((BM, BN), dtype=tl.int32)
         xs = tl.zeros((BM,), dtype=tl.int32)
-        for kb in range(0, G, BK):
+        for kb in range(0, G, BK):   # BK divides G: every step lies in group g
             k0 = g * G + kb
-            a = tl.load(Q + offs_m[:, None] * s_qm + (k0 + kk)[None, :], mask=mmask[:, None], other=0)
+            a = tl.load(Qx + offs_m[:, None] * K + (k0 + kk)[None, :], mask=mmask[:, None], other=0)
             byte = tl.load(W + w_n[None, :] + ((k0 // 8) * 64 + w_k)[:, None], mask=nmask[None, :], other=0)
             code = ((byte >> shift_k[:, None]) & 15).to(tl.int8)
             acc = tl.dot(a, code, acc, out_dtype=tl.int32)
             xs += tl.sum(a.to(tl.int32), 1)
-        z = tl.load(Z + g * s_sg + offs_n, mask=nmask, other=0).to(tl.int32)
-        s = tl.load(S + g * s_sg + offs_n, mask=nmask, other=0.0)
+        z = tl.load(Z + g * N + offs_n, mask=nmask, other=0).to(tl.int32)
+        s = tl.load(S + g * N + offs_n, mask=nmask, other=0.0)
         f += (acc - xs[:, None] * z[None, :]).to(tl.float32) * s[None, :]
     sx = tl.load(SX + offs_m, mask=mmask, other=1.0)
     y = f * sx[:, None]
     if HAS_BIAS:
         y += tl.load(B + offs_n, mask=nmask, other=0.0)[None, :]
-    tl.store(Y + offs_m[:, None] * s_ym + offs_n[None, :], y, mask=mmask[:, None] & nmask[None, :])
+    tl.store(Y + offs_m[:, None] * N + offs_n[None, :], y, mask=mmask[:, None] & nmask[None, :])
+
+
+_w4a8_tuner = Q.autotuned(_w4a8_kernel, KEY)
+
+
+def w4a8_smem(cfg):
+    BM, BN, BK, _, stages = cfg[:5]
+    return Q.smem_bytes(BM, BN, BK, 1, 0.5, stages, b_op_bytes=1)
 
 
 def int4_dynamic_linear(x, qweight, scale, zero, bias):
     M, K = x.shape
     ng, N = scale.shape
     G = K // ng
-    x, w, s, z = x.contiguous(), qweight.contiguous(), scale.contiguous(), zero.contiguous()
-    y = torch.empty(M, N, dtype=torch.float32, device=x.device)
     if M == 0 or N == 0:
-        return y
-    q, sx = quantize_activations(x)
-    b = bias.contiguous() if bias is not None else s
-    BM, BN = _gemm_blocks(M, N)
-    _w4a8_kernel[(triton.cdiv(M, BM), triton.cdiv(N, BN))](
-        q, sx, w, s, z, b, y, M, N, K, K // 8, G, ng, q.stride(0), s.stride(0), y.stride(0),
-        HAS_BIAS=bias is not None, BM=BM, BN=BN, BK=32)
-    return y
+        return torch.zeros(M, N, dtype=torch.float32, device=x.device)
+    q, sx = quantize_activations(x.float().contiguous())
+    b = bias.contiguous().float() if bias is not None else None
+    return Q.run_linear(_w4a8_kernel, _w4a8_tuner, (q, sx, qweight.contiguous(), scale.contiguous(), zero.contiguous()),
+                        {}, b, q, N, K, w4a8_smem, step=32, fixed_bk=64 if G % 64 == 0 else 32, split_ok=False, extra=(K // 8, G, ng))

@@ -1,6 +1,9 @@
-"""Triton kernels of the low-bit formats (issue 7): FP4 (MXFP4 / NVFP4) and FP8 linear with the
-decode in the GEMM prologue (arithmetic decode of E2M1 / E4M3 / E5M2 / E8M0 codes, tl.dot on
-BM x 16/32 tiles), ternary linear on int8 activations (tl.dot int8 -> int32, exact), and tiled
+"""Triton kernels of the low-bit formats (issues 7, 14): FP4 (MXFP4 / NVFP4) and FP8 linear with the
+decode in the GEMM prologue (arithmetic decode of E2M1 / E4M3 / E5M2 / E8M0 codes, or the
+hardware fp8 conversion on sm_89+, into the activations' dtype feeding tl.dot; tiled prefill GEMM
+over M and split-K decode GEMV, planned by _qgemm.run_linear), FP8 dynamic (per-token E4M3
+activations; fp8 x fp8 tensor-core dots on sm_89+, exact E4M3 values in bf16 / fp32 elsewhere),
+ternary linear on int8 activations (tl.dot int8 -> int32, exact), and tiled
 score kernels for quantized embedding search (int8 dot products; SWAR popcount Hamming) whose
 tiles are merged by a running top-k per chunk of keys. Layouts: hotpath/reference/quant_lowbit.py.
 """
@@ -9,6 +12,9 @@ import triton
 import triton.language as tl
 
 from hotpath.reference import quant_lowbit as ref
+
+from . import _qgemm as Q
+from ._qgemm import grouped_tile
 
 
 @triton.jit
@@ -45,121 +51,307 @@ def _e8m0(c):
     return tl.where(c == 255, float("nan"), v)
 
 
+# ---------------- prefill GEMM / decode GEMV of the weight-only float formats ----------------
+# Convention and launch plans: backends/triton/_qgemm.py (run_linear). The weight tile is decoded
+# in registers into the activations' dtype and fed to tl.dot: E2M1 x E8M0, E2M1 x E4M3 (at most
+# 6 significant bits) and E4M3 / E5M2 values are exact in bf16 and fp16, so a bf16 / fp16
+# activation runs on the tensor cores with no rounding of the weight; float32 activations follow
+# the TF32 switch (Q.compute_dtype).
+_TL = {"bf16": tl.bfloat16, "fp16": tl.float16, "fp32": tl.float32}
+_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+KEY = ["MB", "N", "K"]
+
+
+def _x_and_policy(x):
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        x = x.float()
+    dt, prec = Q.compute_dtype(x)
+    return x.contiguous(), _TL[dt], prec, _BYTES[dt]
+
+
 @triton.jit
-def _fp4_linear_kernel(x_ptr, p_ptr, s_ptr, b_ptr, y_ptr, M, N, K, RB, NBLK, gscale,
-                       NV: tl.constexpr, HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+def _fp4_kernel(X, P, Sc, B, Y, M, N, K, K_SPLIT, MB, RB, NBLK, gscale, NV: tl.constexpr, HAS_BIAS: tl.constexpr,
+                DT: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                GROUP_M: tl.constexpr):
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
+    split = tl.program_id(1)
     rm = pid_m * BM + tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
-    j = tl.arange(0, 16)
-    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    mmask = rm < M
     nmask = rn < N
-    for c in range(0, tl.cdiv(K, 32)):
-        b = tl.load(p_ptr + rn[:, None] * RB + c * 16 + j[None, :], mask=nmask[:, None], other=0).to(tl.int32)
+    # BK weights = BK / 2 bytes per channel: byte jb of a step holds (low nibble) the weight at
+    # kl = 32 * (jb // 16) + jb % 16 and (high nibble) the one at kl + 16 (the 32-weight chunks)
+    jb = tl.arange(0, BK // 2)
+    kl = (jb // 16) * 32 + jb % 16
+    k_end = tl.minimum(K, (split + 1) * K_SPLIT)
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for k0 in range(split * K_SPLIT, k_end, BK):
+        k_lo = k0 + kl
+        k_hi = k_lo + 16
+        lo_ok = k_lo < k_end
+        hi_ok = k_hi < k_end
+        byte = tl.load(P + rn[:, None] * RB + k0 // 2 + jb[None, :], mask=nmask[:, None] & lo_ok[None, :],
+                       other=0).to(tl.int32)
         if NV:
-            s_lo = _e4m3(tl.load(s_ptr + rn * NBLK + 2 * c, mask=nmask, other=0).to(tl.int32))
-            hi_blk = tl.minimum(2 * c + 1, NBLK - 1)   # past K (K % 32 == 16) x_hi is masked to 0 anyway
-            s_hi = _e4m3(tl.load(s_ptr + rn * NBLK + hi_blk, mask=nmask, other=0).to(tl.int32))
+            s_lo = _e4m3(tl.load(Sc + rn[:, None] * NBLK + (k_lo // 16)[None, :], mask=nmask[:, None] & lo_ok[None, :],
+                                 other=0).to(tl.int32))
+            s_hi = _e4m3(tl.load(Sc + rn[:, None] * NBLK + (k_hi // 16)[None, :], mask=nmask[:, None] & hi_ok[None, :],
+                                 other=0).to(tl.int32))
         else:
-            s_lo = _e8m0(tl.load(s_ptr + rn * NBLK + c, mask=nmask, other=127).to(tl.int32))
+            s_lo = _e8m0(tl.load(Sc + rn[:, None] * NBLK + (k_lo // 32)[None, :], mask=nmask[:, None] & lo_ok[None, :],
+                                 other=127).to(tl.int32))
             s_hi = s_lo
-        w_lo = _e2m1(b & 15) * s_lo[:, None]
-        w_hi = _e2m1(b >> 4) * s_hi[:, None]
-        k_lo = c * 32 + j
-        k_hi = c * 32 + 16 + j
-        x_lo = tl.load(x_ptr + rm[:, None] * K + k_lo[None, :], mask=(rm[:, None] < M) & (k_lo[None, :] < K), other=0.0)
-        x_hi = tl.load(x_ptr + rm[:, None] * K + k_hi[None, :], mask=(rm[:, None] < M) & (k_hi[None, :] < K), other=0.0)
-        acc += tl.dot(x_lo, tl.trans(w_lo), input_precision="ieee")
-        acc += tl.dot(x_hi, tl.trans(w_hi), input_precision="ieee")
-    acc = acc * gscale
+        w_lo = (_e2m1(byte & 15) * s_lo).to(DT)
+        w_hi = (_e2m1(byte >> 4) * s_hi).to(DT)
+        x_lo = tl.load(X + rm[:, None] * K + k_lo[None, :], mask=mmask[:, None] & lo_ok[None, :], other=0.0)
+        x_hi = tl.load(X + rm[:, None] * K + k_hi[None, :], mask=mmask[:, None] & hi_ok[None, :], other=0.0)
+        acc = tl.dot(x_lo.to(DT), tl.trans(w_lo), acc, input_precision=PREC)
+        acc = tl.dot(x_hi.to(DT), tl.trans(w_hi), acc, input_precision=PREC)
+    y = acc * gscale
     if HAS_BIAS:
-        acc += tl.load(b_ptr + rn, mask=nmask, other=0.0)[None, :]
-    tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc, mask=(rm[:, None] < M) & nmask[None, :])
+        y += tl.load(B + rn, mask=nmask, other=0.0)[None, :]
+    tl.store(Y + split * M * N + rm[:, None] * N + rn[None, :], y, mask=mmask[:, None] & nmask[None, :])
+
+
+_fp4_tuner = Q.autotuned(_fp4_kernel, KEY)
+
+
+def fp4_smem(cfg, x_bytes):
+    BM, BN, BK, _, stages = cfg[:5]
+    # packed bytes and the (gathered) scale bytes are pipelined; the decoded tile is the operand
+    return Q.smem_bytes(BM, BN, BK, x_bytes, 0.5 + 1.0, stages, b_op_bytes=x_bytes)
 
 
 def fp4_linear(x, packed, scales, scale_kind, block, tensor_scale, bias):
     M, K = x.shape
     N = packed.shape[0]
-    y = torch.empty(M, N, device=x.device, dtype=torch.float32)
-    BM, BN = 16, 32
-    grid = (triton.cdiv(M, BM), triton.cdiv(N, BN))
-    _fp4_linear_kernel[grid](x, packed, scales, bias if bias is not None else y, y, M, N, K, packed.shape[1],
-                             scales.shape[1], float(tensor_scale.reshape(-1)[0]), NV=scale_kind == 1,
-                             HAS_BIAS=bias is not None, BM=BM, BN=BN)
-    return y
+    if M == 0 or N == 0:
+        return torch.zeros(M, N, dtype=torch.float32, device=x.device)
+    x, DT, PREC, xb = _x_and_policy(x)
+    b = bias.contiguous().float() if bias is not None else None
+    return Q.run_linear(_fp4_kernel, _fp4_tuner, (x, packed.contiguous(), scales.contiguous()),
+                        dict(NV=scale_kind == 1, DT=DT, PREC=PREC), b, x, N, K, lambda c: fp4_smem(c, xb), step=32,
+                        extra=(packed.shape[1], scales.shape[1], float(tensor_scale.reshape(-1)[0])))
 
 
 @triton.jit
-def _fp8_linear_kernel(x_ptr, c_ptr, s_ptr, b_ptr, y_ptr, M, N, K, E4M3: tl.constexpr, HAS_BIAS: tl.constexpr,
-                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+def _fp8_kernel(X, C, S, B, Y, M, N, K, K_SPLIT, MB, E4M3: tl.constexpr, NATIVE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                DT: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                GROUP_M: tl.constexpr):
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
+    split = tl.program_id(1)
     rm = pid_m * BM + tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
-    rk = tl.arange(0, BK)
+    mmask = rm < M
+    nmask = rn < N
+    k_end = tl.minimum(K, (split + 1) * K_SPLIT)
     acc = tl.zeros([BM, BN], dtype=tl.float32)
-    for k0 in range(0, K, BK):
-        kk = k0 + rk
-        c = tl.load(c_ptr + rn[:, None] * K + kk[None, :], mask=(rn[:, None] < N) & (kk[None, :] < K), other=0).to(tl.int32)
-        if E4M3:
-            w = _e4m3(c)
-        else:
-            w = _e5m2(c)
-        x = tl.load(x_ptr + rm[:, None] * K + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
-        acc += tl.dot(x, tl.trans(w), input_precision="ieee")
-    acc = acc * tl.load(s_ptr + rn, mask=rn < N, other=0.0)[None, :]
+    for k0 in range(split * K_SPLIT, k_end, BK):
+        kk = k0 + tl.arange(0, BK)
+        kmask = kk < k_end
+        c = tl.load(C + rn[None, :] * K + kk[:, None], mask=nmask[None, :] & kmask[:, None], other=0)
+        w = _fp8_values(c, E4M3, NATIVE).to(DT)
+        x = tl.load(X + rm[:, None] * K + kk[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
+        acc = tl.dot(x.to(DT), w, acc, input_precision=PREC)
+    y = acc * tl.load(S + rn, mask=nmask, other=0.0)[None, :]
     if HAS_BIAS:
-        acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0)[None, :]
-    tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
+        y += tl.load(B + rn, mask=nmask, other=0.0)[None, :]
+    tl.store(Y + split * M * N + rm[:, None] * N + rn[None, :], y, mask=mmask[:, None] & nmask[None, :])
+
+
+@triton.jit
+def _fp8_values(c, E4M3: tl.constexpr, NATIVE: tl.constexpr):
+    """uint8 codes -> their values (float32, or fp8 converted by hardware where NATIVE)."""
+    if NATIVE:
+        if E4M3:
+            v = c.to(tl.float8e4nv, bitcast=True)
+        else:
+            v = c.to(tl.float8e5, bitcast=True)
+    else:
+        if E4M3:
+            v = _e4m3(c.to(tl.int32))
+        else:
+            v = _e5m2(c.to(tl.int32))
+    return v
+
+
+_fp8_tuner = Q.autotuned(_fp8_kernel, KEY)
+
+
+def fp8_smem(cfg, x_bytes):
+    BM, BN, BK, _, stages = cfg[:5]
+    return Q.smem_bytes(BM, BN, BK, x_bytes, 1, stages, b_op_bytes=max(x_bytes, 1))
+
+
+def _native_fp8(device):
+    # hardware fp8 <-> float conversions (and fp8 tensor cores) from sm_89 (Ada, Hopper) on
+    return Q.cuda_capability(device) >= (8, 9)
 
 
 def fp8_linear(x, codes, scales, fmt, bias):
     M, K = x.shape
     N = codes.shape[0]
-    y = torch.empty(M, N, device=x.device, dtype=torch.float32)
-    BM, BN, BK = 16, 32, 32
-    grid = (triton.cdiv(M, BM), triton.cdiv(N, BN))
-    _fp8_linear_kernel[grid](x, codes, scales, bias if bias is not None else y, y, M, N, K, E4M3=fmt == "e4m3",
-                             HAS_BIAS=bias is not None, BM=BM, BN=BN, BK=BK)
-    return y
+    if M == 0 or N == 0:
+        return torch.zeros(M, N, dtype=torch.float32, device=x.device)
+    x, DT, PREC, xb = _x_and_policy(x)
+    b = bias.contiguous().float() if bias is not None else None
+    return Q.run_linear(_fp8_kernel, _fp8_tuner, (x, codes.contiguous(), scales.contiguous()),
+                        dict(E4M3=fmt == "e4m3", NATIVE=_native_fp8(x.device), DT=DT, PREC=PREC), b, x, N, K,
+                        lambda c: fp8_smem(c, xb))
+
+
+# ---------------- FP8 dynamic (float8 E4M3 weights per channel, activations per token) ----------------
+@triton.jit
+def _round_e4m3(v):
+    """float32 -> the nearest E4M3 value (ties to even), saturating at +-448: the quantum of the
+    binade 2^(e-3) (2^-9 below the smallest normal 2^-6) is built from exponent bits, so v / quantum
+    is exact and the rounding is the 1.5 * 2^23 trick. Equal to torch's float8_e4m3fn cast."""
+    a = tl.minimum(tl.abs(v), 448.0)
+    e = tl.maximum(((a.to(tl.int32, bitcast=True) >> 23) & 255) - 127, -6)
+    quantum = ((e - 3 + 127) << 23).to(tl.float32, bitcast=True)
+    inv = ((127 - (e - 3)) << 23).to(tl.float32, bitcast=True)
+    r = ((a * inv + 12582912.0) - 12582912.0) * quantum
+    return tl.where(v < 0, -r, r)
 
 
 @triton.jit
-def _ternary_kernel(xq_ptr, pos_ptr, neg_ptr, f_ptr, b_ptr, y_ptr, M, N, K, NW, HAS_BIAS: tl.constexpr,
-                    BM: tl.constexpr, BN: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+def _fp8_act_kernel(X, QX, SX, K, BLOCK_K: tl.constexpr):
+    """One program per row: sx = amax / 448 (1 for an all-zero row, NaN for a non-finite one),
+    qx = e4m3(x / sx) (0 in a non-finite row), stored in QX's dtype (exact: fp8, bf16 or fp32)."""
+    m = tl.program_id(0)
+    amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    bad = tl.zeros((BLOCK_K,), dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        offs = k0 + tl.arange(0, BLOCK_K)
+        a = tl.abs(tl.load(X + m * K + offs, mask=offs < K, other=0.0).to(tl.float32))
+        finite = a < float("inf")
+        bad = tl.maximum(bad, tl.where(finite, 0, 1))
+        amax = tl.maximum(amax, tl.where(finite, a, 0.0))
+    am = tl.max(amax, 0)
+    is_bad = tl.max(bad, 0) > 0
+    sx = tl.where(am > 0, tl.math.div_rn(am, 448.0), 1.0)
+    for k0 in range(0, K, BLOCK_K):
+        offs = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(X + m * K + offs, mask=offs < K, other=0.0).to(tl.float32)
+        q = _round_e4m3(tl.math.div_rn(x, sx))
+        q = tl.where(is_bad, 0.0, q)
+        tl.store(QX + m * K + offs, q.to(QX.dtype.element_ty), mask=offs < K)
+    tl.store(SX + m, tl.where(is_bad, float("nan"), sx))
+
+
+def quantize_activations_fp8(x, out_dtype=torch.float32):
+    """x (M, K) -> (qx (M, K) out_dtype holding E4M3 values, sx (M,) float32)."""
+    M, K = x.shape
+    qx = torch.empty(M, K, dtype=out_dtype, device=x.device)
+    sx = torch.empty(M, dtype=torch.float32, device=x.device)
+    if M > 0 and K > 0:
+        _fp8_act_kernel[(M,)](x.contiguous(), qx, sx, K, BLOCK_K=min(1024, triton.next_power_of_2(max(K, 16))))
+    return qx, sx
+
+
+@triton.jit
+def _fp8_dyn_kernel(QX, SX, C, S, B, Y, M, N, K, K_SPLIT, MB, FP8_DOT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    DT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
+    split = tl.program_id(1)
     rm = pid_m * BM + tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
-    j = tl.arange(0, 32)
+    mmask = rm < M
+    nmask = rn < N
+    k_end = tl.minimum(K, (split + 1) * K_SPLIT)
+    acc = tl.zeros([BM, BN], dtype=tl.float32)
+    for k0 in range(split * K_SPLIT, k_end, BK):
+        kk = k0 + tl.arange(0, BK)
+        kmask = kk < k_end
+        a = tl.load(QX + rm[:, None] * K + kk[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
+        c = tl.load(C + rn[None, :] * K + kk[:, None], mask=nmask[None, :] & kmask[:, None], other=0)
+        if FP8_DOT:
+            # fp8 x fp8 tensor cores (sm_89+), fp32 accumulation; the codes are the operand bits
+            acc = tl.dot(a, c.to(tl.float8e4nv, bitcast=True), acc)
+        else:
+            # products of two E4M3 values are exact in fp32; bf16 operands hold E4M3 values exactly
+            acc = tl.dot(a.to(DT), _e4m3(c.to(tl.int32)).to(DT), acc, input_precision="ieee")
+    sx = tl.load(SX + rm, mask=mmask, other=1.0)
+    sw = tl.load(S + rn, mask=nmask, other=0.0)
+    y = acc * (sx[:, None] * sw[None, :])
+    if HAS_BIAS:
+        y += tl.load(B + rn, mask=nmask, other=0.0)[None, :]
+    tl.store(Y + split * M * N + rm[:, None] * N + rn[None, :], y, mask=mmask[:, None] & nmask[None, :])
+
+
+_fp8_dyn_tuner = Q.autotuned(_fp8_dyn_kernel, KEY)
+
+
+def fp8_dynamic_linear(x, codes, scales, bias):
+    """y = (e4m3(x / sx) . e4m3 codes) * sx * s_w + bias, sx = amax(x_row) / 448 per token."""
+    M, K = x.shape
+    N = codes.shape[0]
+    if M == 0 or N == 0:
+        return torch.zeros(M, N, dtype=torch.float32, device=x.device)
+    fp8_dot = _native_fp8(x.device) and hasattr(torch, "float8_e4m3fn")
+    if fp8_dot:
+        qdt, DT, ab = torch.float8_e4m3fn, tl.float32, 1
+    elif x.is_cuda and not Q.interpreter():
+        qdt, DT, ab = torch.bfloat16, tl.bfloat16, 2
+    else:
+        qdt, DT, ab = torch.float32, tl.float32, 4
+    qx, sx = quantize_activations_fp8(x, qdt)
+    b = bias.contiguous().float() if bias is not None else None
+
+    def need(c):
+        BM, BN, BK, _, stages = c[:5]
+        return Q.smem_bytes(BM, BN, BK, ab, 1, stages, b_op_bytes=0 if fp8_dot else ab)
+    return Q.run_linear(_fp8_dyn_kernel, _fp8_dyn_tuner, (qx, sx, codes.contiguous(), scales.contiguous()),
+                        dict(FP8_DOT=fp8_dot, DT=DT), b, qx, N, K, need, step=32)
+
+
+# ---------------- ternary: int8 activations x {-1, 0, 1} on int8 tensor cores, exact int32 ----------------
+@triton.jit
+def _ternary_kernel(XQ, POS, NEG, F, B, Y, M, N, K, K_SPLIT, MB, NW, HAS_BIAS: tl.constexpr,
+                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    mmask = rm < M
+    nmask = rn < N
+    kk = tl.arange(0, BK)
+    bit = kk % 32
     acc = tl.zeros([BM, BN], dtype=tl.int32)
-    for w in range(0, NW):
-        p = tl.load(pos_ptr + rn * NW + w, mask=rn < N, other=0)
-        q = tl.load(neg_ptr + rn * NW + w, mask=rn < N, other=0)
-        t = (((p[:, None] >> j[None, :]) & 1) - ((q[:, None] >> j[None, :]) & 1)).to(tl.int8)   # (BN, 32)
-        kk = w * 32 + j
-        xq = tl.load(xq_ptr + rm[:, None] * K + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K), other=0)
-        acc += tl.dot(xq, tl.trans(t), out_dtype=tl.int32)
-    f = tl.load(f_ptr + rm, mask=rm < M, other=0.0)
+    for k0 in range(0, K, BK):   # BK % 32 == 0: a step covers BK / 32 whole words
+        widx = k0 // 32 + kk // 32
+        wm = nmask[:, None] & (widx < NW)[None, :]
+        p = tl.load(POS + rn[:, None] * NW + widx[None, :], mask=wm, other=0)
+        q = tl.load(NEG + rn[:, None] * NW + widx[None, :], mask=wm, other=0)
+        t = (((p >> bit[None, :]) & 1) - ((q >> bit[None, :]) & 1)).to(tl.int8)   # (BN, BK)
+        xq = tl.load(XQ + rm[:, None] * K + (k0 + kk)[None, :], mask=mmask[:, None] & ((k0 + kk) < K)[None, :], other=0)
+        acc = tl.dot(xq, tl.trans(t), acc, out_dtype=tl.int32)
+    f = tl.load(F + rm, mask=mmask, other=0.0)
     y = acc.to(tl.float32) * f[:, None]
     if HAS_BIAS:
-        y += tl.load(b_ptr + rn, mask=rn < N, other=0.0)[None, :]
-    tl.store(y_ptr + rm[:, None] * N + rn[None, :], y, mask=(rm[:, None] < M) & (rn[None, :] < N))
+        y += tl.load(B + rn, mask=nmask, other=0.0)[None, :]
+    tl.store(Y + rm[:, None] * N + rn[None, :], y, mask=mmask[:, None] & nmask[None, :])
+
+
+_ternary_tuner = Q.autotuned(_ternary_kernel, KEY)
+
+
+def ternary_smem(cfg):
+    BM, BN, BK, _, stages = cfg[:5]
+    # the gathered bit-plane words are loaded as (BN, BK) int32 x 2 (a word per k: cached reloads)
+    return Q.smem_bytes(BM, BN, BK, 1, 8, stages, b_op_bytes=1)
 
 
 def ternary_linear(x, pos, neg, wscale, bias):
     M, K = x.shape
     N, NW = pos.shape
+    if M == 0 or N == 0:
+        return torch.zeros(M, N, dtype=torch.float32, device=x.device)
     xq, step = ref.quantize_act_int8(x)           # per-token int8, same rule as the C++ kernel
     xq = xq.to(torch.int8).contiguous()
     f = (step * wscale.float()).contiguous()
-    y = torch.empty(M, N, device=x.device, dtype=torch.float32)
-    BM, BN = 16, 32
-    grid = (triton.cdiv(M, BM), triton.cdiv(N, BN))
-    _ternary_kernel[grid](xq, pos, neg, f, bias if bias is not None else y, y, M, N, K, NW,
-                          HAS_BIAS=bias is not None, BM=BM, BN=BN)
-    return y
+    b = bias.contiguous().float() if bias is not None else None
+    return Q.run_linear(_ternary_kernel, _ternary_tuner, (xq, pos.contiguous(), neg.contiguous(), f), {}, b, xq, N, K,
+                        ternary_smem, step=32, split_ok=False, extra=(NW,))
 
 
 # ---------------- embedding search: score tiles + running top-k over chunks of keys ----------------

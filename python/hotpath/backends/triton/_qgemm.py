@@ -1,0 +1,213 @@
+"""Launch planning shared by the quantized GEMM / GEMV and Hadamard kernels: the shared-memory
+budget of a launch configuration, the device's limit, the configuration lists (autotuned on a GPU,
+one fixed configuration in the interpreter) and the tensor-core precision policy.
+
+Shared memory of one program (bytes), what Triton allocates for a K loop feeding tl.dot:
+
+    loop  = num_stages * (BM * BK * a_bytes + BN * BK * b_load_bytes)      pipelined operand loads
+          + BN * BK * b_op_bytes                                            the weight tile dequantized
+                                                                            in registers, written once
+                                                                            in the dot-operand layout
+    total = max(loop, BM * BN * out_bytes)                                  the epilogue's layout change
+                                                                            reuses the loop's buffers
+
+b_op_bytes = 0 when the loaded tile feeds the dot as it is (no dequantization). A kernel without a
+K loop has num_stages = 1. The formula is deliberately an upper bound (Triton may keep one stage
+fewer); the untiled Hadamard kernel that failed on an H200 (issue 14: 278,528 B) is
+16 * 256 * 4 + 256 * 256 * 4 = 278,528 B by it, exactly.
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+DEFAULT_SMEM = 99 * 1024   # consumer GPUs (sm_86 / sm_89 / sm_120: 99 / 100 KB opt-in); interpreter
+_LIMITS = {}
+
+
+def interpreter():
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def smem_limit(device=None):
+    """Opt-in shared memory per block of `device` (bytes); DEFAULT_SMEM off CUDA or when unknown."""
+    if device is None or interpreter() or torch.device(device).type != "cuda":
+        return DEFAULT_SMEM
+    dev = torch.device(device)
+    idx = dev.index if dev.index is not None else torch.cuda.current_device()
+    if idx not in _LIMITS:
+        props = torch.cuda.get_device_properties(idx)
+        lim = getattr(props, "shared_memory_per_block_optin", None) or getattr(props, "shared_memory_per_block", None)
+        _LIMITS[idx] = int(lim) if lim else DEFAULT_SMEM
+    return _LIMITS[idx]
+
+
+def smem_bytes(BM, BN, BK, a_bytes, b_load_bytes, num_stages, b_op_bytes=0, out_bytes=4):
+    """Shared memory one program of a (BM, BN, BK) dot loop needs (see the module docstring)."""
+    loop = num_stages * (BM * BK * a_bytes + BN * BK * b_load_bytes) + BN * BK * b_op_bytes
+    return max(loop, BM * BN * out_bytes)
+
+
+def fits(need, limit):
+    return need <= limit
+
+
+def pick(configs, need, limit):
+    """The first configuration whose shared memory `need(cfg)` fits `limit` (configs in order of
+    preference, the last the smallest)."""
+    for cfg in configs:
+        if need(cfg) <= limit:
+            return cfg
+    raise RuntimeError(f"no launch configuration fits {limit} B of shared memory "
+                       f"(smallest needs {need(configs[-1])} B)")
+
+
+def cuda_capability(device):
+    if interpreter() or torch.device(device).type != "cuda":
+        return (0, 0)
+    return torch.cuda.get_device_capability(device)
+
+
+# ------------------------------------------------------------------ precision policy
+def compute_dtype(x):
+    """(tl dtype name of the dot operands, input_precision) for activations x.
+
+    bf16 / fp16 activations feed the tensor cores as they are (fp32 accumulation). float32
+    follows torch's switch: TF32 tensor cores when torch.backends.cuda.matmul.allow_tf32 is on
+    (set_float32_matmul_precision("high" / "medium")), IEEE fp32 otherwise and in the interpreter."""
+    if x.dtype == torch.bfloat16:
+        return "bf16", "ieee"
+    if x.dtype == torch.float16:
+        return "fp16", "ieee"
+    if x.is_cuda and not interpreter() and torch.backends.cuda.matmul.allow_tf32:
+        return "fp32", "tf32"
+    return "fp32", "ieee"
+
+
+# ------------------------------------------------------------------ configurations
+# (BM, BN, BK, num_warps, num_stages): prefill GEMM candidates, best-first; every format prunes
+# them by its shared-memory formula and the device limit before autotuning.
+GEMM_CONFIGS = [
+    (128, 128, 64, 8, 3),
+    (128, 64, 64, 4, 4),
+    (64, 128, 64, 4, 4),
+    (128, 128, 64, 8, 2),
+    (64, 64, 64, 4, 3),
+    (32, 64, 64, 4, 2),
+]
+# the one configuration the interpreter runs (small tiles: odd test shapes stay cheap)
+INTERP_GEMM = (16, 32, 64, 4, 1)
+DECODE_MAX_M = 8
+
+
+def gemm_configs(need, device):
+    """Autotune list: GEMM_CONFIGS that fit the device's shared memory (need(cfg) -> bytes)."""
+    if interpreter():
+        return [INTERP_GEMM]
+    lim = smem_limit(device)
+    ok = [c for c in GEMM_CONFIGS if need(c) <= lim]
+    return ok or [pick([INTERP_GEMM], need, lim)]
+
+
+def decode_config(N, K, need, device, BK=128):
+    """GEMV (M <= 8) launch: BM = 16 rows (tl.dot's minimum; the padding costs no memory traffic),
+    channel blocks narrow enough and split-K deep enough that about four programs per SM stream
+    the packed weight once. Returns (BM, BN, BK, num_warps, num_stages, split_k)."""
+    if interpreter():
+        return (16, 32, 64, 4, 1, 2 if K >= 256 else 1)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    BN = 64 if N >= 64 * 4 * sms else 32
+    n_blocks = triton.cdiv(N, BN)
+    split = 1
+    while n_blocks * split < 4 * sms and K // (split * 2) >= 4 * BK:
+        split *= 2
+    lim = smem_limit(device)
+    for stages in (4, 3, 2, 1):
+        cfg = (16, BN, BK, 4, stages)
+        if need(cfg) <= lim:
+            return cfg + (split,)
+    return pick([(16, 32, 64, 4, 1)], need, lim) + (split,)
+
+
+def autotuned(kernel, key):
+    """Wrap a @triton.jit kernel in triton.autotune whose configs come from the launch's META
+    (the wrapper is built per (format, device) by the launcher, so the list is already pruned)."""
+    cache = {}
+
+    def get(configs):
+        k = tuple(configs)
+        if k not in cache:
+            cfgs = [triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w, num_stages=s)
+                    for bm, bn, bk, w, s in configs]
+            cache[k] = triton.autotune(cfgs, key=key)(kernel)
+        return cache[k]
+    return get
+
+
+def m_bucket(M):
+    """Autotuning key for M: the next power of two (M itself would retune on every batch size)."""
+    return triton.next_power_of_2(max(int(M), 1))
+
+
+@triton.jit
+def grouped_tile(pid, M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+    """Program id -> (row tile, column tile), GROUP_M row tiles walking the columns together so
+    the weight tiles they share stay in L2."""
+    n_m = tl.cdiv(M, BM)
+    n_n = tl.cdiv(N, BN)
+    width = GROUP_M * n_n
+    first_m = (pid // width) * GROUP_M
+    rows = tl.minimum(n_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % rows
+    pid_n = (pid % width) // rows
+    return pid_m, pid_n
+
+
+def run_linear(kernel, tuner, fmt_args, fmt_consts, bias, x, N, K, need, step=16, fixed_bk=None, split_ok=True,
+               extra=()):
+    """Launch a quantized-linear kernel with the calling convention
+
+        kernel(*fmt_args, B, Y, M, N, K, K_SPLIT, MB, *extra, HAS_BIAS=, **fmt_consts, BM=, BN=, BK=, GROUP_M=)
+
+    Y is (SPLIT, M, N) float32: split s of the K range [s * K_SPLIT, (s + 1) * K_SPLIT) writes
+    Y[s]; the splits are summed here (deterministic, no atomics) and the bias added after.
+    Decode (M <= DECODE_MAX_M) and the interpreter get one planned configuration; prefill GEMMs
+    are autotuned over the configurations that fit the device's shared memory (need(cfg)).
+    fixed_bk: the K step the format's layout imposes (it replaces BK of every configuration)."""
+    M = x.shape[0]
+    dev = x.device
+
+    def fix(c):
+        return c if fixed_bk is None else (c[0], c[1], fixed_bk) + tuple(c[3:])
+
+    def need_fixed(c):
+        return need(fix(c))
+
+    b = bias if bias is not None else x
+    if M <= DECODE_MAX_M or interpreter():
+        if M <= DECODE_MAX_M:
+            BM, BN, BK, warps, stages, split = fix(decode_config(N, K, need_fixed, dev))
+        else:
+            BM, BN, BK, warps, stages = pick([fix(INTERP_GEMM)], need, smem_limit(dev))
+            split = 1
+        if not split_ok:
+            split = 1
+        k_split = triton.cdiv(triton.cdiv(K, split), max(BK, step)) * max(BK, step)
+        split = triton.cdiv(K, k_split)
+        y = torch.empty(split, M, N, dtype=torch.float32, device=dev)
+        grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN), split)
+        kernel[grid](*fmt_args, b, y, M, N, K, k_split, m_bucket(M), *extra, HAS_BIAS=bias is not None and split == 1,
+                     **fmt_consts, BM=BM, BN=BN, BK=BK, GROUP_M=8, num_warps=warps, num_stages=stages)
+        if split == 1:
+            return y[0]
+        out = y.sum(0)
+        return out if bias is None else out + bias
+    cfgs = [fix(c) for c in gemm_configs(need_fixed, dev)]
+    tuned = tuner(tuple(dict.fromkeys(cfgs)))
+    y = torch.empty(1, M, N, dtype=torch.float32, device=dev)
+
+    def grid(meta):
+        return (triton.cdiv(M, meta["BM"]) * triton.cdiv(N, meta["BN"]), 1)
+    tuned[grid](*fmt_args, b, y, M, N, K, K, m_bucket(M), *extra, HAS_BIAS=bias is not None, **fmt_consts, GROUP_M=8)
+    return y[0]

@@ -1,0 +1,150 @@
+"""Helpers of the GPU cases (`bench --device cuda`): precision switch, optional peers, HBM bandwidth.
+
+Not a benchmark family (the harness only collects bench_*.py). Nothing here touches CUDA at import.
+"""
+import contextlib
+import importlib
+
+import torch
+
+
+@contextlib.contextmanager
+def tf32(on):
+    """float32 matmuls on TF32 tensor cores (on) or in full fp32 (off), restored afterwards.
+
+    torch's own switch, which hotpath's float32 GPU kernels follow too: the same setting applies to
+    ours and to the peer in one comparison.
+    """
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if on else "highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def under_tf32(on, fn):
+    """fn run with TF32 on / off (kernels read the switch at launch; the harness syncs outside)."""
+    def run():
+        with tf32(on):
+            return fn()
+    return run
+
+
+def precision_label(on):
+    return "TF32" if on else "fp32, no TF32"
+
+
+def import_peer(*names):
+    """The first importable module of names, else None (a peer is optional; any import failure,
+    e.g. a wheel built for another torch, counts as absent)."""
+    for name in names:
+        try:
+            return importlib.import_module(name)
+        except Exception:
+            continue
+    return None
+
+
+def flash_sinkhorn_loss(device, **kw):
+    """flash-sinkhorn's SamplesLoss (package flash_sinkhorn; ot_triton in its older releases), or
+    (None, why)."""
+    if torch.device(device).type != "cuda":
+        return None, "flash-sinkhorn runs on CUDA only"
+    mod = import_peer("flash_sinkhorn", "ot_triton")
+    if mod is None:
+        return None, "flash-sinkhorn not installed"
+    try:
+        return mod.SamplesLoss("sinkhorn", **kw), None
+    except Exception as exc:  # an older release without one of the keywords
+        return None, f"flash-sinkhorn SamplesLoss({kw}) failed: {type(exc).__name__}: {exc}"
+
+
+def sz(h, n, multiple=1):
+    """A problem size of a GPU case. `h.shrink` (unset: 1) divides every size, keeping multiples:
+    tests dry-run the GPU cases on CPU tensors with tiny problems that way."""
+    s = getattr(h, "shrink", 1)
+    if s == 1:
+        return n
+    return max(multiple, min(n, 16), (int(n / s) // multiple) * multiple)
+
+
+_BANDWIDTH = {}
+
+
+def hbm_bandwidth(h, nbytes=2 << 30):
+    """Achieved HBM bandwidth (bytes/s) of a device-to-device copy, read + write traffic, measured
+    once per device and recorded as its own case; None when it failed."""
+    if h.device in _BANDWIDTH:
+        return _BANDWIDTH[h.device]
+    nbytes = sz(h, nbytes, 4)
+    src = torch.empty(nbytes // 4, device=h.device)
+    dst = torch.empty_like(src)
+    h.case(f"copy {nbytes >> 20} MB device to device (HBM bandwidth, read + write)", work=2 * nbytes, unit="B")
+    h.measure("torch copy_", lambda: dst.copy_(src))
+    r = h._case["impls"].get("torch copy_", {})
+    del src, dst
+    _BANDWIDTH[h.device] = 2 * nbytes / r["seconds"] if "seconds" in r else None
+    return _BANDWIDTH[h.device]
+
+
+def rel_diff(ours, other):
+    """max |ours - other| / max |other| over tensors (float64), a scalar."""
+    o, t = ours.detach().double(), other.detach().double()
+    return float((o - t).abs().max() / t.abs().max().clamp_min(1e-30))
+
+
+# Quantized linear layers (the quantization speed issue): K = 4096, N = 16384, decode GEMV M = 1
+# and prefill GEMM M = 4096, each format against bf16 / float32 F.linear.
+QUANT_K, QUANT_N, QUANT_M = 4096, 16384, 4096
+
+
+def quant_problem(h, seed=0):
+    """(w, x1, xm) float32 and their bf16 copies on h.device, sizes through sz()."""
+    g = torch.Generator(device=h.device).manual_seed(seed)
+    K, N, M = sz(h, QUANT_K, 256), sz(h, QUANT_N, 256), sz(h, QUANT_M, 16)
+    w = torch.randn(N, K, device=h.device, generator=g) * 0.02
+    x1 = torch.randn(1, K, device=h.device, generator=g)
+    xm = torch.randn(M, K, device=h.device, generator=g)
+    return {"w": w, "x1": x1, "xm": xm, "wb": w.bfloat16(), "x1b": x1.bfloat16(), "xmb": xm.bfloat16()}
+
+
+def quant_format_cases(h, name, cfg, p, gemv_target=None, gemm_target=None, bandwidth=None, int_mm=False):
+    """One format's GEMV and GEMM cases. hotpath is fed float32 activations (its layers compute in
+    float32 and return the input dtype); the baselines are bf16 and float32 (no TF32) F.linear, and
+    torch._int_mm on random int8 operands (the int8 tensor-core GEMM alone, no quantization)."""
+    import torch.nn.functional as F
+    w, x1, xm = p["w"], p["x1"], p["xm"]
+    N, K = w.shape
+    M = xm.shape[0]
+    try:
+        q = cfg.quantize_weight(w)
+    except Exception as exc:
+        h.case(f"{name} GEMV M=1 K={K} N={N}")
+        h.skip("hotpath", f"quantize_weight failed: {type(exc).__name__}: {str(exc)[:200]}")
+        return
+    wbytes = sum(t.numel() * t.element_size() for t in q.values() if torch.is_tensor(t))
+
+    h.case(f"{name} GEMV M=1 K={K} N={N}", work=wbytes, unit="B weights")
+    h.measure("hotpath", lambda: cfg.linear(x1, q, None))
+    h.measure("torch bf16 F.linear", lambda: F.linear(p["x1b"], p["wb"]))
+    h.measure("torch f32 F.linear", under_tf32(False, lambda: F.linear(x1, w)))
+    if gemv_target:
+        h.target("torch bf16 F.linear", gemv_target)
+        ours = h._case["impls"].get("hotpath", {})
+        if bandwidth and "seconds" in ours:
+            h.target_value(f"fraction of HBM bandwidth ({wbytes >> 20} MB of weights)",
+                           wbytes / ours["seconds"] / bandwidth, at_least=0.6)
+
+    h.case(f"{name} GEMM M={M} K={K} N={N}", work=2 * M * N * K, unit="flop")
+    h.measure("hotpath", lambda: cfg.linear(xm, q, None))
+    h.measure("torch bf16 F.linear", lambda: F.linear(p["xmb"], p["wb"]))
+    h.measure("torch f32 F.linear", under_tf32(False, lambda: F.linear(xm, w)))
+    if int_mm:
+        g = torch.Generator(device=h.device).manual_seed(1)
+        a8 = torch.randint(-127, 128, (M, K), device=h.device, dtype=torch.int8, generator=g)
+        b8 = torch.randint(-127, 128, (N, K), device=h.device, dtype=torch.int8, generator=g)
+        h.measure("torch._int_mm (int8 GEMM alone)", lambda: torch._int_mm(a8, b8.t()))
+    if gemm_target:
+        h.target("torch bf16 F.linear", gemm_target)
+    del q

@@ -1,0 +1,104 @@
+"""How a call finds its kernel: ops declared once without a backend argument, C++ kernels
+registered by dispatch key, one context-local preference that backward keeps."""
+import threading
+
+import pytest
+import torch
+
+import hotpath as hp
+from hotpath import backends
+from hotpath._ext import load_extension
+
+from conftest import HAS_CPP, assert_close
+
+# ops with a C++ CPU kernel (csrc/cpu/*.cpp): every declared op but the CUDA-only narrow kernel
+CPU_OPS = sorted(n for n in backends.OPS if n != "pairwise_lse_fwd_narrow")
+
+
+def test_no_schema_has_a_backend_argument():
+    import hotpath.backends.cuda.pairwise  # noqa: F401  (declares the CUDA-only op too)
+    assert len(backends.OPS) >= 29
+    for name, op in backends.OPS.items():
+        args = [a.name for a in op.overload._schema.arguments]
+        assert "backend" not in args, name
+
+
+@pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
+@pytest.mark.parametrize("name", CPU_OPS)
+def test_cpu_kernels_are_found_by_the_dispatcher(name):
+    load_extension()
+    # A test may ask the dispatcher directly; the library itself never does.
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"hotpath::{name}", "CPU"), name
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"hotpath::{name}", "CompositeExplicitAutograd"), name
+
+
+def test_preference_is_context_local_and_nests():
+    assert backends.current() == "auto"
+    with backends.prefer("reference"):
+        assert backends.current() == "reference"
+        with backends.prefer("auto"):  # a public function's default keeps the caller's choice
+            assert backends.current() == "reference"
+        with backends.prefer("cpu"):
+            assert backends.current() == "cpu"
+        assert backends.current() == "reference"
+    assert backends.current() == "auto"
+    seen = []
+    with backends.prefer("reference"):
+        t = threading.Thread(target=lambda: seen.append(backends.current()))
+        t.start()
+        t.join()
+    assert seen == ["auto"]  # other threads keep their own
+
+
+def test_environment_variable(monkeypatch):
+    monkeypatch.setenv("HOTPATH_BACKEND", "reference")
+    assert backends.current() == "reference"
+    monkeypatch.setenv("HOTPATH_BACKEND", "nonsense")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        backends.current()
+
+
+def test_bad_backend_names_the_argument():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        hp.pairwise_lse(torch.randn(3, 2), torch.randn(4, 2), backend="gpu")
+    with pytest.raises(ValueError, match="backend='cuda' needs CUDA tensors"):
+        hp.pairwise_lse(torch.randn(3, 2), torch.randn(4, 2), backend="cuda")
+
+
+def test_reference_preference_runs_the_default_kernel(monkeypatch):
+    op = backends.OPS["pairwise_lse_fwd"]
+    calls = []
+    default = op.default
+    monkeypatch.setattr(op, "default", lambda *a: calls.append(1) or default(*a))
+    x, y = torch.randn(5, 3), torch.randn(7, 3)
+    want = hp.pairwise_lse(x.double(), y.double())
+    got = hp.pairwise_lse(x, y, backend="reference")
+    assert calls, "backend='reference' did not reach the default kernel"
+    assert_close(got, want, torch.float32)
+
+
+def test_backward_runs_under_the_forward_preference(monkeypatch):
+    op = backends.OPS["pairwise_lse_bwd"]
+    seen = []
+    default = op.default
+    monkeypatch.setattr(op, "default", lambda *a: seen.append(backends.current()) or default(*a))
+    x = torch.randn(4, 3, requires_grad=True)
+    lse = hp.pairwise_lse(x, torch.randn(6, 3), backend="reference")
+    lse.sum().backward()  # outside the forward's context
+    assert seen == ["reference"]
+
+
+def test_float32_reference_gradients_are_float32_accurate():
+    """The reference's gradients are explicit (no autograd, no autocast inside an op): float32
+    equals float64 to float32 accuracy (it once came out of bfloat16 matmuls: 0.2754 vs 0.2774)."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(100, 3, generator=g), torch.randn(120, 3, generator=g)
+    theta = hp.ot.random_projections(3, 64, generator=g)
+    grads = {}
+    for dt in (torch.float32, torch.float64):
+        xd = x.detach().to(dt).requires_grad_(True)
+        val = hp.ot.sliced_wasserstein(xd, y.to(dt), projections=theta.to(dt), backend="reference")
+        val.backward()
+        grads[dt] = (val.detach(), xd.grad)
+    assert_close(grads[torch.float32][0], grads[torch.float64][0], torch.float32)
+    assert_close(grads[torch.float32][1], grads[torch.float64][1], torch.float32)

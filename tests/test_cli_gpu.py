@@ -1,0 +1,188 @@
+"""The GPU check command and the benchmark --device plumbing.
+
+Without CUDA `gpucheck` and `bench --device cuda` stop with status 2 and a message; the Harness
+records the device it ran on; a family declares the devices its cases are written for. The GPU
+cases of every family are dry-run on CPU tensors at tiny sizes (`h.shrink`): they are only timed
+on a GPU, but their code (peers, targets, value checks) must run anywhere.
+"""
+import importlib
+import json
+import os
+import sys
+import types
+
+import pytest
+import torch
+
+from hotpath import __main__ as cli
+from hotpath import _gpucheck
+from hotpath.benchmarks import harness
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def test_gpucheck_without_cuda_says_so_and_exits_2(no_cuda, tmp_path, capsys, monkeypatch):
+    started = []
+    monkeypatch.setattr(_gpucheck, "_tee", lambda *a, **k: started.append(a) or (0, 0.0))
+    out = tmp_path / "gc"
+    assert cli.main(["gpucheck", "--out", str(out)]) == 2
+    msg = capsys.readouterr().out
+    assert "no CUDA device" in msg and "nothing was run" in msg
+    assert not started and not out.exists()  # no child process, no records
+
+
+def test_bench_device_cuda_without_cuda_exits_2(no_cuda, tmp_path, capsys):
+    assert cli.main(["bench", "pairwise", "--device", "cuda", "--quick", "--out", str(tmp_path)]) == 2
+    assert "no CUDA device" in capsys.readouterr().out
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_bench_cli_passes_device_quick_out(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_main(names, quick=False, out="bench-results", device=None):
+        seen.update(names=names, quick=quick, out=out, device=device)
+        return 0
+    monkeypatch.setattr(harness, "main", fake_main)
+    assert cli.main(["bench", "pairwise", "ot", "--quick", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    assert seen == {"names": ["pairwise", "ot"], "quick": True, "out": str(tmp_path), "device": "cpu"}
+    assert cli.main(["bench"]) == 0 and seen["device"] == "cpu" and seen["quick"] is False
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--device", "tpu"])
+
+
+def test_gpucheck_cli_options(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(_gpucheck, "main", lambda **kw: seen.update(kw) or 0)
+    assert cli.main(["gpucheck", "--out", "d", "--full", "--keep-going", "--no-bench"]) == 0
+    assert seen == {"out": "d", "quick": False, "exitfirst": False, "tests": True, "bench": False, "tests_dir": None}
+
+
+def test_gpucheck_commands_and_environment(tmp_path, monkeypatch):
+    """What gpucheck would run: GPU-mode pytest of this repository's tests and bench --device cuda
+    --quick, in an environment that cannot push them back onto the interpreter or a forced backend."""
+    tests = _gpucheck.find_tests()
+    assert tests is not None and os.path.isfile(os.path.join(tests, "conftest.py"))
+    cmd = _gpucheck.pytest_command(tests, str(tmp_path))
+    assert cmd[:4] == [sys.executable, "-m", "pytest", tests] and "-x" in cmd and "-q" in cmd
+    assert "-x" not in _gpucheck.pytest_command(tests, str(tmp_path), exitfirst=False)
+    b = _gpucheck.bench_command(str(tmp_path))
+    assert b[1:] == ["-m", "hotpath", "bench", "--device", "cuda", "--out", str(tmp_path / "bench"), "--quick"]
+    assert "--quick" not in _gpucheck.bench_command(str(tmp_path), quick=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("HOTPATH_BACKEND", "reference")
+    env, dropped = _gpucheck.child_env()
+    assert "TRITON_INTERPRET" not in env and "HOTPATH_BACKEND" not in env
+    assert set(dropped) >= {"TRITON_INTERPRET", "HOTPATH_BACKEND"}
+    import hotpath
+    assert os.path.dirname(os.path.dirname(os.path.abspath(hotpath.__file__))) in env["PYTHONPATH"].split(os.pathsep)
+
+
+def test_gpucheck_tee_keeps_log_and_status(tmp_path, capsys):
+    log = tmp_path / "x.log"
+    rc, _ = _gpucheck._tee([sys.executable, "-c", "print('one'); print('two'); raise SystemExit(3)"], str(log),
+                           dict(os.environ))
+    assert rc == 3
+    assert "one\ntwo" in log.read_text() and "two" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_harness_records_device(device, tmp_path):
+    h = harness.Harness(quick=True, device=device, repeat=2)
+    h.family = "tiny"
+    a = torch.randn(64, 64, device=device)
+    h.case("matmul 64", work=64 ** 3, unit="MAC")
+    h.measure("ours", lambda: a @ a, value=lambda out: out.sum().item())
+    h.measure("theirs", lambda: (a.double() @ a.double()).float())
+    h.target("theirs", 1e-9)
+    h.save(str(tmp_path))
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["meta"]["device"] == device
+    r = res["cases"][0]["impls"]["ours"]
+    assert r["seconds"] > 0 and r["runs"] >= 1
+    assert res["targets"][0]["met"] is True
+    md = (tmp_path / "results.md").read_text()
+    if device == "cuda":
+        name = torch.cuda.get_device_name(0)
+        assert res["meta"]["gpu"] == name and f"GPU {name}" in md
+    else:
+        assert res["meta"]["gpu"] is None and "GPU" not in md.splitlines()[0]
+
+
+def _fake_family(monkeypatch, devices):
+    calls = []
+    mod = types.ModuleType("hotpath.benchmarks.bench_tinyfake")
+    if devices is not None:
+        mod.DEVICES = devices
+
+    def run(h, quick):
+        calls.append((h.device, quick))
+        x = torch.ones(8, device=h.device)
+        h.case("sum of 8")
+        h.measure("hotpath", lambda: x.sum())
+    mod.run = run
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    monkeypatch.setattr(harness, "families", lambda: ["tinyfake"])
+    monkeypatch.setattr(harness, "family_modules", lambda fam: ["bench_tinyfake"])
+    return calls
+
+
+def test_harness_main_runs_family_on_device(monkeypatch, tmp_path):
+    calls = _fake_family(monkeypatch, ("cpu", "cuda"))
+    assert harness.main(["tinyfake"], quick=True, out=str(tmp_path), device="cpu") == 0
+    assert calls == [("cpu", True)]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["meta"]["device"] == "cpu" and res["cases"][0]["family"] == "tinyfake"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+def test_harness_main_skips_cpu_only_family_on_cuda(monkeypatch, tmp_path):
+    calls = _fake_family(monkeypatch, None)  # no DEVICES: CPU cases only
+    assert harness.main(["tinyfake"], quick=True, out=str(tmp_path), device="cuda") == 0
+    assert calls == []
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert any("no cuda cases" in n for n in res["notes"])
+
+
+def test_every_family_has_gpu_cases():
+    """Each benchmark module declares cuda among its devices and has the run_cuda it dispatches to."""
+    for fam in harness.families():
+        for m in harness.family_modules(fam):
+            mod = importlib.import_module(f"hotpath.benchmarks.{m}")
+            devices = getattr(mod, "DEVICES", ("cpu",))
+            if "cuda" in devices:
+                assert callable(getattr(mod, "run_cuda", None)), m
+
+
+class _DryHarness(harness.Harness):
+    """Calls each measured function once (the code runs; nothing is timed)."""
+
+    def measure(self, impl, fn, *, repeat=None, value=None):
+        c = self._case
+        try:
+            out = fn()
+            if value is not None:
+                c.setdefault("values", {})[impl] = float(value(out))
+            c["impls"][impl] = {"seconds": 1e-3, "peak_mb": 1.0, "runs": 1}
+        except Exception as exc:
+            c["impls"][impl] = {"error": f"{type(exc).__name__}: {exc}"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["pairwise", "ot", "sliced", "contrastive", "quant"])
+def test_gpu_cases_dry_run_on_cpu(family):
+    """The GPU cases' code on CPU tensors at 1/1024 of their sizes (at least 16): every row runs,
+    a peer that is not installed (or needs CUDA) is skipped, never failed."""
+    h = _DryHarness(quick=True, device="cpu")
+    h.shrink = 1024
+    h.family = family
+    for m in harness.family_modules(family):
+        importlib.import_module(f"hotpath.benchmarks.{m}").run_cuda(h, True)
+    failed = [(c["case"], impl, r["error"]) for c in h.rows for impl, r in c["impls"].items() if "error" in r]
+    assert not failed
+    assert h.rows and h.targets
