@@ -83,6 +83,36 @@ def test_gpucheck_commands_and_environment(tmp_path, monkeypatch):
     assert os.path.dirname(os.path.dirname(os.path.abspath(hotpath.__file__))) in env["PYTHONPATH"].split(os.pathsep)
 
 
+@pytest.mark.parametrize("tests_rc,bench_rc,status", [(0, 0, 0), (1, 0, 1), (0, 1, 1)])
+def test_gpucheck_flow_and_status(tests_rc, bench_rc, status, tmp_path, monkeypatch):
+    """With CUDA (faked here): tests, then the benchmark even after a failed test; the exit status
+    and summary.json say what failed."""
+    ran = []
+
+    def fake_tee(cmd, log_path, env, cwd=None):
+        is_pytest = cmd[1:3] == ["-m", "pytest"]
+        ran.append("pytest" if is_pytest else "bench")
+        with open(log_path, "w") as f:
+            f.write("1 failed, 9 passed in 1.0s\n" if is_pytest and tests_rc else "10 passed in 1.0s\n")
+        return (tests_rc if is_pytest else bench_rc), 1.0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(_gpucheck, "_device_record", lambda: {"gpu": "Fake GPU", "capability": "sm_90",
+                                                               "memory_gib": 1.0, "torch": torch.__version__,
+                                                               "cuda": "13.0", "triton": "3.6.0"})
+    monkeypatch.setattr(_gpucheck, "_tee", fake_tee)
+    monkeypatch.setattr(_gpucheck.shutil, "which", lambda name: None)
+    assert _gpucheck.main(out=str(tmp_path)) == status
+    assert ran == ["pytest", "bench"]
+    rec = json.loads((tmp_path / "summary.json").read_text())
+    assert rec["device"]["gpu"] == "Fake GPU" and rec["exit"] == status
+    assert rec["tests"]["exit"] == tests_rc and rec["bench"]["exit"] == bench_rc
+    assert ("failed" in rec["tests"]["summary"]) == bool(tests_rc)
+    ran.clear()
+    assert _gpucheck.main(out=str(tmp_path), tests=False) == (1 if bench_rc else 0) and ran == ["bench"]
+    ran.clear()
+    assert _gpucheck.main(out=str(tmp_path), tests_dir=str(tmp_path / "nowhere")) == 2 and ran == ["bench"]
+
+
 def test_gpucheck_tee_keeps_log_and_status(tmp_path, capsys):
     log = tmp_path / "x.log"
     rc, _ = _gpucheck._tee([sys.executable, "-c", "print('one'); print('two'); raise SystemExit(3)"], str(log),
@@ -112,6 +142,28 @@ def test_harness_records_device(device, tmp_path):
         assert res["meta"]["gpu"] == name and f"GPU {name}" in md
     else:
         assert res["meta"]["gpu"] is None and "GPU" not in md.splitlines()[0]
+
+
+def test_harness_cuda_branches_with_stubbed_cuda(monkeypatch, tmp_path):
+    """The CUDA-only code of the harness (second warm-up, sub-millisecond calls timed in batches,
+    allocator peak, GPU name in the records) runs here with torch.cuda stubbed and CPU tensors."""
+    syncs = []
+    for name, fn in {"synchronize": lambda *a: syncs.append(1), "reset_peak_memory_stats": lambda *a: None,
+                     "memory_allocated": lambda *a: 0, "max_memory_allocated": lambda *a: 3 * 2**20,
+                     "empty_cache": lambda: None, "get_device_name": lambda *a: "Stub GPU"}.items():
+        monkeypatch.setattr(torch.cuda, name, fn)
+    h = harness.Harness(quick=True, device="cuda", repeat=3)  # a device name; nothing allocates on it
+    h.family = "tiny"
+    calls = []
+    h.case("tiny call")
+    h.measure("hotpath", lambda: calls.append(1))
+    r = h._case["impls"]["hotpath"]
+    assert "seconds" in r and r["peak_mb"] == 3.0
+    assert len(calls) > 2 + 3 + 1  # two warm-ups, then 3 timed batches of several calls, one memory run
+    assert syncs
+    h.save(str(tmp_path))
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["meta"]["gpu"] == "Stub GPU" and "GPU Stub GPU" in (tmp_path / "results.md").read_text()
 
 
 def _fake_family(monkeypatch, devices):

@@ -332,3 +332,12 @@ def test_pml_distance_objects():
                      C.triplet_loss(x, lab, distance=kind, normalize=norm, mining="batch_all"), torch.float64)
     with pytest.raises(ValueError, match="p=2"):
         C.supcon_loss(x, lab, distance=distances.LpDistance(p=1))
+
+
+def test_empty_reference_sets():
+    x, lab = torch.randn(3, 4), torch.tensor([0, 1, 1])
+    empty, none = torch.randn(0, 4), torch.zeros(0, dtype=torch.long)
+    for mining in ("batch_hard", "batch_all"):
+        loss, (a, p, n) = C.triplet_loss(x, lab, mining=mining, ref_emb=empty, ref_labels=none, return_triplets=True)
+        assert loss == 0 and a.numel() == 0
+    assert C.supcon_loss(x, lab, ref_emb=empty, ref_labels=none) == 0

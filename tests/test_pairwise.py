@@ -187,11 +187,11 @@ def test_noncontiguous_expanded_half_inputs():
 @pytest.mark.parametrize("metric", METRICS)
 def test_opcheck(metric):
     x, y, cb, v = _inputs(2, 5, 7, 3, 2, torch.float32)
-    torch.library.opcheck(ops.pairwise_lse_fwd, (x, y, cb, v, 0.5, metric))
-    torch.library.opcheck(ops.pairwise_lse_fwd, (x, y, None, None, 0.5, metric))
+    torch.library.opcheck(ops.pairwise_lse_fwd.overload, (x, y, cb, v, 0.5, metric))
+    torch.library.opcheck(ops.pairwise_lse_fwd.overload, (x, y, None, None, 0.5, metric))
     lse, out = ops.pairwise_lse_fwd(x, y, cb, v, 0.5, metric)
     for need_rows, need_cols in ((True, True), (True, False), (False, True)):
-        torch.library.opcheck(ops.pairwise_lse_bwd, (x, y, cb, v, lse, out, torch.ones_like(lse),
+        torch.library.opcheck(ops.pairwise_lse_bwd.overload, (x, y, cb, v, lse, out, torch.ones_like(lse),
                                                      torch.ones_like(out), 0.5, metric, need_rows, need_cols))
 
 

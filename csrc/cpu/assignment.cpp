@@ -17,13 +17,15 @@
 // AVX-512 hosts); float32 costs are widened on load, so every problem is solved in float64
 // arithmetic without an n x m float64 copy. maximize negates on load (no copy either).
 //
-// Batched problems (B, n, m) run one problem per task with at::parallel_for; errors are
-// recorded per problem and raised after the parallel region (ValueError, scipy's wording).
+// Batched problems (B, n, m) are handed to the threads one at a time (an atomic counter inside
+// one at::parallel_for region); errors are recorded per problem and raised after the parallel
+// region (ValueError, scipy's wording).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -125,6 +127,18 @@ struct ColumnSearch {
   template <typename Good>
   int find(double mu, Good good) const {
     int first = -1;
+#if defined(__AVX512F__)
+    const __m512d mv = _mm512_set1_pd(mu);
+    for (int k = 0; k < mp; k += W) {
+      unsigned eq = _mm512_cmp_pd_mask(_mm512_loadu_pd(&d[k]), mv, _CMP_EQ_OQ);
+      while (eq) {
+        const int j = k + __builtin_ctz(eq);
+        eq &= eq - 1;
+        if (good(j)) return j;
+        if (first < 0) first = j;
+      }
+    }
+#else
     const vf64 mv = splat(mu);
     for (int k = 0; k < mp; k += W) {
       const vi64 eq = ld(&d[k]) == mv;
@@ -138,6 +152,7 @@ struct ColumnSearch {
         if (first < 0) first = j;
       }
     }
+#endif
     return first;
   }
 
@@ -393,9 +408,12 @@ std::tuple<at::Tensor, at::Tensor> lsa_solve_cpu(const at::Tensor& C_in, bool ma
     const scalar_t* pc = C.data_ptr<scalar_t>();
     int64_t* pr = rows.data_ptr<int64_t>();
     int64_t* pk = cols.data_ptr<int64_t>();
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, std::min<int64_t>(B, at::get_num_threads()), 1, [&](int64_t, int64_t) {
       std::vector<scalar_t> tbuf;
-      for (int64_t b = b0; b < b1; ++b) {
+      // problems are handed out one at a time: their solve times vary, and a thread that the OS
+      // parks for a while must not hold back a fixed share of the batch
+      for (int64_t b; (b = next.fetch_add(1)) < B;) {
         const scalar_t* Cb = pc + b * (int64_t)n * m;
         int st = check_entries(Cb, (int64_t)n * m, maximize);
         if (st == kOk)
@@ -484,7 +502,7 @@ struct Simplex {
     }
   }
 
-  void pivot(int p, int q, double rc) {
+  bool pivot(int p, int q, double rc) {
     // join node
     int a = p, b = q;
     while (a != b) {
@@ -500,6 +518,7 @@ struct Simplex {
       if (up[w] && flow[w] < theta) { theta = flow[w]; leave = w; leave_u_side = true; }
     for (int w = q; w != join; w = parent[w])
       if (!up[w] && flow[w] <= theta) { theta = flow[w]; leave = w; leave_u_side = false; }
+    if (leave < 0) return false;  // no blocking arc: cannot happen with finite data; stop safely
     // push theta around the cycle
     if (theta > 0.0) {
       for (int w = p; w != join; w = parent[w]) flow[w] += up[w] ? -theta : theta;
@@ -527,6 +546,7 @@ struct Simplex {
       w = old_par;
     }
     refresh_subtree(x, leave_u_side ? -rc : rc);
+    return true;
   }
 
   int64_t solve(const double* a, const double* b, double* X, double* cost, double* uo, double* vo, int64_t max_iter) {
@@ -574,7 +594,7 @@ struct Simplex {
         }
       }
       if (bi < 0) break;  // no arc prices out: optimal
-      pivot(bi, n + bj, best);
+      if (!pivot(bi, n + bj, best)) break;
       ++iters;
     }
     // plan from the tree arcs between a row and a column
@@ -612,8 +632,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> emd_solve
   std::vector<int> status(B, kOk);
   AT_DISPATCH_FLOATING_TYPES(M.scalar_type(), "emd_solve", [&] {
     const scalar_t* pm = M.data_ptr<scalar_t>();
-    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t bb = b0; bb < b1; ++bb) {
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, std::min<int64_t>(B, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+      for (int64_t bb; (bb = next.fetch_add(1)) < B;) {
         const scalar_t* Mb = pm + bb * (int64_t)n * m;
         bool finite = true;
         for (int64_t k = 0; k < (int64_t)n * m; ++k) finite &= std::isfinite((double)Mb[k]);

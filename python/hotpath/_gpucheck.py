@@ -83,12 +83,13 @@ def _tee(cmd, log_path, env, cwd=None):
             log.write(f"could not start: {exc}\n")
             print(f"could not start {cmd[:3]}: {exc}", flush=True)
             return 127, 0.0
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            log.write(line)
-            log.flush()
-        rc = proc.wait()
+        with proc:
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                log.write(line)
+                log.flush()
+            rc = proc.wait()
     return rc, time.time() - t0
 
 
@@ -156,7 +157,8 @@ def main(out="gpucheck-results", quick=True, exitfirst=True, tests=True, bench=T
                 print("(pytest-timeout not installed: tests run without a per-test time limit)", flush=True)
             print(f"\n== tests (GPU mode): {' '.join(cmd)}", flush=True)
             rc, secs = _tee(cmd, os.path.join(out, "pytest.log"), env, cwd=os.path.dirname(tdir))
-            summary = _last_line(os.path.join(out, "pytest.log"), starts=(" passed", " failed", " error", "no tests ran"))
+            summary = _last_line(os.path.join(out, "pytest.log"),
+                                 starts=(" passed", " failed", " error", "no tests ran"))
             rec["tests"] = {"exit": rc, "seconds": round(secs, 1), "summary": summary, "command": cmd}
             if rc != 0:
                 status = 1

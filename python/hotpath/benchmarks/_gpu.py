@@ -4,6 +4,7 @@ Not a benchmark family (the harness only collects bench_*.py). Nothing here touc
 """
 import contextlib
 import importlib
+import warnings
 
 import torch
 
@@ -21,6 +22,17 @@ def tf32(on):
         yield
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def tf32_state():
+    """"on" / "off" for float32 matmuls on TF32 tensor cores; "unknown" where torch refuses to say
+    (it raises when the legacy and the new precision APIs were mixed)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return "on" if torch.get_float32_matmul_precision() != "highest" else "off"
+    except Exception:
+        return "unknown"
 
 
 def under_tf32(on, fn):

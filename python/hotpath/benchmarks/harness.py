@@ -238,7 +238,8 @@ class Harness:
                 tv = getattr(triton, "__version__", "?")
             except ImportError:
                 tv = None
-            out.update(cuda=torch.version.cuda, triton=tv, tf32=bool(torch.backends.cuda.matmul.allow_tf32))
+            from ._gpu import tf32_state
+            out.update(cuda=torch.version.cuda, triton=tv, tf32=tf32_state())
         return out
 
     def markdown(self):
@@ -328,8 +329,9 @@ def main(names, quick=False, out="bench-results", device=None):
     print(hotpath.info())
     h = Harness(quick=quick, device=device)
     if h.cuda:
-        print(f"GPU: {torch.cuda.get_device_name(device)}, float32 matmul precision "
-              f"{torch.get_float32_matmul_precision()!r} (TF32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'})")
+        from ._gpu import tf32_state
+        print(f"GPU: {torch.cuda.get_device_name(device)}, TF32 for float32 matmuls: {tf32_state()} "
+              "(cases marked 'fp32, no TF32' / 'TF32' set it themselves)")
     crashed = []
     for n in names:
         print(f"\n## {n}", flush=True)

@@ -113,6 +113,8 @@ def hard_triplets_dense(x, y, lab, rlab, exclude_self, kind):
     pos, neg = pair_masks(lab, rlab, exclude_self)
     has = pos.any(1) & neg.any(1)
     a = torch.nonzero(has).flatten()
+    if a.numel() == 0:  # argmax over an empty reference set is undefined: no triplet at all
+        return a, a, a, D.new_zeros(0), D.new_zeros(0)
     Dp = D.masked_fill(~pos, -float("inf"))[a]
     Dn = D.masked_fill(~neg, float("inf"))[a]
     p = _nan_first(Dp, largest=True)

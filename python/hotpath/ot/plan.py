@@ -7,6 +7,7 @@ no n x m); for p = 1 they go over row chunks of 256.
 import torch
 
 from .. import _validate as V
+from .._ops import pairwise as pairwise_ops
 from ..reference import ot as ref
 from .sinkhorn import SinkhornResult, _log_w
 
@@ -43,7 +44,7 @@ def _row_softmax_apply(result, X, Y, g, Vb):
     h = (_log_w(result.b) + g / eps).contiguous()
     if p == 2:
         c = Y.mean(1, keepdim=True)
-        return torch.ops.hotpath.pairwise_lse_fwd(X - c, Y - c, h, Vb, 1.0 / (2 * eps), "sqeuclidean", "auto")
+        return pairwise_ops.pairwise_lse_fwd(X - c, Y - c, h, Vb, 1.0 / (2 * eps), "sqeuclidean")
     lses, outs = [], []
     for i0 in range(0, X.shape[1], 256):
         s = h[:, None, :] - ref.cost_matrix(X[:, i0:i0 + 256], Y, 1) / eps

@@ -21,6 +21,8 @@ def prep_x(x, K):
     V.tensor("x", x, ndims=(2,))
     if x.shape[1] != K:
         raise ValueError(f"x must have {K} features (in_features), got shape {tuple(x.shape)}")
+    if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
+        return x.contiguous()  # the GPU kernels feed bf16 / fp16 activations to the tensor cores as they are
     return x.to(torch.float32).contiguous()
 
 

@@ -112,6 +112,8 @@ class _IntConfig(QuantConfig):
 
     @staticmethod
     def _x(x):
+        if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
+            return x.contiguous()  # the GPU kernels feed bf16 / fp16 activations to the tensor cores as they are
         return x.to(torch.float32).contiguous()
 
 

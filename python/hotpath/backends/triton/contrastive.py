@@ -1,6 +1,6 @@
 """Triton kernels of the contrastive family: tiles of rows against tiles of columns, scores by
-tl.dot, fused epilogues; no n x m buffer, no atomics (column-side gradients are a second launch
-with rows and columns swapped).
+tl.dot (the pairwise engine's precision policy: pairwise.dot_precision), fused epilogues; no
+n x m buffer, no atomics (column-side gradients are a second launch with rows and columns swapped).
 
   _lse_rows_kernel        online row log-sum-exp of scale * <x_i, y_j> (optionally j != i)
   _softmax_acc_kernel     acc_i = sum_j (ra_i e^{s_ij - rl_i} + ca_j e^{s_ij - cl_j}) y_j
@@ -8,129 +8,148 @@ with rows and columns swapped).
   _hard_mine_kernel       masked arg-max / arg-min of |y_j|^2 - 2<x_i, y_j> from label vectors
   _topk_kernel            exact streaming top-k: a (rows, k) register buffer merged with each tile
 
-Output accumulators over the feature dimension are split across a second grid axis (BLOCK_DO
-features per program) so register use stays bounded for d = 512 and more.
+Every score tile is computed once per (row block, column tile): a program owns a row block and
+all d output features. Up to ACC_REG_MAX features the (rows, d) accumulator lives in registers;
+wider features (CLIP's 512 - 1024) are accumulated 64 columns at a time into the output rows,
+which that program alone owns (read, add the tile's contribution, write back), after the score
+tile of the column block is formed. Exponentials run in base 2 with log2(e) folded into scale.
 """
 import torch
 import triton
 import triton.language as tl
 
+from .pairwise import (ACC_REG_MAX, LOG2E, _dots, _mma, _scal, acc_dtype, bucket, dot_precision, interpreting,
+                       pow2, prune, smem_limit, split, upcast)
 
-@triton.jit
-def _tile(X, Y, offs_m, offs_n, n, m, d, s_x, s_y,
-          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    dt = tl.float32 if X.dtype.element_ty != tl.float64 else tl.float64
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=dt)
-    for d0 in range(0, d, BLOCK_D):
-        offs_d = d0 + tl.arange(0, BLOCK_D)
-        a = tl.load(X + offs_m[:, None] * s_x + offs_d[None, :],
-                    mask=(offs_m[:, None] < n) & (offs_d[None, :] < d), other=0.0)
-        b = tl.load(Y + offs_n[:, None] * s_y + offs_d[None, :],
-                    mask=(offs_n[:, None] < m) & (offs_d[None, :] < d), other=0.0)
-        acc += tl.dot(a, tl.trans(b), input_precision="ieee")
-    return acc
+_LN2 = tl.constexpr(0.6931471805599453)
+_LOG2E = tl.constexpr(LOG2E)
 
 
 @triton.jit
-def _lse_rows_kernel(X, Y, LSE, n, m, d, scale, s_x, s_y, EXCL: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def _lse_rows_kernel(X, Y, LSE, n, m, d, s_hi, s_lo, s_x, s_y, n_bucket, m_bucket,
+                     EXCL: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr):
     pid = tl.program_id(0)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    dt = tl.float32 if X.dtype.element_ty != tl.float64 else tl.float64
+    dt = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
+    scale2 = _scal(s_hi, s_lo, dt)  # scale * log2(e)
     m_i = tl.full((BLOCK_M,), -float("inf"), dtype=dt)
     l_i = tl.zeros((BLOCK_M,), dtype=dt)
     for n0 in range(0, m, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        s = _tile(X, Y, offs_m, offs_n, n, m, d, s_x, s_y, BLOCK_M, BLOCK_N, BLOCK_D) * scale
+        s = _dots(X, Y, offs_m, offs_n, n, m, d, s_x, s_y, tl.zeros((BLOCK_M, BLOCK_N), dtype=dt),
+                  BLOCK_D, PREC, UPCAST) * scale2
         valid = offs_n[None, :] < m
         if EXCL:
             valid = valid & (offs_n[None, :] != offs_m[:, None])
         s = tl.where(valid, s, -float("inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
-        p = tl.exp(s - m_safe[:, None])
-        l_i = l_i * tl.exp(m_i - m_safe) + tl.sum(p, 1)
+        m_safe = tl.where(tl.abs(m_new) == float("inf"), 0.0, m_new)
+        l_i = l_i * tl.math.exp2(m_i - m_safe) + tl.sum(tl.math.exp2(s - m_safe[:, None]), 1)
         m_i = m_new
-    has = l_i > 0
-    lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), -float("inf"))
+    empty = l_i == 0
+    lse = tl.where(empty, -float("inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * _LN2)
     tl.store(LSE + offs_m, lse, mask=offs_m < n)
 
 
 @triton.jit
-def _softmax_acc_kernel(X, Y, RA, RL, CA, CL, ACC, n, m, d, scale, s_x, s_y, s_acc,
-                        HAS_R: tl.constexpr, HAS_C: tl.constexpr, EXCL: tl.constexpr,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                        BLOCK_DO: tl.constexpr):
+def _acc_tile(Y, ACC, w, acc, offs_m, offs_n, n, m, d, s_y, s_acc, ACC_REG: tl.constexpr, PREC: tl.constexpr,
+              UPCAST: tl.constexpr, BLOCK_DO: tl.constexpr):
+    """acc += w @ Y[offs_n] (registers, d <= BLOCK_DO), or the same added into ACC's rows
+    BLOCK_DO features at a time (the caller's program owns those rows)."""
+    offs_do = tl.arange(0, BLOCK_DO)
+    if ACC_REG:
+        yv = tl.load(Y + offs_n[:, None] * s_y + offs_do[None, :],
+                     mask=(offs_n[:, None] < m) & (offs_do[None, :] < d), other=0.0)
+        acc = _mma(w.to(yv.dtype), yv, acc, PREC, UPCAST)
+    else:
+        for c0 in range(0, d, BLOCK_DO):
+            od = c0 + offs_do
+            yv = tl.load(Y + offs_n[:, None] * s_y + od[None, :],
+                         mask=(offs_n[:, None] < m) & (od[None, :] < d), other=0.0)
+            ptr = ACC + offs_m[:, None] * s_acc + od[None, :]
+            msk = (offs_m[:, None] < n) & (od[None, :] < d)
+            tl.store(ptr, _mma(w.to(yv.dtype), yv, tl.load(ptr, mask=msk, other=0.0), PREC, UPCAST), mask=msk)
+    return acc
+
+
+@triton.jit
+def _softmax_acc_kernel(X, Y, RA, RL, CA, CL, ACC, n, m, d, s_hi, s_lo, s_x, s_y, s_acc, n_bucket, m_bucket,
+                        HAS_R: tl.constexpr, HAS_C: tl.constexpr, EXCL: tl.constexpr, ACC_REG: tl.constexpr,
+                        PREC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr):
     pid = tl.program_id(0)
-    pd = tl.program_id(1)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_do = pd * BLOCK_DO + tl.arange(0, BLOCK_DO)
-    dt = tl.float32 if X.dtype.element_ty != tl.float64 else tl.float64
+    dt = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
+    scale2 = _scal(s_hi, s_lo, dt)
     acc = tl.zeros((BLOCK_M, BLOCK_DO), dtype=dt)
     if HAS_R:
-        ra = tl.load(RA + offs_m, mask=offs_m < n, other=0.0)
-        rl = tl.load(RL + offs_m, mask=offs_m < n, other=0.0)
+        ra = tl.load(RA + offs_m, mask=offs_m < n, other=0.0).to(dt)
+        rl = tl.load(RL + offs_m, mask=offs_m < n, other=0.0).to(dt)
         r_ok = rl != -float("inf")  # a row with every entry masked has weight 0
-        rl = tl.where(r_ok, rl, 0.0)
+        rl = tl.where(r_ok, rl, 0.0) * _LOG2E
     for n0 in range(0, m, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        s = _tile(X, Y, offs_m, offs_n, n, m, d, s_x, s_y, BLOCK_M, BLOCK_N, BLOCK_D) * scale
+        s = _dots(X, Y, offs_m, offs_n, n, m, d, s_x, s_y, tl.zeros((BLOCK_M, BLOCK_N), dtype=dt),
+                  BLOCK_D, PREC, UPCAST) * scale2
         valid = (offs_n[None, :] < m) & (offs_m[:, None] < n)
         if EXCL:
             valid = valid & (offs_n[None, :] != offs_m[:, None])
         w = tl.zeros((BLOCK_M, BLOCK_N), dtype=dt)
         if HAS_R:
-            w += tl.where(r_ok[:, None], ra[:, None] * tl.exp(s - rl[:, None]), 0.0)
+            w += tl.where(r_ok[:, None], ra[:, None] * tl.math.exp2(s - rl[:, None]), 0.0)
         if HAS_C:
-            ca = tl.load(CA + offs_n, mask=offs_n < m, other=0.0)
-            cl = tl.load(CL + offs_n, mask=offs_n < m, other=0.0)
+            ca = tl.load(CA + offs_n, mask=offs_n < m, other=0.0).to(dt)
+            cl = tl.load(CL + offs_n, mask=offs_n < m, other=0.0).to(dt)
             c_ok = cl != -float("inf")
-            w += tl.where(c_ok[None, :], ca[None, :] * tl.exp(s - tl.where(c_ok, cl, 0.0)[None, :]), 0.0)
+            w += tl.where(c_ok[None, :], ca[None, :] * tl.math.exp2(s - (tl.where(c_ok, cl, 0.0) * _LOG2E)[None, :]),
+                          0.0)
         w = tl.where(valid, w, 0.0)
-        yv = tl.load(Y + offs_n[:, None] * s_y + offs_do[None, :],
-                     mask=(offs_n[:, None] < m) & (offs_do[None, :] < d), other=0.0)
-        acc += tl.dot(w.to(yv.dtype), yv, input_precision="ieee")
-    tl.store(ACC + offs_m[:, None] * s_acc + offs_do[None, :], acc,
-             mask=(offs_m[:, None] < n) & (offs_do[None, :] < d))
-
-
-@triton.jit
-def _siglip_kernel(X, Y, RSUM, ACC, n, m, d, scale, bias, s_x, s_y, s_acc, GRAD: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr):
-    pid = tl.program_id(0)
-    pd = tl.program_id(1)
-    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_do = pd * BLOCK_DO + tl.arange(0, BLOCK_DO)
-    dt = tl.float32 if X.dtype.element_ty != tl.float64 else tl.float64
-    rs = tl.zeros((BLOCK_M,), dtype=dt)
-    acc = tl.zeros((BLOCK_M, BLOCK_DO), dtype=dt)
-    for n0 in range(0, m, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        z = _tile(X, Y, offs_m, offs_n, n, m, d, s_x, s_y, BLOCK_M, BLOCK_N, BLOCK_D) * scale + bias
-        valid = (offs_n[None, :] < m) & (offs_m[:, None] < n)
-        e = tl.exp(-tl.abs(z))
-        if GRAD:
-            q = 1.0 / (1.0 + e)
-            w = tl.where(valid, tl.where(z >= 0, q, e * q), 0.0)
-            rs += tl.sum(w, 1)
-            yv = tl.load(Y + offs_n[:, None] * s_y + offs_do[None, :],
-                         mask=(offs_n[:, None] < m) & (offs_do[None, :] < d), other=0.0)
-            acc += tl.dot(w.to(yv.dtype), yv, input_precision="ieee")
-        else:
-            rs += tl.sum(tl.where(valid, tl.maximum(z, 0.0) + tl.log(1.0 + e), 0.0), 1)
-    if pd == 0:
-        tl.store(RSUM + offs_m, rs, mask=offs_m < n)
-    if GRAD:
+        acc = _acc_tile(Y, ACC, w, acc, offs_m, offs_n, n, m, d, s_y, s_acc, ACC_REG, PREC, UPCAST, BLOCK_DO)
+    if ACC_REG:
+        offs_do = tl.arange(0, BLOCK_DO)
         tl.store(ACC + offs_m[:, None] * s_acc + offs_do[None, :], acc,
                  mask=(offs_m[:, None] < n) & (offs_do[None, :] < d))
 
 
 @triton.jit
-def _hard_mine_kernel(X, NRM, LAB, PI, NI, n, d, s_x,
+def _siglip_kernel(X, Y, RSUM, ACC, n, m, d, s_hi, s_lo, b_hi, b_lo, s_x, s_y, s_acc, n_bucket, m_bucket,
+                   GRAD: tl.constexpr, ACC_REG: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr):
+    pid = tl.program_id(0)
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    dt = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
+    scale = _scal(s_hi, s_lo, dt)
+    bias = _scal(b_hi, b_lo, dt)
+    rs = tl.zeros((BLOCK_M,), dtype=dt)
+    acc = tl.zeros((BLOCK_M, BLOCK_DO), dtype=dt)
+    for n0 in range(0, m, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        z = _dots(X, Y, offs_m, offs_n, n, m, d, s_x, s_y, tl.zeros((BLOCK_M, BLOCK_N), dtype=dt),
+                  BLOCK_D, PREC, UPCAST) * scale + bias
+        valid = (offs_n[None, :] < m) & (offs_m[:, None] < n)
+        e = tl.math.exp2(-tl.abs(z) * _LOG2E)   # in (0, 1]: never overflows
+        if GRAD:
+            q = 1.0 / (1.0 + e)
+            w = tl.where(valid, tl.where(z >= 0, q, e * q), 0.0)   # sigmoid(z)
+            rs += tl.sum(w, 1)
+            acc = _acc_tile(Y, ACC, w, acc, offs_m, offs_n, n, m, d, s_y, s_acc, ACC_REG, PREC, UPCAST, BLOCK_DO)
+        else:   # softplus(z) = max(z, 0) + log(1 + e^{-|z|})
+            rs += tl.sum(tl.where(valid, tl.maximum(z, 0.0) + tl.log2(1.0 + e) * _LN2, 0.0), 1)
+    tl.store(RSUM + offs_m, rs, mask=offs_m < n)
+    if GRAD:
+        if ACC_REG:
+            offs_do = tl.arange(0, BLOCK_DO)
+            tl.store(ACC + offs_m[:, None] * s_acc + offs_do[None, :], acc,
+                     mask=(offs_m[:, None] < n) & (offs_do[None, :] < d))
+
+
+@triton.jit
+def _hard_mine_kernel(X, NRM, LAB, PI, NI, n, d, s_x, PREC: tl.constexpr, UPCAST: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid = tl.program_id(0)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    dt = tl.float32 if X.dtype.element_ty != tl.float64 else tl.float64
+    dt = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
     li = tl.load(LAB + offs_m, mask=offs_m < n, other=-1)
     pb = tl.full((BLOCK_M,), -float("inf"), dtype=dt)
     nb = tl.full((BLOCK_M,), float("inf"), dtype=dt)
@@ -138,8 +157,9 @@ def _hard_mine_kernel(X, NRM, LAB, PI, NI, n, d, s_x,
     ni = tl.full((BLOCK_M,), -1, dtype=tl.int64)
     for n0 in range(0, n, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
-        s = _tile(X, X, offs_m, offs_n, n, n, d, s_x, s_x, BLOCK_M, BLOCK_N, BLOCK_D)
-        nrm = tl.load(NRM + offs_n, mask=offs_n < n, other=0.0)
+        s = _dots(X, X, offs_m, offs_n, n, n, d, s_x, s_x, tl.zeros((BLOCK_M, BLOCK_N), dtype=dt),
+                  BLOCK_D, PREC, UPCAST)
+        nrm = tl.load(NRM + offs_n, mask=offs_n < n, other=0.0).to(dt)
         lj = tl.load(LAB + offs_n, mask=offs_n < n, other=-1)
         v = nrm[None, :] - 2.0 * s
         inb = offs_n[None, :] < n
@@ -164,10 +184,11 @@ def _hard_mine_kernel(X, NRM, LAB, PI, NI, n, d, s_x,
 
 @triton.jit
 def _topk_kernel(Q, K, VALS, IDX, n, m, d, s_q, s_k, KTOP: tl.constexpr, K_PAD: tl.constexpr,
+                 PREC: tl.constexpr, UPCAST: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid = tl.program_id(0)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    dt = tl.float32 if Q.dtype.element_ty != tl.float64 else tl.float64
+    dt = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
     kcols = tl.arange(0, K_PAD)
     ncols = tl.arange(0, BLOCK_N)
     bv = tl.full((BLOCK_M, K_PAD), -float("inf"), dtype=dt)
@@ -175,8 +196,10 @@ def _topk_kernel(Q, K, VALS, IDX, n, m, d, s_q, s_k, KTOP: tl.constexpr, K_PAD: 
     filled = 0
     for n0 in range(0, m, BLOCK_N):
         offs_n = n0 + ncols
-        s = _tile(Q, K, offs_m, offs_n, n, m, d, s_q, s_k, BLOCK_M, BLOCK_N, BLOCK_D)
-        tv = tl.where(offs_n[None, :] < m, s, -float("inf"))
+        s = _dots(Q, K, offs_m, offs_n, n, m, d, s_q, s_k, tl.zeros((BLOCK_M, BLOCK_N), dtype=dt),
+                  BLOCK_D, PREC, UPCAST)
+        # a NaN score reads as -inf (it never hides a larger score of its tile)
+        tv = tl.where((offs_n[None, :] < m) & (s == s), s, -float("inf"))
         # skip the merge when no row of the block has a score above its current k-th value
         kth = tl.max(tl.where(kcols[None, :] == KTOP - 1, bv, -float("inf")), 1)
         need = tl.max((tl.max(tv, 1) > kth).to(tl.int32), 0) > 0
@@ -203,10 +226,73 @@ def _topk_kernel(Q, K, VALS, IDX, n, m, d, s_q, s_k, KTOP: tl.constexpr, K_PAD: 
     tl.store(IDX + offs_m[:, None] * KTOP + kcols[None, :], bi, mask=mask)
 
 
+# -- configs -----------------------------------------------------------------------------------------
+
+def _cfg(bm, bn, bd, w, s):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd}, num_warps=w, num_stages=s)
+
+
+# (rows, cols, dot chunk, warps, stages); 64-128 wide tiles, pruned by the shared-memory estimate
+_CONFIGS = [_cfg(128, 64, 64, 8, 2), _cfg(64, 128, 64, 8, 2), _cfg(128, 128, 64, 8, 2), _cfg(64, 64, 64, 4, 3),
+            _cfg(128, 64, 32, 8, 3), _cfg(64, 64, 32, 4, 2)]
+_INTERP = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_D": 16}   # several tiles and chunks even at tiny sizes
+
+
+def _need(c, nbytes, bdo):
+    """Shared memory of one config: pipelined x and y chunks of the score dot plus the y tile of
+    the accumulation dot (bdo = 0 without one)."""
+    bm, bn, bd = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_D"]
+    return (c.num_stages * (bm + bn) * bd + bn * bdo) * nbytes
+
+
+def _early_prune(configs, nargs, **kw):
+    x = nargs["X"]
+    bdo = kw.get("BLOCK_DO", 0) if (kw.get("GRAD", True) and (kw.get("HAS_R", True) or kw.get("HAS_C", True))) else 0
+    return prune(configs, lambda c: _need(c, x.element_size(), bdo), smem_limit(x.device))
+
+
+_KEY = ["d", "n_bucket", "m_bucket"]
+
+
+def _tune(kernel, zero=None):
+    # kernels that add into ACC (wide d) must start every timing run from zeros
+    return triton.autotune(configs=_CONFIGS, key=_KEY, reset_to_zero=zero,
+                           prune_configs_by={"early_config_prune": _early_prune})(kernel)
+
+
+_lse_rows_tuned = _tune(_lse_rows_kernel)
+_softmax_acc_tuned = _tune(_softmax_acc_kernel, ["ACC"])
+_siglip_tuned = _tune(_siglip_kernel, ["ACC"])
+
+
+def _launch(plain, tuned, n, *args, **kw):
+    """One fixed small config under the interpreter (it cannot time), autotuned on a GPU."""
+    if interpreting():
+        plain[(triton.cdiv(n, _INTERP["BLOCK_M"]),)](*args, **kw, **_INTERP)
+    else:
+        tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_M"]),)](*args, **kw)
+
+
+def _fixed(dtype, device, bm, bn, stages=2):
+    """One config for the kernels without autotuning (mining, top-k), fitted to shared memory."""
+    if interpreting():
+        return dict(_INTERP), {}
+    nbytes = torch.empty(0, dtype=dtype).element_size()
+    for bd in (64, 32, 16):
+        if stages * (bm + bn) * bd * nbytes <= smem_limit(device):
+            break
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd}, {"num_warps": 8 if bm * bn >= 8192 else 4,
+                                                           "num_stages": stages}
+
+
+def _acc_width(d):
+    """(BLOCK_DO, ACC_REG): the padded feature width in registers when narrow, else 64-column
+    passes through the output rows."""
+    D = pow2(d)
+    return (D, True) if D <= ACC_REG_MAX else (64, False)
+
+
 # -- launchers ---------------------------------------------------------------------------------------
-
-_BM, _BN, _BD, _BDO = 32, 32, 32, 64
-
 
 def _prep(*ts):
     return tuple(None if t is None else t.contiguous() for t in ts)
@@ -215,42 +301,54 @@ def _prep(*ts):
 def lse_rows(x, y, scale, exclude_diag):
     x, y = _prep(x, y)
     n, m, d = x.shape[0], y.shape[0], x.shape[1]
-    out = torch.full((n,), -float("inf"), dtype=x.dtype, device=x.device)
+    at = acc_dtype(x.dtype)
+    out = torch.full((n,), -float("inf"), dtype=at, device=x.device)
     if n == 0 or m == 0:
-        return out
-    _lse_rows_kernel[(triton.cdiv(n, _BM),)](x, y, out, n, m, d, float(scale), x.stride(0), y.stride(0),
-                                             EXCL=bool(exclude_diag), BLOCK_M=_BM, BLOCK_N=_BN, BLOCK_D=_BD)
-    return out
+        return out.to(x.dtype)
+    y = y.to(x.dtype)
+    s_hi, s_lo = split(float(scale) * LOG2E)
+    _launch(_lse_rows_kernel, _lse_rows_tuned, n, x, y, out, n, m, d, s_hi, s_lo, x.stride(0), y.stride(0),
+            bucket(n), bucket(m), EXCL=bool(exclude_diag), PREC=dot_precision(x.dtype), UPCAST=upcast(x.dtype),
+            BLOCK_DO=0)
+    return out.to(x.dtype)
 
 
 def softmax_acc(x, y, scale, ra, rl, ca, cl, exclude_diag):
     x, y, ra, rl, ca, cl = _prep(x, y, ra, rl, ca, cl)
     n, m, d = x.shape[0], y.shape[0], y.shape[1]
-    acc = torch.zeros(n, d, dtype=x.dtype, device=x.device)
+    at = acc_dtype(x.dtype)
+    acc = torch.zeros(n, d, dtype=at, device=x.device)
     has_r, has_c = ra is not None, ca is not None
     if n == 0 or m == 0 or not (has_r or has_c):
-        return acc
+        return acc.to(x.dtype)
+    y = y.to(x.dtype)
     dummy = acc.new_zeros(1)
-    grid = (triton.cdiv(n, _BM), triton.cdiv(d, _BDO))
-    _softmax_acc_kernel[grid](x, y, ra if has_r else dummy, rl if has_r else dummy, ca if has_c else dummy,
-                              cl if has_c else dummy, acc, n, m, d, float(scale), x.stride(0), y.stride(0),
-                              acc.stride(0), HAS_R=has_r, HAS_C=has_c, EXCL=bool(exclude_diag),
-                              BLOCK_M=_BM, BLOCK_N=_BN, BLOCK_D=_BD, BLOCK_DO=_BDO)
-    return acc
+    bdo, acc_reg = _acc_width(d)
+    s_hi, s_lo = split(float(scale) * LOG2E)
+    _launch(_softmax_acc_kernel, _softmax_acc_tuned, n,
+            x, y, ra if has_r else dummy, rl if has_r else dummy, ca if has_c else dummy,
+            cl if has_c else dummy, acc, n, m, d, s_hi, s_lo, x.stride(0), y.stride(0), acc.stride(0),
+            bucket(n), bucket(m), HAS_R=has_r, HAS_C=has_c, EXCL=bool(exclude_diag), ACC_REG=acc_reg,
+            PREC=dot_precision(x.dtype), UPCAST=upcast(x.dtype), BLOCK_DO=bdo)
+    return acc.to(x.dtype)
 
 
 def _siglip(x, y, scale, bias, grad):
     x, y = _prep(x, y)
     n, m, d = x.shape[0], y.shape[0], y.shape[1]
-    rs = torch.zeros(n, dtype=x.dtype, device=x.device)
-    acc = torch.zeros(n, d if grad else 0, dtype=x.dtype, device=x.device)
+    at = acc_dtype(x.dtype)
+    rs = torch.zeros(n, dtype=at, device=x.device)
+    acc = torch.zeros(n, d if grad else 0, dtype=at, device=x.device)
     if n == 0 or m == 0:
-        return rs, acc
-    grid = (triton.cdiv(n, _BM), triton.cdiv(d, _BDO) if grad else 1)
-    _siglip_kernel[grid](x, y, rs, acc if grad else rs, n, m, d, float(scale), float(bias), x.stride(0), y.stride(0),
-                         acc.stride(0) if grad else 0, GRAD=bool(grad), BLOCK_M=_BM, BLOCK_N=_BN, BLOCK_D=_BD,
-                         BLOCK_DO=_BDO)
-    return rs, acc
+        return rs.to(x.dtype), acc.to(x.dtype)
+    y = y.to(x.dtype)
+    bdo, acc_reg = _acc_width(d) if grad else (16, True)
+    s_hi, s_lo = split(scale)
+    b_hi, b_lo = split(bias)
+    _launch(_siglip_kernel, _siglip_tuned, n, x, y, rs, acc if grad else rs, n, m, d, s_hi, s_lo, b_hi, b_lo,
+            x.stride(0), y.stride(0), acc.stride(0) if grad else 0, bucket(n), bucket(m), GRAD=bool(grad),
+            ACC_REG=acc_reg, PREC=dot_precision(x.dtype), UPCAST=upcast(x.dtype), BLOCK_DO=bdo)
+    return rs.to(x.dtype), acc.to(x.dtype)
 
 
 def siglip_rows(x, y, scale, bias):
@@ -269,9 +367,11 @@ def hard_mine(x, labels):
     ni = torch.full((n,), -1, dtype=torch.long, device=x.device)
     if n == 0:
         return pi, ni
-    nrm = x.pow(2).sum(1).contiguous()
-    _hard_mine_kernel[(triton.cdiv(n, _BM),)](x, nrm, labels, pi, ni, n, d, x.stride(0),
-                                              BLOCK_M=_BM, BLOCK_N=_BN, BLOCK_D=_BD)
+    nrm = x.to(acc_dtype(x.dtype)).pow(2).sum(1).contiguous()
+    blk, opts = _fixed(x.dtype, x.device, 64, 64)
+    _hard_mine_kernel[(triton.cdiv(n, blk["BLOCK_M"]),)](x, nrm, labels, pi, ni, n, d, x.stride(0),
+                                                         PREC=dot_precision(x.dtype), UPCAST=upcast(x.dtype),
+                                                         **blk, **opts)
     return pi, ni
 
 
@@ -284,14 +384,19 @@ def topk(q, keys, k):
     if k > _TOPK_MAX:
         from hotpath.reference.contrastive import topk_chunked
         return topk_chunked(q, keys, k)
-    vals = torch.empty(n, k, dtype=q.dtype, device=q.device)
+    at = acc_dtype(q.dtype)
+    vals = torch.empty(n, k, dtype=at, device=q.device)
     idx = torch.empty(n, k, dtype=torch.long, device=q.device)
     if n == 0:
-        return vals, idx
-    _topk_kernel[(triton.cdiv(n, 16),)](q, keys, vals, idx, n, m, d, q.stride(0), keys.stride(0), KTOP=k,
-                                        K_PAD=max(16, triton.next_power_of_2(k)), BLOCK_M=16, BLOCK_N=_BN,
-                                        BLOCK_D=_BD)
-    return vals, idx
+        return vals.to(q.dtype), idx
+    keys = keys.to(q.dtype)
+    # wide key tiles: the k-way merge runs only for tiles that beat some row's k-th value
+    blk, opts = _fixed(q.dtype, q.device, 32, 128)
+    _topk_kernel[(triton.cdiv(n, blk["BLOCK_M"]),)](q, keys, vals, idx, n, m, d, q.stride(0), keys.stride(0),
+                                                    KTOP=k, K_PAD=max(16, triton.next_power_of_2(k)),
+                                                    PREC=dot_precision(q.dtype), UPCAST=upcast(q.dtype),
+                                                    **blk, **opts)
+    return vals.to(q.dtype), idx
 
 
 def lse_sweep(x, y, scale, want_col, exclude_diag):

@@ -63,8 +63,8 @@ KEY = ["MB", "N", "K"]
 
 
 def _x_and_policy(x):
-    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        x = x.float()
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or Q.interpreter():
+        x = x.float()   # the interpreter's bf16 / fp16 tl.dot is wrong: it computes in float32
     dt, prec = Q.compute_dtype(x)
     return x.contiguous(), _TL[dt], prec, _BYTES[dt]
 

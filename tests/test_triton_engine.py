@@ -1,0 +1,274 @@
+"""The Triton kernels of the pairwise engine, the contrastive family and OT, called directly
+(launcher = op kernel) against the float64 references; the precision policy; the shared-memory
+estimate of every tile config. On CPU they run through the interpreter (small odd shapes); in GPU
+mode (conftest) the same tests run compiled on CUDA tensors."""
+import math
+
+import pytest
+import torch
+
+from conftest import GPU_MODE, HAS_TRITON, assert_close
+
+pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton not installed")
+
+if HAS_TRITON:
+    from hotpath.backends.triton import contrastive as TC
+    from hotpath.backends.triton import ot as TO
+    from hotpath.backends.triton import pairwise as TP
+from hotpath._ops import contrastive as OC
+from hotpath.reference import contrastive as RC
+from hotpath.reference import ot as RO
+from hotpath.reference import pairwise as RP
+
+DEV = "cuda" if GPU_MODE else "cpu"
+KB99 = 99 * 1024
+
+
+def _rand(*shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+
+def _close(got, want, dtype, mag=1.0, extra=1.0):
+    """Tolerance of the compute dtype, scaled by the magnitude of the quantity."""
+    assert_close(got.cpu(), want.cpu(), dtype, scale=extra * max(1.0, mag))
+
+
+# -- pairwise engine -----------------------------------------------------------------------------------
+
+PW_SHAPES = [(1, 1, 3, 1, 0), (3, 17, 33, 3, 2), (1, 33, 17, 64, 3), (3, 3, 17, 33, 1), (1, 17, 1, 16, 0)]
+
+
+@pytest.mark.parametrize("metric", ["dot", "sqeuclidean"])
+@pytest.mark.parametrize("B,n,m,d,k", PW_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pairwise_fwd_bwd(metric, B, n, m, d, k, dtype):
+    x, y, cb = _rand(B, n, d, seed=1), _rand(B, m, d, seed=2), _rand(B, m, seed=3)
+    cb[:, ::3] = -math.inf                    # masked columns, including the only one at m = 1
+    v = _rand(B, m, k, seed=4) if k else None
+    scale = 0.5 / math.sqrt(d)
+    rl, ro = RP.pairwise_lse_fwd(x, y, cb, v, scale, metric)
+    to = lambda t: None if t is None else t.to(DEV, dtype)  # noqa: E731
+    lse, out = TP.pairwise_lse_fwd(to(x), to(y), to(cb), to(v), scale, metric)
+    mag = rl[torch.isfinite(rl)].abs().max().item() if torch.isfinite(rl).any() else 1.0
+    _close(lse, rl, dtype, mag)
+    if k:
+        _close(out, torch.nan_to_num(ro), dtype, extra=4.0)
+    gl, go = _rand(B, n, seed=5), (_rand(B, n, k, seed=6) if k else None)
+    want = RP.pairwise_lse_bwd(x, y, cb, v, rl, ro, gl, go, scale, metric)
+    got = TP.pairwise_lse_bwd(to(x), to(y), to(cb), to(v), to(rl), to(ro), to(gl), to(go), scale, metric)
+    for g, w in zip(got, want):
+        if w is not None:
+            _close(g, torch.nan_to_num(w), dtype, mag, extra=20.0)
+
+
+def test_pairwise_skips_passes():
+    x, y = _rand(2, 5, 3).to(DEV, torch.float32), _rand(2, 7, 3, seed=1).to(DEV, torch.float32)
+    lse, _ = TP.pairwise_lse_fwd(x, y, None, None, 1.0, "dot")
+    gl = torch.ones_like(lse)
+    gx, gy, _, _ = TP.pairwise_lse_bwd(x, y, None, None, lse, None, gl, None, 1.0, "dot", True, False)
+    assert (gy == 0).all() and (gx != 0).any()
+    gx, gy, _, _ = TP.pairwise_lse_bwd(x, y, None, None, lse, None, gl, None, 1.0, "dot", False, True)
+    assert (gx == 0).all() and (gy != 0).any()
+
+
+@pytest.mark.parametrize("scale", [1e-4, 50.0])
+def test_pairwise_extreme_scale(scale):
+    x, y = _rand(1, 17, 3), _rand(1, 33, 3, seed=1)
+    for metric in ("dot", "sqeuclidean"):
+        rl, _ = RP.pairwise_lse_fwd(x, y, None, None, scale, metric)
+        lse, _ = TP.pairwise_lse_fwd(x.to(DEV), y.to(DEV), None, None, scale, metric)
+        _close(lse, rl, torch.float64, rl.abs().max().item())
+        lse32, _ = TP.pairwise_lse_fwd(x.to(DEV, torch.float32), y.to(DEV, torch.float32), None, None, scale, metric)
+        _close(lse32, rl, torch.float32, rl.abs().max().item())
+
+
+def test_pairwise_nan_and_inf_rows():
+    x, y = _rand(1, 4, 3), _rand(1, 6, 3, seed=1)
+    x[0, 1, 0] = math.nan
+    cb = torch.zeros(1, 6, dtype=torch.float64)
+    cb[0, 2] = math.inf
+    lse, out = TP.pairwise_lse_fwd(x.to(DEV), y.to(DEV), cb.to(DEV), y.to(DEV), 1.0, "dot")
+    assert torch.isnan(lse[0, 1]) and torch.isnan(out[0, 1]).all()
+    assert torch.isposinf(lse[0, [0, 2, 3]]).all() and (out[0, [0, 2, 3]] == 0).all()
+
+
+@pytest.mark.parametrize("metric", ["dot", "sqeuclidean"])
+def test_pairwise_bf16_inputs(metric):
+    """bf16 tiles on the tensor cores, float32 statistics: within bf16 tolerance of float64 on the
+    same (rounded) inputs, relative to the score magnitude."""
+    x, y, cb = _rand(2, 17, 33), _rand(2, 33, 33, seed=1), _rand(2, 33, seed=2)
+    cb[:, 1] = -math.inf
+    xb, yb = x.to(torch.bfloat16), y.to(torch.bfloat16)
+    v = _rand(2, 33, 2, seed=3)
+    rl, ro = RP.pairwise_lse_fwd(xb.double(), yb.double(), cb, v.to(torch.bfloat16).double(), 0.2, metric)
+    lse, out = TP.pairwise_lse_fwd(xb.to(DEV), yb.to(DEV), cb.float().to(DEV), v.to(DEV, torch.bfloat16), 0.2, metric)
+    assert lse.dtype == torch.bfloat16
+    _close(lse, rl, torch.bfloat16, rl.abs().max().item())
+    _close(out, ro, torch.bfloat16, extra=2.0)
+
+
+def test_precision_policy(monkeypatch):
+    assert TP.dot_precision(torch.float64) == "ieee"
+    assert TP.dot_precision(torch.bfloat16) == "ieee"   # 16-bit tiles use the tensor cores anyway
+    if not GPU_MODE:
+        assert TP.dot_precision(torch.float32) == "ieee"   # the interpreter's only fp32 mode
+    monkeypatch.setattr(TP, "interpreting", lambda: False)
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert TP.dot_precision(torch.float32) == "ieee"
+        torch.set_float32_matmul_precision("high")
+        assert TP.dot_precision(torch.float32) == "tf32"
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
+def test_scalars_keep_float64():
+    hi, lo = TP.split(1 / 3)
+    assert abs((hi + lo) - 1 / 3) < 1e-15
+    assert TP.split(math.inf) == (math.inf, 0.0)
+
+
+def test_tile_configs_fit_shared_memory():
+    """Every autotune list keeps at least one config within 99 KB (consumer GPUs) by the by-hand
+    estimate for 16- and 32-bit inputs, and the pruning (by the device limit, before launch) keeps
+    only those; float64 keeps its smallest config at worst."""
+    for nbytes in (2, 4, 8):
+        for d in (1, 3, 16, 33, 64, 128, 129, 512, 1024):
+            BD, one_d = TP._width(d)
+            for k in (0, 3, 64):
+                kw = {"BLOCK_D": BD, "BLOCK_K": TP.pow2(k), "HAS_V": k > 0, "ONE_D": one_d}
+                bwd = lambda c: TP.smem_need(c.kwargs["BLOCK_R"], c.kwargs["BLOCK_C"], BD,  # noqa: E731
+                                             kw["BLOCK_K"] if k else 0, c.num_stages, nbytes, one_d)
+                fwd = lambda c: TP._fwd_need(c, nbytes, kw)  # noqa: E731
+                for cfgs, need in ((TP._CONFIGS_NARROW, fwd), (TP._CONFIGS_WIDE, fwd),
+                                   (TP._BWD_CONFIGS_NARROW, bwd), (TP._BWD_CONFIGS_WIDE, bwd)):
+                    if (cfgs in (TP._CONFIGS_NARROW, TP._BWD_CONFIGS_NARROW)) != (d <= 16):
+                        continue
+                    kept = TP.prune(cfgs, need, KB99)
+                    assert kept
+                    if nbytes <= 4:
+                        assert all(need(c) <= KB99 for c in kept), (nbytes, d, k)
+            bdo, _ = TC._acc_width(d)
+            kept = TP.prune(TC._CONFIGS, lambda c: TC._need(c, nbytes, bdo), KB99)
+            assert kept and (nbytes == 8 or all(TC._need(c, nbytes, bdo) <= KB99 for c in kept))
+
+
+# -- contrastive ---------------------------------------------------------------------------------------
+
+CT_SHAPES = [(1, 3, 1), (17, 33, 16), (33, 17, 3), (3, 1, 64)]
+
+
+@pytest.mark.parametrize("n,m,d", CT_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_contrastive_kernels(n, m, d, dtype):
+    x, y = _rand(n, d), _rand(m, d, seed=1)
+    X, Y = x.to(DEV, dtype), y.to(DEV, dtype)
+    for excl in (False, True):
+        a, b = TC.lse_sweep(X, Y, 2.5, True, excl)
+        ra, rb = OC.lse_sweep.default(x, y, 2.5, True, excl)
+        _close(a, ra, dtype, 10.0)
+        _close(b, rb, dtype, 10.0)
+        g, gc = _rand(n, seed=2), _rand(m, seed=3)
+        if n == m or not excl:
+            acc = TC.softmax_acc(X, Y, 2.5, g.to(DEV, dtype), ra.to(DEV, dtype), None, None, excl)
+            _close(acc, OC.softmax_acc.default(x, y, 2.5, g, ra, None, None, excl), dtype, extra=10.0)
+        acc = TC.softmax_acc(Y, X, 2.5, None, None, g.to(DEV, dtype), ra.to(DEV, dtype), False)
+        _close(acc, OC.softmax_acc.default(y, x, 2.5, None, None, g, ra, False), dtype, extra=10.0)
+    rs = TC.siglip_rows(X, Y, 3.0, -2.0)
+    want = RC.siglip_rows(x, y, 3.0, -2.0)
+    _close(rs, want, dtype, want.abs().max().item())
+    acc, rsum = TC.siglip_acc(X, Y, 3.0, -2.0)
+    wa, wr = RC.siglip_rows_bwd(x, y, 3.0, -2.0)
+    _close(acc, wa, dtype, extra=10.0)
+    _close(rsum, wr, dtype, extra=10.0)
+    labels = torch.arange(n) % 3
+    pi, ni = TC.hard_mine(X, labels.to(DEV))
+    rpi, rni = RC.hard_mine(x, labels)
+    assert torch.equal(pi.cpu(), rpi) and torch.equal(ni.cpu(), rni)
+    k = min(5, m + 2)
+    v, i = TC.topk(X, Y, k)
+    rv, ri = RC.topk_chunked(x, y, k)
+    assert torch.equal(i.cpu(), ri)
+    _close(torch.where(ri >= 0, v.cpu().double(), 0.0), torch.where(ri >= 0, rv, 0.0), dtype, 10.0)
+
+
+def test_contrastive_wide_features_accumulate_in_place():
+    """d > ACC_REG_MAX: the (rows, d) accumulator is read, added to and written back in 64-wide
+    column passes, once per key tile."""
+    d = TC.ACC_REG_MAX + 37
+    x, y = _rand(17, d) / 8, _rand(33, d, seed=1) / 8
+    X, Y = x.to(DEV, torch.float32), y.to(DEV, torch.float32)
+    ra, _ = OC.lse_sweep.default(x, y, 1.0, False, False)
+    g = _rand(17, seed=2)
+    acc = TC.softmax_acc(X, Y, 1.0, g.to(DEV, torch.float32), ra.to(DEV, torch.float32), None, None, False)
+    _close(acc, OC.softmax_acc.default(x, y, 1.0, g, ra, None, None, False), torch.float32, extra=10.0)
+    acc, rsum = TC.siglip_acc(X, Y, 2.0, 0.5)
+    wa, wr = RC.siglip_rows_bwd(x, y, 2.0, 0.5)
+    _close(acc, wa, torch.float32, extra=10.0)
+
+
+def test_contrastive_bf16_inputs():
+    x, y = _rand(17, 64) / 4, _rand(33, 64, seed=1) / 4
+    xb, yb = x.to(torch.bfloat16), y.to(torch.bfloat16)
+    X, Y = xb.double(), yb.double()
+    a, b = TC.lse_sweep(xb.to(DEV), yb.to(DEV), 4.0, True, False)
+    ra, rb = OC.lse_sweep.default(X, Y, 4.0, True, False)
+    _close(a, ra, torch.bfloat16, ra.abs().max().item())
+    g = _rand(17, seed=2)
+    acc = TC.softmax_acc(xb.to(DEV), yb.to(DEV), 4.0, g.to(DEV, torch.float32), ra.to(DEV, torch.float32),
+                         None, None, False)
+    _close(acc, OC.softmax_acc.default(X, Y, 4.0, g, ra, None, None, False), torch.bfloat16, extra=2.0)
+    v, i = TC.topk(xb.to(DEV), yb.to(DEV), 3)
+    rv, _ = RC.topk_chunked(X, Y, 3)
+    _close(v, rv, torch.bfloat16, rv.abs().max().item())
+
+
+# -- optimal transport ---------------------------------------------------------------------------------
+
+OT_SHAPES = [(1, 1, 3, 1), (3, 17, 33, 3), (1, 33, 17, 16)]
+
+
+@pytest.mark.parametrize("B,n,m,d", OT_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ot_softmins(B, n, m, d, dtype):
+    x, y = _rand(B, n, d), _rand(B, m, d, seed=1)
+    C = RO.cost_matrix(x, y, 2)
+    h, h1 = _rand(B, m, seed=2), _rand(B, n, seed=3)
+    h[:, ::4] = -math.inf
+    for eps in (0.05, 3.0):
+        want = RO.softmin_dense(C, h, eps, 2)
+        _close(TO.softmin_dense(C.to(DEV, dtype), h.to(DEV, dtype), eps, 2), want, dtype, want.abs().max().item())
+        want = RO.softmin_dense(C, h1, eps, 1)
+        _close(TO.softmin_dense(C.to(DEV, dtype), h1.to(DEV, dtype), eps, 1), want, dtype, want.abs().max().item())
+        for p in (1, 2):
+            f, U = TO.softmin_points(x.to(DEV, dtype), y.to(DEV, dtype), h.to(DEV, dtype), eps, p, True)
+            rf, rU = RO.softmin_points(x, y, h, eps, p, True)
+            _close(f, rf, dtype, rf.abs().max().item())
+            _close(U, rU, dtype, extra=10.0 / eps)
+
+
+@pytest.mark.parametrize("B,n,m", [(1, 1, 3), (3, 17, 33), (2, 33, 17)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rho", [0.0, 2.0])
+def test_sinkhorn_alternating(B, n, m, dtype, rho):
+    x, y = _rand(B, n, 2), _rand(B, m, 2, seed=1)
+    C = RO.cost_matrix(x, y, 2)
+    a = torch.rand(B, n, generator=torch.Generator().manual_seed(2), dtype=torch.float64).log()
+    b = torch.rand(B, m, generator=torch.Generator().manual_seed(3), dtype=torch.float64).log()
+    b[:, 1] = -math.inf                        # a zero weight
+    f0 = _rand(B, n, seed=4)
+    rr = (rho if rho > 0 else None, 1.5 * rho if rho > 0 else None)
+    for max_iter, tol, every in ((40, 1e-4, 1), (23, 0.0, 5), (40, 1e-2, 3), (0, 1e-3, 1)):
+        got = TO.sinkhorn_alternating(C.to(DEV, dtype), a.to(DEV, dtype), b.to(DEV, dtype), 0.5, rho, 1.5 * rho,
+                                      max_iter, tol, every, f0.to(DEV, dtype))
+        want = RO.sinkhorn_alternating(C, a, b, 0.5, rr[0], rr[1], max_iter, tol, every, f0)
+        assert got[2].dtype == torch.int64 and got[2].shape == (B,) and got[3].shape == (B,)
+        assert torch.equal(got[2].cpu(), want[2])
+        _close(got[0], want[0], dtype, extra=5.0)
+        _close(got[1], want[1], dtype, extra=5.0)
+        if max_iter:
+            _close(got[3], want[3], dtype, extra=5.0)
+        else:
+            assert torch.isposinf(got[3]).all()
