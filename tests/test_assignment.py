@@ -1,6 +1,8 @@
 """Linear sum assignment, minibatch couplings and balanced assignment (hotpath.ot.assignment):
 scipy / lap cross-checks on random, tied, rectangular and adversarial costs, the reference on
 small sizes, batched == looped, dtype rule, numpy in / out, opcheck, bad input."""
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -65,7 +67,7 @@ def _check_against_scipy(C, maximize, backend="auto", dtype=torch.float64):
 @pytest.mark.parametrize("shape", [(1, 1), (3, 3), (59, 59), (97, 97), (3, 59), (59, 3), (97, 60)])
 @pytest.mark.parametrize("maximize", [False, True])
 def test_lsa_matches_scipy(kind, shape, maximize):
-    rng = np.random.default_rng(hash((kind, shape, maximize)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((kind, shape, maximize)).encode()))
     C = _make(kind, *shape, rng)
     if kind == "forbidden" and maximize:
         C = np.where(np.isinf(C), -np.inf, C)

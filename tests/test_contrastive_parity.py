@@ -88,6 +88,27 @@ def test_pairwise_lse_infinite_inputs_match_reference(backend):
 
 
 @pytest.mark.parametrize("backend", backend_param())
+def test_contrastive_lse_sweep_infinite_scores_match_reference(backend):
+    # rows and columns holding +inf scores used to come out NaN from the C++ sweep
+    from hotpath._ops import contrastive as ops
+    torch.manual_seed(1)
+    x, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(7, 3, dtype=torch.float64)
+    y[2, 0] = -INF          # column 2: +inf or -inf scores by the sign of x[:, 0]
+    x[4] = torch.tensor([0.5, 0.5, 0.5])
+    x[1, 1] = NAN           # row 1 and every column: NaN
+    for xs in (x, x[[0, 2, 3, 4]]):
+        s = 0.7 * xs @ y.T
+        with hp.backends.prefer(backend):
+            lr, lc = ops.lse_sweep(xs.contiguous(), y, 0.7, True, False)
+        torch.testing.assert_close(lr, torch.logsumexp(s, 1), equal_nan=True)
+        torch.testing.assert_close(lc, torch.logsumexp(s, 0), equal_nan=True)
+    q, k = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    k[0, 0] = -INF
+    out = C.info_nce(q, k, temperature=0.5, reduction="none", backend=backend)
+    torch.testing.assert_close(out, torch.logsumexp(q @ k.T / 0.5, 1) - (q * k).sum(1) / 0.5, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", backend_param())
 def test_pairwise_lse_infinite_with_values(backend):
     y = torch.randn(40, 3, dtype=torch.float64).abs()
     x = torch.randn(3, 3, dtype=torch.float64)

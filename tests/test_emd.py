@@ -1,6 +1,8 @@
 """Exact optimal transport hp.ot.emd / emd2: POT cross-checks (plan cost to 1e-9, duals and
 gradients), the reference on small sizes, batched == looped, gradcheck, dtype / numpy rules,
 POT's mass rule and bad input."""
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -43,7 +45,7 @@ def _check_plan(G, a, b, M, cost_ref):
 @pytest.mark.parametrize("kind", ["weighted", "uniform", "zeros", "integer", "huge"])
 @pytest.mark.parametrize("shape", [(1, 1), (1, 5), (3, 3), (59, 59), (97, 40), (20, 97)])
 def test_emd_matches_pot(kind, shape):
-    rng = np.random.default_rng(hash((kind, shape)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((kind, shape)).encode()))
     a, b, M = _problem(*shape, kind, rng)
     G0 = ot.emd(a, b, M)
     c0 = float((G0 * M).sum())

@@ -205,7 +205,10 @@ def test_fp8_dynamic_linear(backend, M, bias):
     y = cfg.linear(x, bufs, b, backend=backend)
     r = RF.fp8_dynamic_linear(x, bufs["codes"], bufs["scales"], b)
     assert y.shape == (M, N) and y.dtype == torch.float32
-    torch.testing.assert_close(y, r, atol=1e-5 * K ** 0.5, rtol=1e-5)
+    # the products are exact; only the fp32 summation order differs (Hopper's fp8 tensor cores
+    # accumulate with fewer bits unless promoted: a looser bound on a GPU)
+    tol = (1e-5 * K ** 0.5, 1e-5) if not (GPU_MODE and backend != "reference") else (1e-2, 2e-3)
+    torch.testing.assert_close(y, r, atol=tol[0], rtol=tol[1])
     # close to the float layer (two E4M3 roundings)
     w = cfg.dequantize_weight(bufs)
     yf = x.double() @ w.double().t() + (0 if b is None else b.double())
@@ -272,3 +275,64 @@ def test_fp8_dynamic_minilm_cosine():
     from hotpath.quant import FP8Dynamic
     r = minilm.evaluate(FP8Dynamic(), minilm.load_model())
     assert r["mean_cosine"] >= 0.999, r["mean_cosine"]
+
+
+@needs_triton
+@pytest.mark.parametrize("K", [80, 528])
+def test_nvfp4_half_chunk_and_split_k(K):
+    """K % 32 == 16 (the last 32-weight chunk half empty) and, at K = 528, the decode split-K."""
+    cfg = NVFP4(hadamard=False)
+    bufs, b = _buffers(cfg, 37, K)
+    for M in (1, 3, 17):
+        x = torch.randn(M, K, device=DEV)
+        torch.testing.assert_close(cfg.linear(x, bufs, b, backend="triton"), cfg.linear(x, bufs, b, backend="reference"),
+                                   atol=2e-5 * K ** 0.5, rtol=1e-5)
+
+
+def test_fp8_dynamic_opcheck():
+    from hotpath.quant import FP8Dynamic
+    import hotpath._ops.quant_fp8  # noqa: F401
+    bufs, b = _buffers(FP8Dynamic(), 9, 32)
+    x = torch.randn(3, 32, device=DEV)
+    torch.library.opcheck(torch.ops.hotpath.fp8_dynamic_linear, (x, bufs["codes"], bufs["scales"], b))
+    torch.library.opcheck(torch.ops.hotpath.fp8_dynamic_linear, (x, bufs["codes"], bufs["scales"], None))
+
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+    from hotpath.backends.triton import quant_lowbit as _QL
+
+    @triton.jit
+    def _decode_all(C, OUT):
+        c = tl.load(C + tl.arange(0, 256)).to(tl.int32)
+        o = tl.arange(0, 256)
+        tl.store(OUT + o, _QL._e2m1(c & 15))
+        tl.store(OUT + 256 + o, _QL._e4m3(c))
+        tl.store(OUT + 512 + o, _QL._e5m2(c))
+        tl.store(OUT + 768 + o, _QL._e8m0(c))
+
+
+@needs_triton
+def test_bit_pattern_decoders_exhaustive():
+    """The integer-op decoders (no exp2) against the reference's field-by-field decoding, all codes."""
+    codes = torch.arange(256, dtype=torch.uint8, device=DEV)
+    out = torch.empty(1024, dtype=torch.float32, device=DEV)
+    _decode_all[(1,)](codes, out)
+    want = [ref_low.decode_minifloat(codes & 15, "e2m1"), ref_low.decode_minifloat(codes, "e4m3"),
+            ref_low.decode_minifloat(codes, "e5m2"), ref_low.decode_e8m0(codes)]
+    for i, w in enumerate(want):
+        torch.testing.assert_close(out[256 * i:256 * (i + 1)], w.to(DEV), atol=0, rtol=0, equal_nan=True)
+
+
+def test_fp8_dynamic_qat_converts_to_the_same_outputs():
+    from hotpath.quant import FP8Dynamic
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.randn(8, 32)
+    q = hp.quant.prepare_qat(m, FP8Dynamic())
+    y = q(x)
+    y.sum().backward()
+    hp.quant.convert_qat(q)
+    assert isinstance(q[0], QuantLinear)
+    torch.testing.assert_close(q(x), y.detach(), atol=1e-5, rtol=1e-5)

@@ -21,7 +21,8 @@ PKG = pathlib.Path(__file__).resolve().parents[1] / "python" / "hotpath"
 def formats():
     return [Q.Int8WeightOnly(), Q.Int8Dynamic(), Q.Int4WeightOnly(group_size=32), Q.Int4Dynamic(group_size=32),
             Q.Int4WeightOnly(group_size=32, symmetric=True), Q.FP8WeightOnly(), Q.FP8WeightOnly(fmt="e5m2"),
-            Q.MXFP4(), Q.NVFP4(), Q.NVFP4(hadamard=True), Q.Ternary()]
+            Q.MXFP4(), Q.NVFP4(), Q.NVFP4(hadamard=True), Q.Ternary()] + \
+        ([Q.FP8Dynamic()] if hasattr(Q, "FP8Dynamic") else [])
 
 
 IDS = [f"{type(c).__name__}-{i}" for i, c in enumerate(formats())]

@@ -120,9 +120,14 @@ void lse_sweep_impl(const Tensor& X, const Tensor& Y, T scale, bool want_col, bo
   const int64_t nblocks = (n + kRB - 1) / kRB;
   const int64_t nchunks = want_col ? std::max<int64_t>(1, std::min<int64_t>(nblocks, at::get_num_threads())) : nblocks;
   std::vector<T> cmax(want_col ? nchunks * m : 0, ninf<T>()), csum(want_col ? nchunks * m : 0, T(0));
+  // a +inf score makes its row's / column's lse +inf (as torch.logsumexp) unless a NaN appears:
+  // shifting by an infinite max would give inf - inf = NaN, so those rows / columns stop summing
+  // and only look for NaN (cnan: a NaN seen in a column before or after it became infinite)
+  std::vector<uint8_t> cinf(want_col ? nchunks * m : 0, 0), cnan(want_col ? nchunks * m : 0, 0);
   at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
     std::vector<T> buf(kRB * kTC);
     std::vector<T> rmax(kRB), rsum(kRB), tmax(kTC);
+    std::vector<uint8_t> rinf(kRB);
     for (int64_t ch = c0; ch < c1; ++ch) {
       const int64_t blo = ch * nblocks / nchunks, bhi = (ch + 1) * nblocks / nchunks;
       T* cm = want_col ? cmax.data() + ch * m : nullptr;
@@ -131,6 +136,7 @@ void lse_sweep_impl(const Tensor& X, const Tensor& Y, T scale, bool want_col, bo
         const int64_t i0 = blk * kRB, R = std::min(kRB, n - i0);
         std::fill(rmax.begin(), rmax.end(), ninf<T>());
         std::fill(rsum.begin(), rsum.end(), T(0));
+        std::fill(rinf.begin(), rinf.end(), 0);
         for (int64_t j0 = 0; j0 < m; j0 += kTC) {
           const int64_t C = std::min(kTC, m - j0);
           T* S = gemm_tile<T>(X, Y, i0, R, j0, C, buf.data());
@@ -156,6 +162,12 @@ void lse_sweep_impl(const Tensor& X, const Tensor& Y, T scale, bool want_col, bo
               if (nan) rsum[r] = std::numeric_limits<T>::quiet_NaN();
               continue;
             }
+            if (mx == -ninf<T>() || rinf[r]) {
+              rinf[r] = 1;
+              for (int64_t c = 0; c < C; ++c)
+                if (s[c] != s[c]) rsum[r] = std::numeric_limits<T>::quiet_NaN();
+              continue;
+            }
             if (mx > rmax[r]) {
               rsum[r] *= (rmax[r] == ninf<T>()) ? T(0) : std::exp(rmax[r] - mx);
               rmax[r] = mx;
@@ -175,8 +187,16 @@ void lse_sweep_impl(const Tensor& X, const Tensor& Y, T scale, bool want_col, bo
             for (int64_t c = 0; c < Cv; c += W) VV::store(tmax.data() + c, VV::vmax(VV::load(tmax.data() + c), VV::load(s + c)));
             for (int64_t c = Cv; c < C; ++c) tmax[c] = std::max(tmax[c], s[c]);
           }
+          uint8_t* ci = cinf.data() + ch * m + j0;
+          uint8_t* cn = cnan.data() + ch * m + j0;
           for (int64_t c = 0; c < C; ++c) {
             T& M = cm[j0 + c];
+            if (tmax[c] == -ninf<T>() || ci[c]) {
+              if (!ci[c] && cs[j0 + c] != cs[j0 + c]) cn[c] = 1;  // a NaN summed before it turned infinite
+              ci[c] = 1;
+              tmax[c] = -ninf<T>();  // its sums below are discarded
+              continue;
+            }
             if (tmax[c] > M) {
               cs[j0 + c] *= (M == ninf<T>()) ? T(0) : std::exp(M - tmax[c]);
               M = tmax[c];
@@ -190,9 +210,18 @@ void lse_sweep_impl(const Tensor& X, const Tensor& Y, T scale, bool want_col, bo
               VV::store(csj + c, VV::load(csj + c) + VV::exp_nonpos(VV::load(s + c) - VV::load(tmax.data() + c)));
             for (int64_t c = Cv; c < C; ++c) csj[c] += std::exp(s[c] - tmax[c]);
           }
+          for (int64_t c = 0; c < C; ++c) {
+            if (!ci[c]) continue;
+            bool nan = false;
+            for (int64_t r = 0; r < R && !nan; ++r) nan = S[r * C + c] != S[r * C + c];
+            cn[c] |= nan;
+            cs[j0 + c] = T(0);
+          }
         }
         for (int64_t r = 0; r < R; ++r)
-          lse_row[i0 + r] = (rsum[r] != rsum[r]) ? rsum[r] : (rmax[r] == ninf<T>() ? ninf<T>() : rmax[r] + std::log(rsum[r]));
+          lse_row[i0 + r] = (rsum[r] != rsum[r]) ? rsum[r]
+                            : rinf[r] ? -ninf<T>()
+                            : (rmax[r] == ninf<T>() ? ninf<T>() : rmax[r] + std::log(rsum[r]));
       }
     }
   });
@@ -201,13 +230,15 @@ void lse_sweep_impl(const Tensor& X, const Tensor& Y, T scale, bool want_col, bo
   at::parallel_for(0, m, 4096, [&](int64_t j0, int64_t j1) {
     for (int64_t j = j0; j < j1; ++j) {
       T M = ninf<T>();
-      bool nan = false;
+      bool nan = false, inf = false;
       for (int64_t ch = 0; ch < nchunks; ++ch) {
         const T v = cmax[ch * m + j];
-        nan |= (v != v) || (csum[ch * m + j] != csum[ch * m + j]);
-        M = std::max(M, v);
+        nan |= (v != v) || (csum[ch * m + j] != csum[ch * m + j]) || cnan[ch * m + j];
+        inf |= cinf[ch * m + j] != 0;
+        if (!cinf[ch * m + j]) M = std::max(M, v);
       }
       if (nan) { lse_col[j] = std::numeric_limits<T>::quiet_NaN(); continue; }
+      if (inf) { lse_col[j] = -ninf<T>(); continue; }
       if (M == ninf<T>()) { lse_col[j] = ninf<T>(); continue; }
       T s = 0;
       for (int64_t ch = 0; ch < nchunks; ++ch)

@@ -19,7 +19,7 @@ from torch import Tensor
 from .. import _validate as V
 from .. import backends
 from .._ops import quant_fp8 as ops
-from ..reference import quant_fp8 as ref
+from ._minifloat import E4M3, round_to_format
 from ._base import register_format
 from ._lowbit_common import prep_bias, prep_x
 from .fp8 import FP8WeightOnly
@@ -28,7 +28,7 @@ from .fp8 import FP8WeightOnly
 class _RoundE4M3STE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, v):
-        return ref.round_e4m3(v).to(v.dtype)
+        return round_to_format(v, E4M3).to(v.dtype)  # nearest-even, saturating at +-448
 
     @staticmethod
     def backward(ctx, g):
@@ -59,5 +59,5 @@ class FP8Dynamic(FP8WeightOnly):
         V.tensor("x", x)
         xf = x.float()
         amax = xf.detach().abs().amax(dim=-1, keepdim=True)
-        sx = torch.where(amax > 0, amax / ref.E4M3_MAX, torch.ones_like(amax))
+        sx = torch.where(amax > 0, amax / E4M3.max, torch.ones_like(amax))
         return (_RoundE4M3STE.apply(xf / sx) * sx).to(x.dtype)

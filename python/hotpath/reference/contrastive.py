@@ -202,6 +202,8 @@ def hard_mine(x, labels):
     """Per row: index of the farthest positive and nearest negative by squared Euclidean distance
     (same label, j != i / different label); -1 where none exists."""
     n = x.shape[0]
+    if n == 0:
+        return labels.new_empty(0), labels.new_empty(0)
     d2 = (x.pow(2).sum(1)[:, None] + x.pow(2).sum(1)[None, :] - 2 * x @ x.T)
     eye = torch.eye(n, dtype=torch.bool, device=x.device)
     same = labels[:, None] == labels[None, :]

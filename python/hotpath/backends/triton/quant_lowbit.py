@@ -17,21 +17,26 @@ from . import _qgemm as Q
 from ._qgemm import grouped_tile
 
 
+# Decoders build the float32 bit pattern with integer ops (no exp2: the special-function unit's
+# throughput would cap a decode GEMV well below HBM speed); exact for every code.
 @triton.jit
 def _e2m1(c):
     mag = c & 7
     e = mag >> 1
-    m = (mag & 1).to(tl.float32)
-    v = tl.where(e == 0, m * 0.5, (1.0 + 0.5 * m) * tl.exp2((e - 1).to(tl.float32)))
-    return tl.where((c & 8) != 0, -v, v)
+    m = mag & 1
+    # normal: (1 + m / 2) 2^(e - 1) -> exponent field e + 126, mantissa bit 22; e == 0: 0 or 0.5
+    bits = tl.where(e == 0, m * (126 << 23), ((e + 126) << 23) | (m << 22))
+    bits = bits | ((c & 8) << 28)
+    return bits.to(tl.float32, bitcast=True)
 
 
 @triton.jit
 def _e4m3(c):
     e = (c >> 3) & 15
-    m = (c & 7).to(tl.float32)
-    v = tl.where(e == 0, m * 0.001953125, (1.0 + m * 0.125) * tl.exp2((e - 7).to(tl.float32)))
-    v = tl.where((e == 15) & ((c & 7) == 7), float("nan"), v)
+    m = c & 7
+    v = tl.where(e == 0, m.to(tl.float32) * 0.001953125,
+                 (((e + 120) << 23) | (m << 20)).to(tl.float32, bitcast=True))
+    v = tl.where((e == 15) & (m == 7), float("nan"), v)
     return tl.where((c & 128) != 0, -v, v)
 
 
@@ -40,14 +45,15 @@ def _e5m2(c):
     e = (c >> 2) & 31
     mi = c & 3
     m = mi.to(tl.float32)
-    v = tl.where(e == 0, m * 1.52587890625e-05, (1.0 + m * 0.25) * tl.exp2((e - 15).to(tl.float32)))
+    v = tl.where(e == 0, m * 1.52587890625e-05, (((e + 112) << 23) | (mi << 21)).to(tl.float32, bitcast=True))
     v = tl.where(e == 31, tl.where(mi == 0, float("inf"), float("nan")), v)
     return tl.where((c & 128) != 0, -v, v)
 
 
 @triton.jit
 def _e8m0(c):
-    v = tl.exp2((c - 127).to(tl.float32))
+    # 2^(c - 127): exponent field c; c == 0 is the subnormal 2^-127; 255 is NaN
+    v = tl.where(c == 0, 1 << 22, c << 23).to(tl.float32, bitcast=True)
     return tl.where(c == 255, float("nan"), v)
 
 
@@ -92,14 +98,20 @@ def _fp4_kernel(X, P, Sc, B, Y, M, N, K, K_SPLIT, MB, RB, NBLK, gscale, NV: tl.c
         hi_ok = k_hi < k_end
         byte = tl.load(P + rn[:, None] * RB + k0 // 2 + jb[None, :], mask=nmask[:, None] & lo_ok[None, :],
                        other=0).to(tl.int32)
+        # block scales: one load per (channel, block), widened to the bytes in registers
+        # (chunk-major: byte jb belongs to chunk jb // 16), not one gathered load per weight
         if NV:
-            s_lo = _e4m3(tl.load(Sc + rn[:, None] * NBLK + (k_lo // 16)[None, :], mask=nmask[:, None] & lo_ok[None, :],
-                                 other=0).to(tl.int32))
-            s_hi = _e4m3(tl.load(Sc + rn[:, None] * NBLK + (k_hi // 16)[None, :], mask=nmask[:, None] & hi_ok[None, :],
-                                 other=0).to(tl.int32))
+            t = tl.arange(0, BK // 16)                       # blocks of 16 in this step
+            sv = _e4m3(tl.load(Sc + rn[:, None] * NBLK + (k0 // 16 + t)[None, :],
+                               mask=nmask[:, None] & ((k0 + 16 * t) < k_end)[None, :], other=0).to(tl.int32))
+            s_lo, s_hi = tl.split(tl.reshape(sv, (BN, BK // 32, 2)))     # even blocks: low nibbles
+            s_lo = tl.reshape(tl.broadcast_to(s_lo[:, :, None], (BN, BK // 32, 16)), (BN, BK // 2))
+            s_hi = tl.reshape(tl.broadcast_to(s_hi[:, :, None], (BN, BK // 32, 16)), (BN, BK // 2))
         else:
-            s_lo = _e8m0(tl.load(Sc + rn[:, None] * NBLK + (k_lo // 32)[None, :], mask=nmask[:, None] & lo_ok[None, :],
-                                 other=127).to(tl.int32))
+            t = tl.arange(0, BK // 32)                       # blocks of 32 = chunks
+            sv = _e8m0(tl.load(Sc + rn[:, None] * NBLK + (k0 // 32 + t)[None, :],
+                               mask=nmask[:, None] & ((k0 + 32 * t) < k_end)[None, :], other=127).to(tl.int32))
+            s_lo = tl.reshape(tl.broadcast_to(sv[:, :, None], (BN, BK // 32, 16)), (BN, BK // 2))
             s_hi = s_lo
         w_lo = (_e2m1(byte & 15) * s_lo).to(DT)
         w_hi = (_e2m1(byte >> 4) * s_hi).to(DT)
@@ -118,8 +130,8 @@ _fp4_tuner = Q.autotuned(_fp4_kernel, KEY)
 
 def fp4_smem(cfg, x_bytes):
     BM, BN, BK, _, stages = cfg[:5]
-    # packed bytes and the (gathered) scale bytes are pipelined; the decoded tile is the operand
-    return Q.smem_bytes(BM, BN, BK, x_bytes, 0.5 + 1.0, stages, b_op_bytes=x_bytes)
+    # packed bytes (and the 1/16 scale bytes) are pipelined; the decoded tile is the operand
+    return Q.smem_bytes(BM, BN, BK, x_bytes, 0.5 + 1.0 / 16, stages, b_op_bytes=x_bytes)
 
 
 def fp4_linear(x, packed, scales, scale_kind, block, tensor_scale, bias):
@@ -315,14 +327,17 @@ def _ternary_kernel(XQ, POS, NEG, F, B, Y, M, N, K, K_SPLIT, MB, NW, HAS_BIAS: t
     mmask = rm < M
     nmask = rn < N
     kk = tl.arange(0, BK)
-    bit = kk % 32
+    bit32 = tl.arange(0, 32)
     acc = tl.zeros([BM, BN], dtype=tl.int32)
     for k0 in range(0, K, BK):   # BK % 32 == 0: a step covers BK / 32 whole words
-        widx = k0 // 32 + kk // 32
+        # one load per word, widened to its 32 bits in registers
+        widx = k0 // 32 + tl.arange(0, BK // 32)
         wm = nmask[:, None] & (widx < NW)[None, :]
         p = tl.load(POS + rn[:, None] * NW + widx[None, :], mask=wm, other=0)
         q = tl.load(NEG + rn[:, None] * NW + widx[None, :], mask=wm, other=0)
-        t = (((p >> bit[None, :]) & 1) - ((q >> bit[None, :]) & 1)).to(tl.int8)   # (BN, BK)
+        pb = (p[:, :, None] >> bit32[None, None, :]) & 1
+        nb = (q[:, :, None] >> bit32[None, None, :]) & 1
+        t = tl.reshape(pb - nb, (BN, BK)).to(tl.int8)   # (BN, BK), k-major inside each word
         xq = tl.load(XQ + rm[:, None] * K + (k0 + kk)[None, :], mask=mmask[:, None] & ((k0 + kk) < K)[None, :], other=0)
         acc = tl.dot(xq, tl.trans(t), acc, out_dtype=tl.int32)
     f = tl.load(F + rm, mask=mmask, other=0.0)
@@ -337,8 +352,8 @@ _ternary_tuner = Q.autotuned(_ternary_kernel, KEY)
 
 def ternary_smem(cfg):
     BM, BN, BK, _, stages = cfg[:5]
-    # the gathered bit-plane words are loaded as (BN, BK) int32 x 2 (a word per k: cached reloads)
-    return Q.smem_bytes(BM, BN, BK, 1, 8, stages, b_op_bytes=1)
+    # two bit planes: 2 bits per weight loaded; the int8 {-1, 0, 1} tile is the operand
+    return Q.smem_bytes(BM, BN, BK, 1, 0.25, stages, b_op_bytes=1)
 
 
 def ternary_linear(x, pos, neg, wscale, bias):
