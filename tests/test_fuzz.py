@@ -24,7 +24,7 @@ import pytest
 
 pytest.importorskip("hypothesis")
 import torch  # noqa: E402
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, assume, given, settings, strategies as st  # noqa: E402
 
 import hotpath as hp  # noqa: E402
 from hotpath import backends  # noqa: E402
@@ -129,6 +129,11 @@ def specs(draw, shape, dtypes=DTYPES, low=-3.0, high=3.0, positive=False, specia
     if special and draw(st.integers(0, 2)) == 0:  # a third of the inputs carry special values
         sp = draw(st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from(SPECIALS)), min_size=1, max_size=3))
     return Spec(shape, dtype, seed, layout, sp, low, high, positive)
+
+
+def has(spec, *kinds):
+    """Whether spec carries one of these special values."""
+    return spec is not None and any(k in kinds for _, k in spec.specials)
 
 
 def sizes(lo=0):
@@ -303,6 +308,9 @@ def test_fuzz_pairwise_lse(data, n, m, d, batched, metric, scale, use_bias, k, g
     sy = data.draw(specs(pre + (m, d), dtypes=(sx.dtype,)))
     sb = data.draw(specs(pre + (m,), dtypes=(sx.dtype,))) if use_bias else None
     sv = data.draw(specs(pre + (m, k), dtypes=(sx.dtype,))) if k else None
+    assume(not ((n == 0 or m == 0) and grad))  # KNOWN_EMPTY_ROWS_GRAD: see test_known_pairwise_empty_rows_nan_grad
+    # KNOWN_LSE_VALUES_NAN: see test_known_pairwise_values_nan_row
+    assume(not (k and any(has(sp, "nan", "inf", "-inf") for sp in (sx, sy, sb))))
 
     def call(kind):
         (x, lx), (y, ly) = sx.leaf(grad), sy.leaf(grad)
@@ -385,6 +393,7 @@ def test_fuzz_sinkhorn_dense_and_sinkhorn2(data, n, m, batched, eps, reach, weig
     sc = data.draw(specs(pre + (n, m), dtypes=FLOATS, low=0.0, high=2.0))
     sa = _weights_spec(data, pre + (n,), sc.dtype) if weighted else None
     sb = _weights_spec(data, pre + (m,), sc.dtype) if weighted else None
+    assume(not has(sc, "nan"))  # KNOWN_DENSE_NAN_COST: see test_known_sinkhorn_dense_nan_cost
 
     def call(kind):
         C, lc = sc.leaf(grad)
@@ -432,6 +441,8 @@ def test_fuzz_wasserstein_1d(data, n, m, batch, p, uw, vw, grad):
     wdt = su.dtype if su.dtype.is_floating_point else torch.float32
     suw = _weights_spec(data, (n,) if uw == "shared" else (n,) + batch, wdt) if uw else None
     svw = _weights_spec(data, (m,) if vw == "shared" else (m,) + batch, wdt) if vw else None
+    # KNOWN_W1D_OVERFLOW: see test_known_wasserstein_1d_overflow
+    assume(su.dtype == torch.float64 or not (has(su, "huge", "-huge") or has(sv, "huge", "-huge")))
 
     def call(kind):
         (u, lu), (v, lv) = su.leaf(grad), sv.leaf(grad)
@@ -671,3 +682,55 @@ def test_fuzz_triton_subset(data, n, m, d, metric, which):
         return with_grad(lambda: hp.contrastive.clip_loss(x, y, 10.0, backend=kind), [lx, ly])
 
     run_all(call, kinds=("reference", "triton"), tol=compute_tol(sx))
+
+
+# --------------------------------------------------- divergences found by this fuzz test, open
+# Each is excluded from its fuzz test by one narrow assume() naming it, and pinned here by its
+# smallest input as a strict xfail: once the owner fixes it, the XPASS fails the run, and the
+# assume() and the xfail mark go together.
+
+def _both(fn):
+    out = {}
+    for kind in KINDS:
+        with warnings.catch_warnings(), backends.prefer(kind):
+            warnings.simplefilter("ignore")
+            out[kind] = fn(kind)
+    return out
+
+
+@pytest.mark.xfail(strict=True, reason="KNOWN_EMPTY_ROWS_GRAD: pairwise_lse(x (0, 1), y [[nan]] float16, "
+                   "sqeuclidean): d/dy is NaN on the reference (0 * NaN) and 0 on cpu; an empty sum has gradient 0 "
+                   "(the same with m = 0 columns and a NaN in x: d/dx)")
+def test_known_pairwise_empty_rows_nan_grad():
+    def run(kind):
+        x = torch.zeros(0, 1, dtype=torch.float16, requires_grad=True)
+        y = torch.tensor([[math.nan]], dtype=torch.float16, requires_grad=True)
+        out = hp.pairwise_lse(x, y, metric="sqeuclidean", backend=kind)
+        return torch.autograd.grad(out.float().sum(), y)[0]
+    g = _both(run)
+    assert torch.equal(torch.isnan(g["reference"]), torch.isnan(g["cpu"]))
+
+
+@pytest.mark.xfail(strict=True, reason="KNOWN_LSE_VALUES_NAN: pairwise_lse(x=[[nan]], y=[[0.5]], values=[[2.]]): "
+                   "lse is NaN on both, the weighted values are 0 on the reference and NaN on cpu (the reference's "
+                   "fully-masked-row guard also zeroes NaN rows; sqeuclidean with an inf column: the same)")
+def test_known_pairwise_values_nan_row():
+    x, y, v = torch.tensor([[math.nan]]), torch.tensor([[0.5]]), torch.tensor([[2.0]])
+    r = _both(lambda kind: hp.pairwise_lse(x, y, values=v, backend=kind))
+    assert torch.equal(torch.isnan(r["reference"][1]), torch.isnan(r["cpu"][1]))
+
+
+@pytest.mark.xfail(strict=True, reason="KNOWN_DENSE_NAN_COST: sinkhorn_dense(C=[[nan, 1.]] float16, eps=0.01): "
+                   "g is [nan, nan] on the reference but [nan, 1.0] on cpu (NaN does not reach every potential)")
+def test_known_sinkhorn_dense_nan_cost():
+    C = torch.tensor([[math.nan, 1.0]], dtype=torch.float16)
+    r = _both(lambda kind: hp.ot.sinkhorn_dense(C, eps=0.01, max_iter=200, backend=kind))
+    assert torch.equal(torch.isnan(r["reference"].g), torch.isnan(r["cpu"].g))
+
+
+@pytest.mark.xfail(strict=True, reason="KNOWN_W1D_OVERFLOW: wasserstein_1d([0.5], [1e30], p=2) in float32 / "
+                   "bfloat16: the reference returns NaN (inf - inf), cpu returns inf (the true value 1e60 overflows)")
+def test_known_wasserstein_1d_overflow():
+    u, v = torch.tensor([0.5]), torch.tensor([1e30])
+    w = _both(lambda kind: hp.ot.wasserstein_1d(u, v, p=2, backend=kind))
+    assert torch.equal(w["reference"], w["cpu"]) and bool(torch.isinf(w["cpu"]))

@@ -336,3 +336,20 @@ def test_fp8_dynamic_qat_converts_to_the_same_outputs():
     hp.quant.convert_qat(q)
     assert isinstance(q[0], QuantLinear)
     torch.testing.assert_close(q(x), y.detach(), atol=1e-5, rtol=1e-5)
+
+
+@needs_triton
+def test_ternary_activation_kernel_special_rows():
+    """The fused per-token int8 quantization equals the reference's rule bit for bit: all-zero row
+    (zero output + bias), a row holding inf / NaN (NaN row), exact .5 ties."""
+    cfg = Ternary()
+    bufs, b = _buffers(cfg, 11, 64)
+    x = torch.randn(5, 64, device=DEV)
+    x[1] = 0.0
+    x[2, 7] = float("inf")
+    x[3, 9] = float("nan")
+    x[4] = torch.arange(64, device=DEV, dtype=torch.float32) - 31.5   # amax 31.5: x * 127 / 31.5 hits ties
+    y = cfg.linear(x, bufs, b, backend="triton")
+    r = cfg.linear(x, bufs, b, backend="reference")
+    torch.testing.assert_close(y, r, atol=0, rtol=0, equal_nan=True)
+    assert torch.isnan(y[2]).all() and torch.isnan(y[3]).all()

@@ -458,8 +458,9 @@ struct Simplex {
     if (next_sib[w] >= 0) prev_sib[next_sib[w]] = prev_sib[w];
   }
 
-  // most negative reduced cost of row i: returns it, column in *jbest
-  double price_row(int i, const double* pic, int* jbest) const {
+  // most negative reduced cost of row i: returns it, column in *jbest (tree arcs excluded where
+  // the minimum is one of them and below -tol)
+  double price_row(int i, const double* pic, double tol, int* jbest) const {
     const T* r = C + (int64_t)i * m;
     const vf64 pv = splat(pi[i]);
     vf64 mn = splat(kInf);
@@ -480,9 +481,22 @@ struct Simplex {
       const double rc = ((double)r[k] + pi[i]) - pic[k];
       if (rc < best) { best = rc; jb = k; }
     }
+    if (jb >= 0 && best < -tol && is_tree_arc(i, jb)) {
+      // a tree arc's reduced cost is 0 by construction: a negative one is rounding, and
+      // pivoting on it would cycle on the spot; take the best of the other arcs instead
+      best = kInf;
+      const int j0 = jb;
+      jb = -1;
+      for (int j = 0; j < m; ++j) {
+        const double rc = ((double)r[j] + pi[i]) - pic[j];
+        if (j != j0 && rc < best && !is_tree_arc(i, j)) { best = rc; jb = j; }
+      }
+    }
     *jbest = jb;
     return best;
   }
+
+  bool is_tree_arc(int i, int j) const { return parent[i] == n + j || parent[n + j] == i; }
 
   // Potentials from scratch along the tree (reduced cost 0 on every tree arc). Pivots shift
   // whole subtrees by sums that pass through the big-M artificial scale ((max|M| + 1) (n + m)),
@@ -610,6 +624,7 @@ struct Simplex {
     const int64_t refresh = std::max<int64_t>(1024, N);
     int64_t since = 0;      // pivots since the last exact recomputation
     bool exact = true;      // the star's potentials are exact
+    int64_t tight_pivots = 0;
     while (iters < max_iter) {
       if (since >= refresh) { recompute_potentials(art); since = 0; exact = true; }
       std::memcpy(pic.data(), pi.data() + n, sizeof(double) * m);
@@ -617,8 +632,8 @@ struct Simplex {
       int bi = -1, bj = -1, seen_rows = 0, in_block = 0;
       while (seen_rows < n) {
         int j;
-        const double r = price_row(next_row, pic.data(), &j);
-        if (r < best) { best = r; bi = next_row; bj = j; }
+        const double r = price_row(next_row, pic.data(), tol, &j);
+        if (j >= 0 && r < best) { best = r; bi = next_row; bj = j; }
         next_row = next_row + 1 == n ? 0 : next_row + 1;
         ++seen_rows;
         if (++in_block >= block_rows) {
@@ -638,6 +653,9 @@ struct Simplex {
       ++iters;
       ++since;
       exact = false;
+      // the tight phase only polishes rounding-level gains: bound it so that arcs tied to
+      // rounding cannot keep it going (each of its pivots gains at most ~eps * |M| anyway)
+      if (tol <= tol_tight && ++tight_pivots > 4 * (int64_t)N + 1000) break;
     }
     // plan from the tree arcs between a row and a column
     double c = 0.0;

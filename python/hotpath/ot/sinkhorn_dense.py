@@ -290,7 +290,7 @@ def _pot_warn(n_iter, err, numItermax, stopThr, warn, verbose):
             print("{:5d}|{:8e}|".format(k - 1, e))
     if warn and bool(((n_iter >= numItermax) & ~(err < stopThr)).any()):
         warnings.warn("Sinkhorn did not converge. You might want to increase the number of iterations "
-                      "`numItermax` or the regularization parameter `reg`.", UserWarning, stacklevel=3)
+                      "`numItermax` or the regularization parameter `reg`.", UserWarning, stacklevel=4)
 
 
 @backends.takes_backend

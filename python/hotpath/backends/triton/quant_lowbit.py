@@ -76,7 +76,7 @@ def _x_and_policy(x):
 
 
 @triton.jit
-def _fp4_kernel(X, P, Sc, B, Y, M, N, K, K_SPLIT, MB, RB, NBLK, gscale, NV: tl.constexpr, HAS_BIAS: tl.constexpr,
+def _fp4_kernel(X, P, Sc, B, Y, M, N, K, K_SPLIT, MB, RB, NBLK, GS, NV: tl.constexpr, HAS_BIAS: tl.constexpr,
                 DT: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                 GROUP_M: tl.constexpr):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
@@ -119,7 +119,7 @@ def _fp4_kernel(X, P, Sc, B, Y, M, N, K, K_SPLIT, MB, RB, NBLK, gscale, NV: tl.c
         x_hi = tl.load(X + rm[:, None] * K + k_hi[None, :], mask=mmask[:, None] & hi_ok[None, :], other=0.0)
         acc = tl.dot(x_lo.to(DT), tl.trans(w_lo), acc, input_precision=PREC)
         acc = tl.dot(x_hi.to(DT), tl.trans(w_hi), acc, input_precision=PREC)
-    y = acc * gscale
+    y = acc * tl.load(GS)   # the per-tensor scale, read on the device (no host sync per call)
     if HAS_BIAS:
         y += tl.load(B + rn, mask=nmask, other=0.0)[None, :]
     tl.store(Y + split * M * N + rm[:, None] * N + rn[None, :], y, mask=mmask[:, None] & nmask[None, :])
@@ -143,7 +143,7 @@ def fp4_linear(x, packed, scales, scale_kind, block, tensor_scale, bias):
     b = bias.contiguous().float() if bias is not None else None
     return Q.run_linear(_fp4_kernel, _fp4_tuner, (x, packed.contiguous(), scales.contiguous()),
                         dict(NV=scale_kind == 1, DT=DT, PREC=PREC), b, x, N, K, lambda c: fp4_smem(c, xb), step=32,
-                        extra=(packed.shape[1], scales.shape[1], float(tensor_scale.reshape(-1)[0])))
+                        extra=(packed.shape[1], scales.shape[1], tensor_scale.float().reshape(-1).contiguous()))
 
 
 @triton.jit
@@ -356,14 +356,48 @@ def ternary_smem(cfg):
     return Q.smem_bytes(BM, BN, BK, 1, 0.25, stages, b_op_bytes=1)
 
 
+@triton.jit
+def _ternary_act_kernel(X, XQ, F, WS, K, BLOCK_K: tl.constexpr):
+    """One program per row, the C++ kernel's rule (BitNet activations): xq = rint(x * (127 / amax))
+    in [-127, 127] (0 for an all-zero or non-finite row), f = (amax / 127) * wscale (0 for an
+    all-zero row, NaN for a non-finite one). One launch instead of a chain of torch ops: at
+    M = 1 the chain alone would cost more than the whole ternary GEMV."""
+    m = tl.program_id(0)
+    amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+    bad = tl.zeros((BLOCK_K,), dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        offs = k0 + tl.arange(0, BLOCK_K)
+        a = tl.abs(tl.load(X + m * K + offs, mask=offs < K, other=0.0).to(tl.float32))
+        finite = a < float("inf")
+        bad = tl.maximum(bad, tl.where(finite, 0, 1))
+        amax = tl.maximum(amax, tl.where(finite, a, 0.0))
+    am = tl.max(amax, 0)
+    is_bad = tl.max(bad, 0) > 0
+    use = (am > 0) & (~is_bad)
+    safe = tl.where(use, am, 1.0)
+    inv = tl.math.div_rn(127.0, safe)
+    for k0 in range(0, K, BLOCK_K):
+        offs = k0 + tl.arange(0, BLOCK_K)
+        x = tl.load(X + m * K + offs, mask=offs < K, other=0.0).to(tl.float32)
+        v = (x * inv + 12582912.0) - 12582912.0
+        v = tl.minimum(tl.maximum(v, -127.0), 127.0)
+        v = tl.where(use, v, 0.0)
+        tl.store(XQ + m * K + offs, v.to(tl.int8), mask=offs < K)
+    step = tl.where(am > 0, tl.math.div_rn(safe, 127.0), 0.0)
+    step = tl.where(is_bad, float("nan"), step)
+    tl.store(F + m, step * tl.load(WS))   # a device scalar: no host sync per call
+
+
 def ternary_linear(x, pos, neg, wscale, bias):
     M, K = x.shape
     N, NW = pos.shape
     if M == 0 or N == 0:
         return torch.zeros(M, N, dtype=torch.float32, device=x.device)
-    xq, step = ref.quantize_act_int8(x)           # per-token int8, same rule as the C++ kernel
-    xq = xq.to(torch.int8).contiguous()
-    f = (step * wscale.float()).contiguous()
+    x = x.contiguous()
+    xq = torch.empty(M, K, dtype=torch.int8, device=x.device)
+    f = torch.empty(M, dtype=torch.float32, device=x.device)
+    _ternary_act_kernel[(M,)](x, xq, f, wscale.float().reshape(-1), K,
+                              BLOCK_K=min(1024, triton.next_power_of_2(max(K, 16))))
     b = bias.contiguous().float() if bias is not None else None
     return Q.run_linear(_ternary_kernel, _ternary_tuner, (xq, pos.contiguous(), neg.contiguous(), f), {}, b, xq, N, K,
                         ternary_smem, step=32, split_ok=False, extra=(NW,))
