@@ -353,3 +353,26 @@ def test_ternary_activation_kernel_special_rows():
     r = cfg.linear(x, bufs, b, backend="reference")
     torch.testing.assert_close(y, r, atol=0, rtol=0, equal_nan=True)
     assert torch.isnan(y[2]).all() and torch.isnan(y[3]).all()
+
+
+@pytest.mark.parametrize("optin,sms", [(232448, 132), (101376, 84), (102400, 46)])
+def test_device_limit_read_and_decode_plan_fits(optin, sms, monkeypatch):
+    """H100 / H200 (227 KB opt-in, 132 SMs), sm_86 (99 KB), sm_89 / sm_120 (100 KB): the limit is
+    read from the device's properties and every decode plan fits it."""
+    import types
+    from hotpath.backends.triton import _qgemm as Q
+    from hotpath.backends.triton import quant_int as QI
+    from hotpath.backends.triton import quant_lowbit as QL
+    props = types.SimpleNamespace(shared_memory_per_block_optin=optin, shared_memory_per_block=49152,
+                                  multi_processor_count=sms)
+    monkeypatch.setattr(Q, "interpreter", lambda: False)
+    monkeypatch.setattr(Q, "_LIMITS", {})
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda idx: props)
+    assert Q.smem_limit("cuda:0") == optin
+    for need in (lambda c: QI.w8a16_smem(c, 4), lambda c: QI.w4a16_smem(c, 2), QI.w8a8_smem,
+                 lambda c: QL.fp4_smem(c, 4), lambda c: QL.fp8_smem(c, 4), QL.ternary_smem):
+        for N, K in ((16384, 4096), (384, 1536), (37, 96)):
+            cfg = Q.decode_config(N, K, need, "cuda:0")
+            assert need(cfg[:5]) <= optin
+            BN, split = cfg[1], cfg[5]
+            assert split >= 1 and cfg[2] < 2 * max(32, K) and (split == 1 or K // split >= cfg[2])

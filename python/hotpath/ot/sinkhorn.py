@@ -269,7 +269,8 @@ def solve(X, Y, A, Bw, cfg: _Config, want_grad: bool):
         D64 = torch.float64
         h64 = (b_log.to(D64) + g_ab.to(D64) / e).contiguous()
         if small:
-            t = ops.ot_softmin_dense(ops.ot_cost_matrix(X.to(D64), Y.to(D64), p).contiguous(), h64, e, 2)
+            C64 = Cxy if Cxy.dtype == D64 else ops.ot_cost_matrix(X.to(D64), Y.to(D64), p).contiguous()
+            t = ops.ot_softmin_dense(C64, h64, e, 2)
         else:
             t, _ = softmin_points(X.to(D64).contiguous(), Y.to(D64).contiguous(), h64, e, p, False)
         z64 = torch.zeros((), dtype=D64, device=X.device)

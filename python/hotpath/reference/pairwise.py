@@ -14,8 +14,9 @@ def scores(x, y, scale, metric, col_bias=None):
 
 
 def _softmax(s, lse):
-    finite = torch.isfinite(lse)
-    return torch.where(finite[..., None], torch.exp(s - torch.where(finite, lse, 0.0)[..., None]), 0.0)
+    # rows of lse = -inf (every column masked) or +inf weigh nothing, as in the kernels; NaN propagates
+    dead = torch.isinf(lse)
+    return torch.where(dead[..., None], 0.0, torch.exp(s - torch.where(dead, 0.0, lse)[..., None]))
 
 
 def pairwise_lse_fwd(x, y, col_bias, values, scale, metric):
@@ -30,6 +31,10 @@ def pairwise_lse_fwd(x, y, col_bias, values, scale, metric):
 
 def pairwise_lse_bwd(x, y, col_bias, values, lse, out, grad_lse, grad_out, scale, metric):
     """Gradients (gx, gy, gcol_bias, gvalues) of the forward above, written out explicitly."""
+    if x.shape[1] == 0 or y.shape[1] == 0:  # an empty sum depends on nothing: zeros, even beside NaN
+        z = torch.zeros_like
+        return (z(x), z(y), z(col_bias) if col_bias is not None else None,
+                z(values) if values is not None else None)
     s = scores(x, y, scale, metric, col_bias)
     p = _softmax(s, lse)
     row = grad_lse.clone()

@@ -117,6 +117,7 @@ def decode_config(N, K, need, device, BK=128):
     if interpreter():
         return (16, 32, 64, 4, 1, 2 if K >= 256 else 1)
     sms = torch.cuda.get_device_properties(device).multi_processor_count
+    BK = min(BK, max(32, triton.next_power_of_2(K)))
     BN = 64 if N >= 64 * 4 * sms else 32
     n_blocks = triton.cdiv(N, BN)
     split = 1

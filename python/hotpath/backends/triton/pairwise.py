@@ -352,7 +352,8 @@ _BWD_CONFIGS_WIDE = [_bwd_cfg(64, 64, 4, 2), _bwd_cfg(128, 64, 8, 2), _bwd_cfg(6
 _KEY = ["d", "k", "n_bucket", "m_bucket"]
 
 _fwd_tuned = {
-    narrow: triton.autotune(configs=cfgs, key=_KEY, prune_configs_by={"early_config_prune": _fwd_prune})(_lse_fwd_kernel)
+    narrow: triton.autotune(configs=cfgs, key=_KEY,
+                            prune_configs_by={"early_config_prune": _fwd_prune})(_lse_fwd_kernel)
     for narrow, cfgs in ((True, _CONFIGS_NARROW), (False, _CONFIGS_WIDE))}
 _bwd_tuned = {
     narrow: triton.autotune(configs=cfgs, key=_KEY, reset_to_zero=["ACC"],   # wide d adds into ACC
