@@ -253,8 +253,8 @@ def test_sinkhorn_dense_float32_huge_eps():
     assert abs(want - (a[:, None] * b[None] * M).sum().item()) < 1e-3
 
 
-@pytest.mark.parametrize("kw", [dict(max_iter=300), dict()], ids=["fixed_eps", "eps_scaling"])
-@pytest.mark.parametrize("scale", [30.0, 3000.0])
+@pytest.mark.parametrize("kw,scale", [(dict(max_iter=300), 30.0), (dict(), 30.0), (dict(), 3000.0)],
+                         ids=["fixed_eps-30", "eps_scaling-30", "eps_scaling-3000"])
 def test_marginal_error_float32_large_costs(kw, scale):
     """marginal_error is the marginal error of the plan the returned potentials define,
     sum_i |(P 1)_i - a_i|, evaluated without cancellation. With costs ~1e7 x eps (scale 3000,

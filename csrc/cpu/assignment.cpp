@@ -18,9 +18,8 @@
 // time (zmm on AVX-512 hosts); float32 costs are widened on load, so every problem is solved in
 // float64 arithmetic without an n x m float64 copy. maximize negates on load (no copy either).
 //
-// Batched problems (B, n, m) are handed to the threads one at a time (an atomic counter inside
-// one at::parallel_for region); errors are recorded per problem and raised after the parallel
-// region (ValueError, scipy's wording).
+// Batched problems (B, n, m) are handed to the threads one at a time (for_each_problem); errors
+// are recorded per problem and raised after the parallel region (ValueError, scipy's wording).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -192,6 +191,22 @@ void two_smallest(const T* r, const double* v, int m, double& u1, int& j1, doubl
   }
   if (j1 >= 0 && !(u1 < kInf)) j1 = j2 = -1;
   if (j2 >= 0 && !(u2 < kInf)) j2 = -1;
+}
+
+// Run body(b) for b < B: problems are handed out one at a time (their solve times vary, and a
+// thread that the OS parks for a while must not hold back a fixed share of the batch); one
+// worker runs inline, without a parallel region (whose barrier costs more than a small solve).
+template <typename Body>
+void for_each_problem(int64_t B, const Body& body) {
+  const int64_t workers = std::min<int64_t>(B, at::get_num_threads());
+  if (workers <= 1) {
+    for (int64_t b = 0; b < B; ++b) body(b);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    for (int64_t b; (b = next.fetch_add(1)) < B;) body(b);
+  });
 }
 
 // --------------------------------------------------------------------------------- assignment
@@ -403,19 +418,14 @@ std::tuple<at::Tensor, at::Tensor> lsa_solve_cpu(const at::Tensor& C_in, bool ma
     const scalar_t* pc = C.data_ptr<scalar_t>();
     int64_t* pr = rows.data_ptr<int64_t>();
     int64_t* pk = cols.data_ptr<int64_t>();
-    std::atomic<int64_t> next{0};
-    at::parallel_for(0, std::min<int64_t>(B, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+    for_each_problem(B, [&](int64_t b) {
       std::vector<scalar_t> tbuf;
-      // problems are handed out one at a time: their solve times vary, and a thread that the OS
-      // parks for a while must not hold back a fixed share of the batch
-      for (int64_t b; (b = next.fetch_add(1)) < B;) {
-        const scalar_t* Cb = pc + b * (int64_t)n * m;
-        int st = check_entries(Cb, (int64_t)n * m, maximize);
-        if (st == kOk)
-          st = maximize ? lsa_one<scalar_t, true>(Cb, n, m, pr + b * k, pk + b * k, tbuf)
-                        : lsa_one<scalar_t, false>(Cb, n, m, pr + b * k, pk + b * k, tbuf);
-        status[b] = st;
-      }
+      const scalar_t* Cb = pc + b * (int64_t)n * m;
+      int st = check_entries(Cb, (int64_t)n * m, maximize);
+      if (st == kOk)
+        st = maximize ? lsa_one<scalar_t, true>(Cb, n, m, pr + b * k, pk + b * k, tbuf)
+                      : lsa_one<scalar_t, false>(Cb, n, m, pr + b * k, pk + b * k, tbuf);
+      status[b] = st;
     });
   });
   for (int64_t b = 0; b < B; ++b) {
@@ -685,27 +695,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> emd_solve
   const at::Tensor M = M_in.contiguous();
   const at::Tensor a = a_in.to(at::kDouble).contiguous(), b = b_in.to(at::kDouble).contiguous();
   auto o = M.options().dtype(at::kDouble);
-  at::Tensor plan = at::zeros({B, n, m}, o), cost = at::zeros({B}, o), u = at::zeros({B, n}, o),
+  at::Tensor plan = at::empty({B, n, m}, o), cost = at::zeros({B}, o), u = at::zeros({B, n}, o),
              v = at::zeros({B, m}, o);
   at::Tensor iters = at::zeros({B}, o.dtype(at::kLong));
   if (B == 0 || n == 0 || m == 0) return {plan, cost, u, v, iters};
   std::vector<int> status(B, kOk);
   AT_DISPATCH_FLOATING_TYPES(M.scalar_type(), "emd_solve", [&] {
     const scalar_t* pm = M.data_ptr<scalar_t>();
-    std::atomic<int64_t> next{0};
-    at::parallel_for(0, std::min<int64_t>(B, at::get_num_threads()), 1, [&](int64_t, int64_t) {
-      for (int64_t bb; (bb = next.fetch_add(1)) < B;) {
-        const scalar_t* Mb = pm + bb * (int64_t)n * m;
-        bool finite = true;
-        for (int64_t k = 0; k < (int64_t)n * m; ++k) finite &= std::isfinite((double)Mb[k]);
-        if (!finite) { status[bb] = kInvalid; continue; }
-        Simplex<scalar_t> t;
-        t.C = Mb;
-        t.n = n;
-        t.m = m;
-        iters.data_ptr<int64_t>()[bb] = t.solve(a.data_ptr<double>() + bb * n, b.data_ptr<double>() + bb * m, plan.data_ptr<double>() + bb * (int64_t)n * m,
-                cost.data_ptr<double>() + bb, u.data_ptr<double>() + bb * n, v.data_ptr<double>() + bb * m, max_iter);
-      }
+    for_each_problem(B, [&](int64_t bb) {
+      const scalar_t* Mb = pm + bb * (int64_t)n * m;
+      double* X = plan.data_ptr<double>() + bb * (int64_t)n * m;
+      std::memset(X, 0, sizeof(double) * (size_t)n * m);  // here, not a parallel at::zeros
+      bool finite = true;
+      for (int64_t k = 0; k < (int64_t)n * m; ++k) finite &= std::isfinite((double)Mb[k]);
+      if (!finite) { status[bb] = kInvalid; return; }
+      Simplex<scalar_t> t;
+      t.C = Mb;
+      t.n = n;
+      t.m = m;
+      iters.data_ptr<int64_t>()[bb] = t.solve(a.data_ptr<double>() + bb * n, b.data_ptr<double>() + bb * m, X,
+                                              cost.data_ptr<double>() + bb, u.data_ptr<double>() + bb * n,
+                                              v.data_ptr<double>() + bb * m, max_iter);
     });
   });
   for (int64_t bb = 0; bb < B; ++bb)

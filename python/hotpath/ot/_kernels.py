@@ -12,7 +12,6 @@ S_b(z) = -eps log sum_j b_j exp(-C(z, y_j) / eps),
 H = 1/2 <a, S_b - S_a> + 1/2 <b, S_a - S_b>, which tends to the symmetric ICP loss as
 blur -> 0 and is 0 for identical measures.
 """
-import math
 import re
 
 import torch
@@ -155,8 +154,3 @@ def sinkhorn_custom_cost(a, x, b, y, cost, p, blur, rho, diameter, scaling, debi
     ta, _, _, _ = _side_terms(a, F, Fa, rho, e, debias, a > 0)
     tb, _, _, _ = _side_terms(b, G, Gb, rho, e, debias, b > 0)
     return (a * ta).sum(1) + (b * tb).sum(1)
-
-
-def check_blur_scale(blur):
-    if not (isinstance(blur, (int, float)) and math.isfinite(blur) and blur > 0):
-        raise ValueError(f"blur must be a finite number > 0, got {blur!r}")

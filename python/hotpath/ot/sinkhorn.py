@@ -495,7 +495,10 @@ def sinkhorn(x, y, a=None, b=None, *, blur=0.05, p=2, reach=None, reach_x=None, 
     potentials move less than tol (checked every 10 iterations). reach sets both marginal
     penalties (rho = reach^p, KL); reach_x / reach_y set one side (None on a side = balanced).
     debias=True returns the Sinkhorn divergence. Returns SinkhornResult; loss is differentiable
-    wrt x, y, a, b (analytic gradients).
+    wrt x, y, a, b (analytic gradients; with create_graph=True the gradient is rebuilt in torch ops
+    through the last extrapolation step, GeomLoss's rule, so gradient penalties work). p: 1 or 2
+    (2.0 accepted). float32 problems with blur far above the diameter, or near-coincident clouds,
+    are solved in float64 inside (docs/ot.md, "Precision").
     """
     backends.check(backend)
     check_params(blur, p, reach, reach_x, reach_y, scaling, diameter, max_iter, tol)

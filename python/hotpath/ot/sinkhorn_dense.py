@@ -328,7 +328,8 @@ def sinkhorn_plan(a, b, M, reg, method="sinkhorn", numItermax=1000, stopThr=1e-9
 
     hp.ot.sinkhorn is the point-cloud solver, so POT's plan-returning function lives here under
     this name; arguments, defaults, numpy in -> numpy out and the log dict as sinkhorn2. P is
-    differentiable wrt M, a, b (implicit differentiation of the fixed point: exact).
+    differentiable wrt M, a, b (implicit differentiation of the fixed point: exact). With b of
+    shape (m, n_hists) it returns the n_hists values, as POT's ot.sinkhorn does.
     """
     Cb, A, Bw, batched, n_hists, numpy_out, f0 = _pot_args(a, b, M, reg, method, numItermax, stopThr,
                                                            warmstart)

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from hotpath.reference import quant_lowbit as ref
+from hotpath.quant.packing import topk_desc
 
 from . import _qgemm as Q
 from ._qgemm import grouped_tile
@@ -447,13 +447,13 @@ def _binary_scores_kernel(q_ptr, k_ptr, out_ptr, Q, n, W32, d, BQ: tl.constexpr,
 
 
 def _merge(best, chunk_vals, offset, k):
-    v, i = ref.topk_desc(chunk_vals, min(k, chunk_vals.shape[1]))
+    v, i = topk_desc(chunk_vals, min(k, chunk_vals.shape[1]))
     i = i + offset
     if best is None:
         return v, i
     vals = torch.cat([best[0], v], 1)
     idx = torch.cat([best[1], i], 1)
-    vv, pos = ref.topk_desc(vals, k)                 # earlier chunks first: ties keep the smaller index
+    vv, pos = topk_desc(vals, k)                 # earlier chunks first: ties keep the smaller index
     return vv, torch.gather(idx, 1, pos)
 
 
