@@ -17,7 +17,7 @@ def _lsa_fake(C, maximize):
     return C.new_empty(C.shape[0], k, dtype=torch.int64), C.new_empty(C.shape[0], k, dtype=torch.int64)
 
 
-@backends.op("lsa_solve", fake=_lsa_fake)
+@backends.op("lsa_solve", fake=_lsa_fake, triton="assignment.lsa_solve")
 def lsa_solve(C: Tensor, maximize: bool) -> Tuple[Tensor, Tensor]:
     """C (B, n, m) float32/float64 -> (rows (B, k), cols (B, k)) int64, k = min(n, m), rows ascending.
     +inf (-inf when maximizing) marks a forbidden pair; NaN or the opposite infinity, or no

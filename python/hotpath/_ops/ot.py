@@ -42,7 +42,7 @@ def _alternating_fake(C, a_log, b_log, eps, rho_x, rho_y, max_iter, tol, check_e
             C.new_empty(B))
 
 
-@backends.op("ot_sinkhorn_alternating", fake=_alternating_fake)
+@backends.op("ot_sinkhorn_alternating", fake=_alternating_fake, triton="ot.sinkhorn_alternating")
 def ot_sinkhorn_alternating(C: Tensor, a_log: Tensor, b_log: Tensor, eps: float, rho_x: float, rho_y: float,
                             max_iter: int, tol: float, check_every: int, f0: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """POT-order log-domain Sinkhorn on a dense cost: (f, g, n_iter (B,) int64, err (B,))."""

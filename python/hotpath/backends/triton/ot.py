@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .pairwise import LOG2E, _scal, interpreting, smem_limit, split
+from .pairwise import LOG2E, _scal, interpreting, split
 
 _LN2 = tl.constexpr(0.6931471805599453)
 _LOG2E = tl.constexpr(LOG2E)
