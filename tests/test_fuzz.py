@@ -10,8 +10,14 @@ backend="cpu" (and, for a small subset, "triton" through the interpreter). The p
 - the backends agree on accepting or rejecting an input;
 - the NaN rule of the reference holds on the backend: where the reference returns NaN the
   backend returns NaN, where it returns +-inf the backend returns the same infinity, where it is
-  finite the backend is finite and close (tolerance from the compute dtype, relative to the
-  output's scale). Gradients of the differentiable outputs follow the same rule.
+  finite the backend is finite and close: within the dtype's tolerance relative to the output's
+  scale, plus three times the reference's own rounding error (the reference run once more on
+  the same values in float64). Gradients of the differentiable outputs follow the NaN rule
+  always, and are compared by value at generic inputs (no special values, no repeated rows),
+  where they are unique.
+
+Divergences found and not yet fixed are listed at the end of the file: each is pinned by a
+strict xfail on its smallest input, and kept out of its fuzz test by one assume() naming it.
 
 Bounded for CI: a few dozen examples per function (HOTPATH_FUZZ_EXAMPLES overrides), tiny
 shapes, derandomized (the same examples every run; HOTPATH_FUZZ_RANDOM=1 explores new ones).

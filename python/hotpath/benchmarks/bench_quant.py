@@ -1,4 +1,4 @@
-"""Benchmarks of the integer quantized linear layers (issue 6), CPU.
+"""Benchmarks of the integer quantized linear layers, CPU.
 
 Cases: Int8Dynamic GEMM (vs torch.ao quantize_dynamic / fbgemm and float F.linear), Int8WeightOnly
 GEMV (vs torch._weight_int8pack_mm and a copy-bandwidth measurement), Int4WeightOnly GEMV and
@@ -136,7 +136,7 @@ def run(h, quick):
         qmodels[name] = r["model"]
         h.case(f"MiniLM cosine {name}")
         h.target_value(f"mean cosine vs float ({r['n_sentences']} sentences)", r["mean_cosine"], at_least=target)
-    # low-bit formats (issue 7): FP8 by round-to-nearest and by GPTQ rounding (calibrated on
+    # low-bit formats: FP8 by round-to-nearest and by GPTQ rounding (calibrated on
     # sentences disjoint from the evaluation set), NVFP4 with the Hadamard rotation
     from hotpath.quant import lowbit as L
     fp8 = minilm.evaluate(L.FP8WeightOnly(), model)["mean_cosine"]

@@ -1,4 +1,4 @@
-"""Low-bit float / ternary GEMV and quantized embedding search (issue 7); part of family `quant`.
+"""Low-bit float / ternary GEMV and quantized embedding search; part of family `quant`.
 
 Targets (CPU, 2 threads, ratios in one run):
   NVFP4 / MXFP4 GEMV, M = 1, K = 4096, N = 16384: >= 1.5x bfloat16 F.linear and >= 3x float32 F.linear.
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 
 def _int8_weight_only(w):
-    """Int8WeightOnly from hotpath.quant when present (issue 6), else torch's int8 weight-only GEMV."""
+    """Int8WeightOnly from hotpath.quant when present, else torch's int8 weight-only GEMV."""
     try:
         from hotpath.quant import Int8WeightOnly
         cfg = Int8WeightOnly()

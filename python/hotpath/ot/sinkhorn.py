@@ -101,10 +101,10 @@ def prepare(x, y, a, b, *, names=("x", "y", "a", "b")):
         raise ValueError(f"{nx_} and {ny_} must have the same feature dimension, got {x.shape[-1]} and {y.shape[-1]}")
     if x.shape[-1] == 0:
         raise ValueError(f"{nx_} and {ny_} must have at least one feature (D >= 1), got shape {tuple(x.shape)}")
-    for nm, t in ((nx_, x), (ny_, y)):
-        # +-inf coordinates have no transport cost (NaN propagates as NaN, the library's rule)
-        if bool(torch.isinf(t.detach()).any()):
-            raise ValueError(f"{nm} must have finite coordinates, got an infinite value")
+    # +-inf coordinates have no transport cost (NaN propagates as NaN, the library's rule)
+    if bool(torch.isinf(x.detach()).any() | torch.isinf(y.detach()).any()):
+        nm = nx_ if bool(torch.isinf(x.detach()).any()) else ny_
+        raise ValueError(f"{nm} must have finite coordinates, got an infinite value")
     batched = x.dim() == 3
     if batched and x.shape[0] != y.shape[0]:
         raise ValueError(f"{nx_} and {ny_} must have the same batch size, got {x.shape[0]} and {y.shape[0]}")
@@ -186,19 +186,25 @@ def solve(X, Y, A, Bw, cfg: _Config, want_grad: bool):
     # before centering; the fixed-eps mode (max_iter / tol) never uses it
     diam = cfg.diameter if cfg.diameter is not None or cfg.max_iter is not None else _diameter(X, Y, va, vb)
     out_dtype = X.dtype
-    if X.dtype == torch.float32:
-        # float32 holds potentials ~ eps log n next to costs ~ diameter^p only when eps is not far
-        # above the costs (blur = 1000 gave 1.28 for 0.172), nor can it resolve clouds whose
-        # diameter is near its underflow: such problems run in float64, results cast back
-        span = diam if diam is not None else _diameter(X, Y, va, vb)
-        if not span ** p * 16.0 >= cfg.blur ** p or span < 1e-15:
-            X, Y, A, Bw = X.double(), Y.double(), A.double(), Bw.double()
     # padded points sit at the centre: they never produce huge or NaN scores
     cnt = va.sum(1, keepdim=True) + vb.sum(1, keepdim=True)
     center = ((X * va[..., None]).sum(1) + (Y * vb[..., None]).sum(1)) / cnt.clamp_min(1)
     center = center[:, None, :]
     X = torch.where(va[..., None], X - center, torch.zeros((), dtype=X.dtype))
     Y = torch.where(vb[..., None], Y - center, torch.zeros((), dtype=X.dtype))
+    span = diam
+    if X.dtype == torch.float32:
+        # float32 holds potentials ~ eps log n next to costs ~ diameter^p only when eps is not far
+        # above the costs (blur = 1000 gave 1.28 for 0.172), nor can it resolve clouds whose
+        # diameter is near its underflow: such problems run in float64, results cast back.
+        # After centering the padded points sit at the mean of the valid ones, inside their
+        # bounding box, so the unmasked box of X and Y is the valid points' one.
+        if span is None:
+            lo_hi = torch.stack([torch.minimum(X.amin((0, 1)), Y.amin((0, 1))),
+                                 torch.maximum(X.amax((0, 1)), Y.amax((0, 1)))])
+            span = float((lo_hi[1] - lo_hi[0]).norm())
+        if not span ** p * 16.0 >= cfg.blur ** p or span < 1e-15:
+            X, Y, A, Bw, center = X.double(), Y.double(), A.double(), Bw.double(), center.double()
     X, Y = X.contiguous(), Y.contiguous()
     a_log, b_log = _log_w(A), _log_w(Bw)
 
@@ -266,15 +272,17 @@ def solve(X, Y, A, Bw, cfg: _Config, want_grad: bool):
         # f and T(g) are both ~ the cost, so their difference is evaluated in float64 (the float32
         # difference of two values ~ 1e6 is rounding, and exp of it meaningless), and the error
         # as a_i |expm1(.)| (relative to a_i, no cancellation against a_i)
-        D64 = torch.float64
-        h64 = (b_log.to(D64) + g_ab.to(D64) / e).contiguous()
+        # (float32 is enough while the costs stay below ~1e3 eps: its rounding of f - T(g) is
+        # then < 1e-4 eps)
+        wd = X.dtype if X.dtype == torch.float64 or (span is not None and span ** p < 1e3 * e) else torch.float64
+        hw = (b_log.to(wd) + g_ab.to(wd) / e).contiguous()
         if small:
-            C64 = Cxy if Cxy.dtype == D64 else ops.ot_cost_matrix(X.to(D64), Y.to(D64), p).contiguous()
-            t = ops.ot_softmin_dense(C64, h64, e, 2)
+            Cw = Cxy if Cxy.dtype == wd else ops.ot_cost_matrix(X.to(wd), Y.to(wd), p).contiguous()
+            t = ops.ot_softmin_dense(Cw, hw, e, 2)
         else:
-            t, _ = softmin_points(X.to(D64).contiguous(), Y.to(D64).contiguous(), h64, e, p, False)
-        z64 = torch.zeros((), dtype=D64, device=X.device)
-        dev = torch.where(va, A.to(D64) * torch.expm1((f_ba.to(D64) - t) / e).abs(), z64)
+            t, _ = softmin_points(X.to(wd).contiguous(), Y.to(wd).contiguous(), hw, e, p, False)
+        zw = torch.zeros((), dtype=wd, device=X.device)
+        dev = torch.where(va, A.to(wd) * torch.expm1((f_ba.to(wd) - t) / e).abs(), zw)
         out["marginal_error"] = dev.sum(1).to(X.dtype)
     else:
         out["marginal_error"] = loss.new_full((B,), float("nan"))

@@ -13,7 +13,7 @@ Shared memory of one program (bytes), what Triton allocates for a K loop feeding
 
 b_op_bytes = 0 when the loaded tile feeds the dot as it is (no dequantization). A kernel without a
 K loop has num_stages = 1. The formula is deliberately an upper bound (Triton may keep one stage
-fewer); the untiled Hadamard kernel that failed on an H200 (issue 14: 278,528 B) is
+fewer); the untiled Hadamard kernel that failed on an H200 (278,528 B) is
 16 * 256 * 4 + 256 * 256 * 4 = 278,528 B by it, exactly.
 """
 import os

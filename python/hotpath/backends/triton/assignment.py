@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-_NEG = float("-inf")
+_DEBUG = False
 
 
 @triton.jit
@@ -39,9 +39,10 @@ def _benefit(c, SIGN: tl.constexpr, forbid):
 def _row_top2(C, i, n_real, n_obj, s_p, s_o, PRICE, forbid, SIGN: tl.constexpr, BLOCK: tl.constexpr):
     """Best value, its object and the second-best value of person i against the prices."""
     offs = tl.arange(0, BLOCK)
-    v1 = float("-inf")
-    v2 = float("-inf")
-    j1 = 0
+    # float64 from the start: loop-carried values must keep one type when compiled
+    v1 = tl.full([], float("-inf"), tl.float64)
+    v2 = tl.full([], float("-inf"), tl.float64)
+    j1 = tl.full([], 0, tl.int32)
     for start in range(0, n_obj, BLOCK):
         o = start + offs
         om = o < n_obj
@@ -88,7 +89,7 @@ def _auction_kernel(C, PRICE, OWNER, ASSIGN, QUEUE, EPS0, EPSF, FORBID, SLACK, B
         head = 0
         count = N
         bids = 0
-        while count > 0 and bids < max_bids:
+        while (count > 0) & (bids < max_bids):
             i = tl.load(QUEUE + head)
             head = (head + 1) % N
             count -= 1
@@ -114,7 +115,7 @@ def _auction_kernel(C, PRICE, OWNER, ASSIGN, QUEUE, EPS0, EPSF, FORBID, SLACK, B
         else:
             eps = tl.maximum(eps * 0.125, eps_final)
     # certificate: slack of each person against the final prices; forbidden pairs used
-    total = 0.0
+    total = tl.zeros([], dtype=tl.float64)
     used_forbidden = 0
     if bad == 0:
         for i0 in range(0, N):
@@ -187,7 +188,8 @@ def lsa_solve(C, maximize):
     eps_flt = torch.maximum(scale * 2.0 ** -42 / N, scale * 2.0 ** -48)
     eps_final = torch.where(integer, eps_int, eps_flt)
     eps0 = torch.maximum(span / 8.0, eps_final)
-    tol = torch.where(integer, torch.full_like(scale, 0.5), N * eps_flt * 1.01 + N * scale * 2.0 ** -50)
+    # integer costs: a gap below 1 proves optimality (N * eps_final = N / (N + 1) < 1)
+    tol = torch.where(integer, torch.full_like(scale, 1.0 - 0.5 / (N + 1)), N * eps_flt * 1.01 + N * scale * 2.0 ** -50)
 
     price = torch.zeros(B, N, dtype=torch.float64, device=dev)
     owner = torch.empty(B, N, dtype=torch.int32, device=dev)
@@ -196,7 +198,7 @@ def lsa_solve(C, maximize):
     slack = torch.empty(B, dtype=torch.float64, device=dev)
     bad = torch.empty(B, dtype=torch.int32, device=dev)
     BLOCK = min(triton.next_power_of_2(N), 1024)
-    max_bids = 200 * N * N + 10000
+    max_bids = min(200 * N * N + 10000, 2 ** 31 - 1)  # a safety cap, far above the eps-scaling bound
     _auction_kernel[(B,)](Ct, price, owner, assign, queue, eps0.to(dev), eps_final.to(dev), forbid.to(dev),
                           slack, bad, k, N, s_b, s_p, s_o, max_bids,
                           SIGN=sign, BLOCK=BLOCK, num_warps=4)
@@ -208,6 +210,8 @@ def lsa_solve(C, maximize):
         cols = torch.gather(idx, 1, order)
     else:
         rows, cols = idx.clone(), x
+    if _DEBUG:
+        print('auction slack', slack.tolist(), 'tol', tol.tolist(), 'bad', bad.tolist())
     fail = (bad != 0) | ~(slack <= tol.to(dev)) | no_allowed.to(dev)
     if bool(fail.any()):
         fb = torch.nonzero(fail).flatten()

@@ -6,7 +6,7 @@ rounding), accumulating over the block's input chunks; the random signs are appl
 (forward) or after (inverse).
 
 The former kernel held the whole (block, block) matrix and a (16, block) row tile in shared
-memory: 278,528 B for block = 256 in float32, over the 227 KB of an H100 / H200 (issue 14). Now a
+memory: 278,528 B for block = 256 in float32, over the 227 KB of an H100 / H200 (seen on an H200). Now a
 program needs smem_bytes(BM, BJ, BI, e, 0, stages, b_op_bytes=e) (backends/triton/_qgemm.py), at
 most 64 KB in float32, and the configuration is checked against the device before launch.
 """

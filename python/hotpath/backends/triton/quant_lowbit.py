@@ -1,4 +1,4 @@
-"""Triton kernels of the low-bit formats (issues 7, 14): FP4 (MXFP4 / NVFP4) and FP8 linear with the
+"""Triton kernels of the low-bit formats: FP4 (MXFP4 / NVFP4) and FP8 linear with the
 decode in the GEMM prologue (arithmetic decode of E2M1 / E4M3 / E5M2 / E8M0 codes, or the
 hardware fp8 conversion on sm_89+, into the activations' dtype feeding tl.dot; tiled prefill GEMM
 over M and split-K decode GEMV, planned by _qgemm.run_linear), FP8 dynamic (per-token E4M3

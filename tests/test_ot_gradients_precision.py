@@ -1,4 +1,4 @@
-"""Issue 15, Sinkhorn family: gradients that are the derivative of the returned value (autodiff /
+"""Sinkhorn family: gradients that are the derivative of the returned value (autodiff /
 envelope), double backward, float32 with a large blur / reach / eps, near-coincident clouds,
 errors that name the argument, POT / GeomLoss drop-in call forms."""
 import math
