@@ -190,14 +190,6 @@ def lse_offdiag(x, scale):
     return torch.logsumexp(s, dim=1)
 
 
-def lse_offdiag_bwd(x, scale, lse, g):
-    """Gradient of sum_i g_i lse_offdiag_i with respect to x."""
-    s = scale * x @ x.T
-    s = s.masked_fill(torch.eye(x.shape[0], dtype=torch.bool, device=x.device), -float("inf"))
-    w = g[:, None] * torch.exp(s - lse[:, None])
-    return scale * (w @ x + w.T @ x)
-
-
 def hard_mine(x, labels):
     """Per row: index of the farthest positive and nearest negative by squared Euclidean distance
     (same label, j != i / different label); -1 where none exists."""

@@ -82,13 +82,6 @@ def sliced_wasserstein(x, y, a, b, theta, p=2.0):
     return costs.mean(-1) ** (1.0 / p)
 
 
-def sliced_wasserstein_sorted_equal(x, y, theta, p=2.0):
-    """The plain torch baseline users write for uniform weights and N == M: matmul, sort, diff."""
-    px, _ = torch.sort(torch.matmul(x, theta), dim=-2)
-    py, _ = torch.sort(torch.matmul(y, theta), dim=-2)
-    return (cost(px - py, p).mean(dim=(-2, -1))) ** (1.0 / p)
-
-
 def histogram_wasserstein(p, q, support, order=1.0):
     """W_order^order between histograms p, q (B, K) (normalized here) on support (B, K) sorted."""
     p = p / p.sum(-1, keepdim=True)

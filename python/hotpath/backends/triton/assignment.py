@@ -60,7 +60,7 @@ def _row_top2(C, i, n_real, n_obj, s_p, s_o, PRICE, forbid, SIGN: tl.constexpr, 
     return v1, j1, v2
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_real", "n_obj", "max_bids"])
 def _auction_kernel(C, PRICE, OWNER, ASSIGN, QUEUE, EPS0, EPSF, FORBID, SLACK, BAD,
                     n_real, n_obj, s_b, s_p, s_o, max_bids,
                     SIGN: tl.constexpr, BLOCK: tl.constexpr):
@@ -75,8 +75,9 @@ def _auction_kernel(C, PRICE, OWNER, ASSIGN, QUEUE, EPS0, EPSF, FORBID, SLACK, B
     eps = tl.load(EPS0 + b)
     eps_final = tl.load(EPSF + b)
     forbid = tl.load(FORBID + b)
-    bad = 0
-    go = 1
+    # scalar tensors, not Python ints: they are reassigned inside data-dependent branches
+    bad = tl.zeros([], dtype=tl.int32)
+    go = tl.full([], 1, tl.int32)
     while go > 0:
         # a phase: every person unassigned, prices kept from the previous (larger-eps) phase
         for start in range(0, N, BLOCK):
@@ -86,9 +87,9 @@ def _auction_kernel(C, PRICE, OWNER, ASSIGN, QUEUE, EPS0, EPSF, FORBID, SLACK, B
             tl.store(ASSIGN + o, tl.full([BLOCK], -1, tl.int32), mask=om)
             tl.store(QUEUE + o, o.to(tl.int32), mask=om)
         tl.debug_barrier()
-        head = 0
-        count = N
-        bids = 0
+        head = tl.zeros([], dtype=tl.int32)
+        count = tl.zeros([], dtype=tl.int32) + N
+        bids = tl.zeros([], dtype=tl.int32)
         while (count > 0) & (bids < max_bids):
             i = tl.load(QUEUE + head)
             head = (head + 1) % N
@@ -108,15 +109,15 @@ def _auction_kernel(C, PRICE, OWNER, ASSIGN, QUEUE, EPS0, EPSF, FORBID, SLACK, B
             tl.debug_barrier()
             bids += 1
         if count > 0:
-            bad = 1
-            go = 0
+            bad = tl.full([], 1, tl.int32)
+            go = tl.zeros([], dtype=tl.int32)
         elif eps <= eps_final:
-            go = 0
+            go = tl.zeros([], dtype=tl.int32)
         else:
             eps = tl.maximum(eps * 0.125, eps_final)
     # certificate: slack of each person against the final prices; forbidden pairs used
     total = tl.zeros([], dtype=tl.float64)
-    used_forbidden = 0
+    used_forbidden = tl.zeros([], dtype=tl.int32)
     if bad == 0:
         for i0 in range(0, N):
             i = (i0 + tl.zeros([], dtype=tl.int32)).to(tl.int32)
@@ -129,7 +130,7 @@ def _auction_kernel(C, PRICE, OWNER, ASSIGN, QUEUE, EPS0, EPSF, FORBID, SLACK, B
             total += v1 - (a - tl.load(PRICE + j))
             if a == forbid:
                 if i < n_real:
-                    used_forbidden = 1
+                    used_forbidden = tl.full([], 1, tl.int32)
     tl.store(SLACK + b, total)
     tl.store(BAD + b, tl.maximum(bad, used_forbidden))
 
