@@ -83,7 +83,10 @@ def linear_sum_assignment(C, maximize=False, *, backend="auto"):
     dtype = _solve_dtype("C", T)
     dev = T.device
     batched = T.dim() == 3
-    Cb = _on_cpu((T if batched else T[None]).detach()).to(dtype).contiguous()
+    Cb = (T if batched else T[None]).detach()
+    if not (Cb.device.type == "cuda" and backends.triton_available()):
+        Cb = _on_cpu(Cb)  # CUDA tensors take the batched Triton auction; others the C++ solver
+    Cb = Cb.to(dtype).contiguous()
     try:
         with backends.prefer(backend):
             rows, cols = ops.lsa_solve(Cb, bool(maximize))

@@ -25,8 +25,6 @@ import torch
 import triton
 import triton.language as tl
 
-_DEBUG = False
-
 
 @triton.jit
 def _benefit(c, SIGN: tl.constexpr, forbid):
@@ -211,8 +209,6 @@ def lsa_solve(C, maximize):
         cols = torch.gather(idx, 1, order)
     else:
         rows, cols = idx.clone(), x
-    if _DEBUG:
-        print('auction slack', slack.tolist(), 'tol', tol.tolist(), 'bad', bad.tolist())
     fail = (bad != 0) | ~(slack <= tol.to(dev)) | no_allowed.to(dev)
     if bool(fail.any()):
         fb = torch.nonzero(fail).flatten()
