@@ -58,7 +58,13 @@ def _solve(P, d1, d2, r1, r2, balanced, va, vb):
         e = vb.to(P.dtype)
         c = d2.sum(1, keepdim=True) / e.sum(1, keepdim=True).clamp_min(1.0)
         S = S + c[:, :, None] * e[:, :, None] * e[:, None, :]
-    v = torch.linalg.solve(S, rhs[..., None])[..., 0]
+    v, info = torch.linalg.solve_ex(S, rhs[..., None])
+    if bool((info != 0).any()):
+        # a plan close to a permutation splits the kernel into blocks, each with its own gauge:
+        # S is singular to working precision but the system stays consistent, so the
+        # minimum-norm solution is a solution (S is symmetric positive semi-definite)
+        v = torch.linalg.pinv(S, hermitian=True) @ rhs[..., None]
+    v = v[..., 0]
     u = (r1 - (P @ v[..., None])[..., 0]) / d1
     return u, v
 

@@ -199,6 +199,8 @@ def solve(X, Y, A, Bw, cfg: _Config, want_grad: bool):
         # diameter is near its underflow: such problems run in float64, results cast back.
         # After centering the padded points sit at the mean of the valid ones, inside their
         # bounding box, so the unmasked box of X and Y is the valid points' one.
+        if span is None and (X.shape[1] == 0 or Y.shape[1] == 0):
+            span = 0.0  # an empty side: the loss is 0 whatever runs
         if span is None:
             lo_hi = torch.stack([torch.minimum(X.amin((0, 1)), Y.amin((0, 1))),
                                  torch.maximum(X.amax((0, 1)), Y.amax((0, 1)))])

@@ -178,8 +178,8 @@ def search_int8(qq, qstep, keys, key_scale, k):
 
 def binary_scores(qbits, kbits, d):
     """qbits (Q, d/8), kbits (n, d/8) uint8 -> d - 2 * Hamming (the dot product of +-1 vectors)."""
-    qb = ((qbits[:, :, None].long() >> torch.arange(8, device=qbits.device)) & 1).reshape(qbits.shape[0], -1)[:, :d]
-    kb = ((kbits[:, :, None].long() >> torch.arange(8, device=kbits.device)) & 1).reshape(kbits.shape[0], -1)[:, :d]
+    qb = ((qbits[:, :, None].long() >> torch.arange(8, device=qbits.device)) & 1).reshape(qbits.shape[0], 8 * qbits.shape[1])[:, :d]
+    kb = ((kbits[:, :, None].long() >> torch.arange(8, device=kbits.device)) & 1).reshape(kbits.shape[0], 8 * kbits.shape[1])[:, :d]
     qs, ks = (2 * qb - 1).double(), (2 * kb - 1).double()
     return (qs @ ks.T).float()
 
