@@ -141,3 +141,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_lse_fwd_cuda(const at::Tensor& x_, c
 
 // The narrow-feature kernel (d, k <= 16); backends/cuda/pairwise.py routes the shapes it takes here.
 TORCH_LIBRARY_IMPL(hotpath, CUDA, m) { m.impl("pairwise_lse_fwd_narrow", &hotpath::pairwise_lse_fwd_cuda); }
+
+// Present only in a build that compiled this file: how Python knows the CUDA C++ kernels exist.
+static bool cuda_kernels_built() { return true; }
+TORCH_LIBRARY_FRAGMENT(hotpath, m) { m.def("cuda_kernels_built() -> bool", &cuda_kernels_built); }
