@@ -212,3 +212,17 @@ def run_linear(kernel, tuner, fmt_args, fmt_consts, bias, x, N, K, need, step=16
         return (triton.cdiv(M, meta["BM"]) * triton.cdiv(N, meta["BN"]), 1)
     tuned[grid](*fmt_args, b, y, M, N, K, K, m_bucket(M), *extra, HAS_BIAS=bias is not None, **fmt_consts, GROUP_M=8)
     return y[0]
+
+
+# ------------------------------------------------------------------ activations
+_TL = {"bf16": tl.bfloat16, "fp16": tl.float16, "fp32": tl.float32}
+_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+KEY = ["MB", "N", "K"]   # autotune key of the quantized GEMM / GEMV kernels
+
+
+def _x_and_policy(x):
+    """Activations as the kernels read them (float32 / bf16 / fp16 contiguous) and (DT, PREC, bytes)."""
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or interpreter():
+        x = x.float()   # the interpreter's bf16 / fp16 tl.dot is wrong: it computes in float32
+    dt, prec = compute_dtype(x)
+    return x.contiguous(), _TL[dt], prec, _BYTES[dt]

@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from . import _qgemm as Q
-from ._qgemm import grouped_tile
+from ._qgemm import KEY, _x_and_policy, grouped_tile
 
 
 # ------------------------------------------------------------------ activation quantization
@@ -85,17 +85,6 @@ def quantize_activations(x):
 
 
 # ------------------------------------------------------------------ shared
-_TL = {"bf16": tl.bfloat16, "fp16": tl.float16, "fp32": tl.float32}
-_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
-KEY = ["MB", "N", "K"]
-
-
-def _x_and_policy(x):
-    """Activations as the kernels read them (float32 / bf16 / fp16 contiguous) and (DT, PREC)."""
-    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or Q.interpreter():
-        x = x.float()   # the interpreter's bf16 / fp16 tl.dot is wrong: it computes in float32
-    dt, prec = Q.compute_dtype(x)
-    return x.contiguous(), _TL[dt], prec, _BYTES[dt]
 
 
 # ------------------------------------------------------------------ W8A16

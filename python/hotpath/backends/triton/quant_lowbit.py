@@ -14,7 +14,7 @@ import triton.language as tl
 from hotpath.quant.packing import topk_desc
 
 from . import _qgemm as Q
-from ._qgemm import grouped_tile
+from ._qgemm import KEY, _x_and_policy, grouped_tile
 
 
 # Decoders build the float32 bit pattern with integer ops (no exp2: the special-function unit's
@@ -63,16 +63,6 @@ def _e8m0(c):
 # 6 significant bits) and E4M3 / E5M2 values are exact in bf16 and fp16, so a bf16 / fp16
 # activation runs on the tensor cores with no rounding of the weight; float32 activations follow
 # the TF32 switch (Q.compute_dtype).
-_TL = {"bf16": tl.bfloat16, "fp16": tl.float16, "fp32": tl.float32}
-_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
-KEY = ["MB", "N", "K"]
-
-
-def _x_and_policy(x):
-    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or Q.interpreter():
-        x = x.float()   # the interpreter's bf16 / fp16 tl.dot is wrong: it computes in float32
-    dt, prec = Q.compute_dtype(x)
-    return x.contiguous(), _TL[dt], prec, _BYTES[dt]
 
 
 @triton.jit
