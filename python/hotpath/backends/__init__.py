@@ -141,7 +141,7 @@ class Op:
         if fn is not None:
             return fn(*args)
         load_extension()  # registers the C++ (CPU and CUDA) kernels with the dispatcher, once
-        if device.type == "cuda" and self.triton is None and not triton_available():
+        if device.type == "cuda" and self.triton is not None and not triton_available():
             _warn_once("triton", "hotpath: triton is not installed; CUDA ops fall back to the pure-torch reference")
         return self.overload(*args)
 
