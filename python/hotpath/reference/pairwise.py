@@ -14,9 +14,11 @@ def scores(x, y, scale, metric, col_bias=None):
 
 
 def _softmax(s, lse):
-    # rows of lse = -inf (every column masked) or +inf weigh nothing, as in the kernels; NaN propagates
+    # normalized by the row sum, not exp(s - lse): at |s| ~ 1e30 the lse absorbs log(sum) and
+    # exp(s - lse) would not sum to 1. Rows of lse = -inf (every column masked) or +inf weigh
+    # nothing, as in the kernels; NaN propagates.
     dead = torch.isinf(lse)
-    return torch.where(dead[..., None], 0.0, torch.exp(s - torch.where(dead, 0.0, lse)[..., None]))
+    return torch.where(dead[..., None], 0.0, torch.softmax(s, dim=-1))
 
 
 def pairwise_lse_fwd(x, y, col_bias, values, scale, metric):
