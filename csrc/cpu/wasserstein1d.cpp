@@ -344,8 +344,9 @@ double sorted_weights(const T* raw, const int32_t* idx, int64_t n, std::vector<d
   }
   double s = 0.0;
   for (int64_t k = 0; k < n; ++k) s += (double)raw[k];
-  const double inv = 1.0 / s;
-  for (int64_t k = 0; k < n; ++k) w[k] = (double)raw[idx ? idx[k] : k] * inv;
+  // divided, not multiplied by 1 / s: a dominant weight normalizes to exactly 1 (as in the
+  // reference and POT), so 1 - cumsum does not turn its rounding error into a segment of a far point
+  for (int64_t k = 0; k < n; ++k) w[k] = (double)raw[idx ? idx[k] : k] / s;
   return s;
 }
 
@@ -707,6 +708,12 @@ HistStats hist_w1_row(const HistRow<T>& r, double* sw) {
   for (; k + 8 <= K; k += 8) { vp += load8(r.p + k); vq += load8(r.q + k); }
   double sp = hsum8(vp), sq = hsum8(vq);
   for (; k < K; ++k) { sp += (double)r.p[k]; sq += (double)r.q[k]; }
+  // NaN rule of the family (as wasserstein1d): a NaN or infinite mass makes the problem NaN, even
+  // where no CDF difference would carry it (K = 1); ap = aq = NaN makes every gradient NaN.
+  if (!std::isfinite(sp) || !std::isfinite(sq)) {
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    return {sp, sq, nan, nan, nan};
+  }
   const double ip = 1.0 / sp, iq = 1.0 / sq;
   V8 acc{}, ap{}, aq{};
   double cp = 0, cq = 0;

@@ -84,6 +84,11 @@ def _hist_fake(p, q, support, need_gp, need_gq):
     return e(p.shape[0]), e(p.shape) if need_gp else e(0), e(q.shape) if need_gq else e(0), e(p.shape[0], 4)
 
 
+def _min_skip_nan(x):
+    # the kernels' row minimum skips NaN, so a -inf mass beside a NaN one is still seen as negative
+    return torch.where(x != x, torch.full_like(x, float("inf")), x).amin(-1)
+
+
 @backends.op("histogram_w1_fwd", fake=_hist_fake, triton="wasserstein1d.histogram_w1_fwd")
 def histogram_w1_fwd(p: Tensor, q: Tensor, support: Tensor, need_gp: bool,
                      need_gq: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -91,5 +96,6 @@ def histogram_w1_fwd(p: Tensor, q: Tensor, support: Tensor, need_gp: bool,
     d/dq (each an empty tensor unless asked for), stats (B, 4) = (min p, sum p, min q, sum q) per
     row (read in the same pass, for validation)."""
     cost, gp, gq = ref.histogram_wasserstein_grads(p, q, support.expand_as(p), need_gp, need_gq)
-    stats = torch.stack([p.amin(-1), p.sum(-1), q.amin(-1), q.sum(-1)], -1) if p.shape[0] else p.new_zeros(0, 4)
+    stats = torch.stack([_min_skip_nan(p), p.sum(-1), _min_skip_nan(q), q.sum(-1)], -1) if p.shape[0] \
+        else p.new_zeros(0, 4)
     return cost, gp, gq, stats

@@ -1,10 +1,27 @@
 """References for 1-D Wasserstein, sliced Wasserstein and histogram Wasserstein.
 
-Written for clarity in the POT style (merge of quantile functions through searchsorted); they
+Written for clarity in the POT style (merge of the two quantile functions); they
 materialize freely and work in any floating dtype (tests run them in float64). Layout used by the
 ops: one 1-D problem per row, u (B, n), v (B, m), weights (B, n) / (B, m) or None (uniform).
 """
+import functools
+
 import torch
+
+
+def _in_float64(fn):
+    """Run in float64 and return the first argument's dtype, as the kernels do (they accumulate in
+    double): a cost like |1e30|^2 that overflows float32 only at the end then overflows the same
+    way on every backend, and differences of such costs (the weight gradients) stay finite."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        dtype = args[0].dtype
+        up = [a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+        out = fn(*up, **kwargs)
+        if isinstance(out, tuple):
+            return tuple(o.to(dtype) for o in out)
+        return out.to(dtype)
+    return run
 
 
 def _normalize(w, like):
@@ -22,6 +39,26 @@ def cost(d, p):
     return a ** p
 
 
+def _merge(cu, cv):
+    """Merged grid of the two CDFs' breakpoints cu (B, n), cv (B, m): its sorted ends qs, the
+    sort's permutation, and the u / v sample index of each segment. Ties go to u first and a
+    segment's indices count the breakpoints passed before it, as the kernels' merge walk does, so
+    a zero-length segment between tied breakpoints already uses the next u sample: the one-sided
+    weight derivatives at ties are then the same on every backend."""
+    n, m = cu.shape[-1], cv.shape[-1]
+    qs, perm = torch.sort(torch.cat([cu, cv], -1), dim=-1, stable=True)
+    is_u = (perm < n).long()
+    ju = (torch.cumsum(is_u, -1) - is_u).clamp_(max=n - 1)
+    jv = (torch.cumsum(1 - is_u, -1) - (1 - is_u)).clamp_(max=m - 1)
+    return qs, perm, ju, jv
+
+
+def _segment_sum(delta, c):
+    """sum_k delta_k c_k over the merged grid's segments. A zero-length segment adds nothing, even
+    where its cost overflows to inf (0 * inf would be NaN): as in the kernels, which skip it."""
+    return torch.where(delta > 0, delta * c, torch.zeros_like(c)).sum(-1)
+
+
 def nan_rows(*ts):
     """NaN rule of the family: NaN (as a (B,) additive term, 0 elsewhere) for every problem (row)
     with a NaN or an infinity in its values or weights. Without it an infinite value gives inf or
@@ -35,6 +72,7 @@ def nan_rows(*ts):
     return torch.where(ok, zero, zero + float("nan"))
 
 
+@_in_float64
 def wasserstein_1d(u, v, uw=None, vw=None, p=1.0, presorted=False):
     """W_p^p between the rows of u (B, n) and v (B, m) with weights (normalized here); NaN for a
     problem with a NaN or infinite value or weight (nan_rows)."""
@@ -46,20 +84,16 @@ def wasserstein_1d(u, v, uw=None, vw=None, p=1.0, presorted=False):
         v, iv = torch.sort(v, dim=-1, stable=True)
         uw = torch.gather(uw, -1, iu)
         vw = torch.gather(vw, -1, iv)
-    n, m = u.shape[-1], v.shape[-1]
     cu = torch.cumsum(uw, -1)
     cv = torch.cumsum(vw, -1)
     # The last breakpoint is exactly 1 (total mass after normalization), as in the kernels.
     one = torch.ones_like(cu[..., -1:])
     cu = torch.cat([cu[..., :-1], one], -1)
     cv = torch.cat([cv[..., :-1], one], -1)
-    qs, _ = torch.sort(torch.cat([cu, cv], -1), dim=-1, stable=True)
-    # u index of a segment ending at q: first u breakpoint >= q (ties: u breakpoints first).
-    iu = torch.searchsorted(cu.contiguous(), qs.contiguous(), right=False).clamp_(max=n - 1)
-    iv = torch.searchsorted(cv.contiguous(), qs.contiguous(), right=False).clamp_(max=m - 1)
+    qs, _, iu, iv = _merge(cu, cv)
     delta = torch.diff(qs, dim=-1, prepend=torch.zeros_like(qs[..., :1]))
     d = torch.gather(u, -1, iu) - torch.gather(v, -1, iv)
-    return (delta * cost(d, p)).sum(-1) + bad
+    return _segment_sum(delta, cost(d, p)) + bad
 
 
 def random_projections(d, n_projections, *, generator=None, dtype=torch.float32, device="cpu"):
@@ -82,6 +116,7 @@ def sliced_wasserstein(x, y, a, b, theta, p=2.0):
     return costs.mean(-1) ** (1.0 / p)
 
 
+@_in_float64
 def histogram_wasserstein(p, q, support, order=1.0):
     """W_order^order between histograms p, q (B, K) (normalized here) on support (B, K) sorted."""
     p = p / p.sum(-1, keepdim=True)
@@ -134,6 +169,7 @@ def _weight_grad(dF, wn, total, idx):
     return _unsort((gwn - (gwn * wn).sum(-1, keepdim=True)) / total, idx)
 
 
+@_in_float64
 def wasserstein_1d_grads(u, v, u_weights, v_weights, p, presorted, grad_values, grad_weights):
     """wasserstein_1d (same layout, same value) with its analytic gradients.
 
@@ -158,18 +194,15 @@ def wasserstein_1d_grads(u, v, u_weights, v_weights, p, presorted, grad_values, 
     one = torch.ones_like(cu[..., -1:])
     cu = torch.cat([cu[..., :-1], one], -1)
     cv = torch.cat([cv[..., :-1], one], -1)
-    qs, perm = torch.sort(torch.cat([cu, cv], -1), dim=-1, stable=True)
-    qd = qs.detach().contiguous()
-    ju = torch.searchsorted(cu.detach().contiguous(), qd, right=False).clamp_(max=n - 1)
-    jv = torch.searchsorted(cv.detach().contiguous(), qd, right=False).clamp_(max=m - 1)
+    qs, perm, ju, jv = _merge(cu, cv)
     delta = torch.diff(qs, dim=-1, prepend=torch.zeros_like(qs[..., :1]))
     d = torch.gather(us, -1, ju) - torch.gather(vs, -1, jv)
     c = cost(d, p)
-    value = (delta * c).sum(-1) + bad
+    value = _segment_sum(delta, c) + bad
     empty = u.new_zeros(0)
     du = dv = duw = dvw = empty
     if grad_values:
-        gd = delta * _dcost(d, p)
+        gd = torch.where(delta > 0, delta * _dcost(d, p), torch.zeros_like(d))
         du = _unsort(torch.zeros_like(us).scatter_add(-1, ju, gd), su)
         dv = _unsort(torch.zeros_like(vs).scatter_add(-1, jv, -gd), sv)
     if grad_weights and (u_weights is not None or v_weights is not None):
@@ -183,6 +216,7 @@ def wasserstein_1d_grads(u, v, u_weights, v_weights, p, presorted, grad_values, 
     return value, du, dv, duw, dvw
 
 
+@_in_float64
 def histogram_wasserstein_grads(p, q, support, need_gp, need_gq):
     """Order-1 histogram_wasserstein (same value) with its analytic gradients w.r.t. p and q.
 
@@ -190,18 +224,19 @@ def histogram_wasserstein_grads(p, q, support, need_gp, need_gq):
     D_k = CDF_p(k) - CDF_q(k) (k < K-1), sw_k = sign(D_k) (s_{k+1} - s_k) and R_i = sum_{k >= i} sw_k:
     d/dp_i = (R_i - sum_k sw_k CDF_p(k)) / sum(p), d/dq_i = -(R_i - sum_k sw_k CDF_q(k)) / sum(q).
     Returns (cost (B,), gp, gq), a gradient an empty tensor when not asked for."""
+    bad = nan_rows(p, q)
     sp, sq = p.sum(-1, keepdim=True), q.sum(-1, keepdim=True)
     pn, qn = p / sp, q / sq
     dc = torch.cumsum(pn - qn, -1)[..., :-1]
     w = torch.diff(support, dim=-1)
-    value = (dc.abs() * w).sum(-1)
+    value = (dc.abs() * w).sum(-1) + bad
     gp = gq = p.new_zeros(0)
     if need_gp or need_gq:
         sw = torch.where(dc != dc, dc, torch.sign(dc)) * w
         sw = torch.cat([sw, sw.new_zeros(*sw.shape[:-1], 1)], -1)
         R = torch.flip(torch.cumsum(torch.flip(sw, [-1]), -1), [-1])
         if need_gp:
-            gp = (R - (R * pn).sum(-1, keepdim=True)) / sp
+            gp = (R - (R * pn).sum(-1, keepdim=True)) / sp + bad[..., None]
         if need_gq:
-            gq = -(R - (R * qn).sum(-1, keepdim=True)) / sq
+            gq = -(R - (R * qn).sum(-1, keepdim=True)) / sq + bad[..., None]
     return value, gp, gq

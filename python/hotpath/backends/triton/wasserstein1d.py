@@ -218,8 +218,9 @@ def _hist_w1_kernel(P, Q, S, COST, GP, GQ, STATS, K, s_sb,
         qv = tl.load(Q + k, mask=mask, other=0.0)
         sp += pv
         sq += qv
-        mp = tl.minimum(mp, tl.where(mask, pv, float("inf")))
-        mq = tl.minimum(mq, tl.where(mask, qv, float("inf")))
+        # NaN skipped, as the C++ row minimum (a -inf beside a NaN is still negative)
+        mp = tl.minimum(mp, tl.where(mask & (pv == pv), pv, float("inf")))
+        mq = tl.minimum(mq, tl.where(mask & (qv == qv), qv, float("inf")))
     tsp = tl.sum(sp, 0)
     tsq = tl.sum(sq, 0)
     tl.store(STATS + b * 4 + 0, tl.min(mp, 0))
@@ -228,6 +229,7 @@ def _hist_w1_kernel(P, Q, S, COST, GP, GQ, STATS, K, s_sb,
     tl.store(STATS + b * 4 + 3, tsq)
     ip = 1.0 / tsp
     iq = 1.0 / tsq
+    bad = (tsp + tsq) * 0.0  # NaN rule: NaN when a mass is NaN or infinite (also at K = 1)
     cp = tl.sum(tl.zeros((BLOCK,), dtype=dt), 0)  # carried prefixes (scalars)
     cq = cp
     csw = cp
@@ -258,10 +260,10 @@ def _hist_w1_kernel(P, Q, S, COST, GP, GQ, STATS, K, s_sb,
             excl = csw + tl.cumsum(sw, 0) - sw
             tl.store(GP + k, excl, mask=mask)
             csw += tl.sum(sw, 0)
-    tl.store(COST + b, tl.sum(acc, 0))
+    tl.store(COST + b, tl.sum(acc, 0) + bad)
     if NEED_GRAD:
-        a_p = tl.sum(ap, 0)
-        a_q = tl.sum(aq, 0)
+        a_p = tl.sum(ap, 0) + bad
+        a_q = tl.sum(aq, 0) + bad
         for k0 in range(0, K, BLOCK):
             k = k0 + tl.arange(0, BLOCK)
             mask = k < K
