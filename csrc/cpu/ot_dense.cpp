@@ -560,6 +560,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ot_sinkhorn_alternati
   return {f, g, n_iter, err};
 }
 
+// out_j = (f + g_j - c_j) * ie + (al + bl_j); returns max_j out_j. The potentials are summed
+// with the cost before scaling: at |C| / eps beyond the dtype's resolution, f / eps + g / eps -
+// C / eps cancels to rounding noise far above 1 (exp of it: 0 or inf), (f + g - C) / eps does not.
+template <typename T>
+T plan_exponents(const T* c, const T* g, const T* bl, T f, T al, T ie, int64_t m, T* out) {
+  using VV = Vec<T>;
+  using V = typename VV::V;
+  constexpr int W = VV::W;
+  const V iev = VV::set1(ie), fv = VV::set1(f), av = VV::set1(al);
+  V mv = VV::set1(ninf<T>());
+  int64_t j = 0;
+  for (; j + W <= m; j += W) {
+    const V s = (fv + VV::load(g + j) - VV::load(c + j)) * iev + (av + VV::load(bl + j));
+    VV::store(out + j, s);
+    mv = VV::vmax(mv, s);
+  }
+  T mx = VV::hmax(mv);
+  for (; j < m; ++j) {
+    out[j] = (f + g[j] - c[j]) * ie + (al + bl[j]);
+    mx = out[j] > mx ? out[j] : mx;
+  }
+  return mx;
+}
+
 // The entropic plan P_ij = exp(a_log_i + b_log_j + (f_i + g_j - C_ij)/eps) of potentials from
 // the loops above and its primal value <P, C> (POT's sinkhorn2), in one pass over C; P itself is
 // only written when asked for (it is the gradient wrt C). Row sums in double, summed per
@@ -586,18 +610,12 @@ std::tuple<at::Tensor, at::Tensor> ot_dense_plan(at::Tensor C, at::Tensor a_log,
     double* rp = rows.data_ptr<double>();
     const T ie = T(1 / eps);
     at::parallel_for(0, B * n, std::max<int64_t>(1, 16384 / std::max<int64_t>(m, 1)), [&](int64_t r0, int64_t r1) {
-      std::vector<T> buf(m), v(m);
-      int64_t vb = -1;
+      std::vector<T> buf(m);
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t b = r / n;
-        if (b != vb) {  // column log-weights of this problem
-          for (int64_t j = 0; j < m; ++j) v[j] = bl[b * m + j] + gp[b * m + j] * ie;
-          vb = b;
-        }
         const T* c = Cp + r * m;
         T* p = Pp ? Pp + r * m : buf.data();
-        const T u = al[r] + fp[r] * ie;
-        const T mx = shifted_row<T>(c, v.data(), u, ie, m, p);
+        const T mx = plan_exponents<T>(c, gp + b * m, bl + b * m, fp[r], al[r], ie, m, p);
         double s = 0;
         if (mx > ninf<T>() && mx < std::numeric_limits<T>::infinity()) {
           const T em = std::exp(mx);

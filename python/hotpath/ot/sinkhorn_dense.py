@@ -73,6 +73,18 @@ def _wide_eps(C, eps):
     return bool(eps > 16.0 * big)
 
 
+def _nan_problems(C, A, B):
+    """(B,) bool: the problems that are NaN on every backend. A NaN cost (the loop's log-sum-exps
+    carry it only along its row and column, and how far it spreads depends on when the loop stops),
+    a -inf cost (unbounded: no finite potentials), and a point with mass whose costs are all +inf
+    (no feasible plan: the potentials are inf - inf)."""
+    nan = (torch.isnan(C) | torch.isneginf(C)).flatten(1).any(1)
+    inf = torch.isposinf(C)
+    dead_row = (inf.all(2) & (A > 0)).any(1)
+    dead_col = (inf.all(1) & (B > 0)).any(1)
+    return nan | dead_row | dead_col
+
+
 def _solve(Cb, A, Bw, eps, rho, max_iter, tol, f0=None):
     """No-grad: potentials from the C++ loop in the working dtype. Returns (f, g, n_iter, err, work)
     with work = (C, A, B) in the dtype the loop ran in (float64 for float32 with a wide eps)."""
@@ -87,6 +99,8 @@ def _solve(Cb, A, Bw, eps, rho, max_iter, tol, f0=None):
         f0 = f0.to(C.dtype).contiguous()
         r = -1.0 if rho is None else rho
         f, g, n_iter, err = ops.ot_sinkhorn_alternating(C, a_log, b_log, eps, r, r, max_iter, tol, 10, f0)
+        bad = _nan_problems(C, A_, B_)[:, None]
+        f, g = f.masked_fill(bad, float("nan")), g.masked_fill(bad, float("nan"))
     return f, g, n_iter, err, (C, A_, B_)
 
 

@@ -47,12 +47,14 @@ def softmin_points(x, y, h, eps, p, want_grad=False):
     f = -eps * lse
     if not want_grad:
         return f, None
-    fin = torch.isfinite(lse)
-    S = torch.where(fin[..., None], (s - torch.where(fin, lse, 0.0)[..., None]).exp(), 0.0)
+    # a row with no finite score weighs nothing (an all -inf row: zero weights); NaN propagates
+    inf = torch.isinf(lse)
+    S = torch.where(inf[..., None], 0.0, (s - torch.where(inf, 0.0, lse)[..., None]).exp())
     diff = x[:, :, None, :] - y[:, None, :, :]
     if p == 1:
         dist = C[..., None]
-        diff = torch.where(dist > 0, diff / torch.where(dist > 0, dist, 1.0), 0.0)
+        # the subgradient 0 at coincident points; diff * 0 keeps a NaN coordinate NaN
+        diff = torch.where(dist > 0, diff / torch.where(dist > 0, dist, 1.0), diff * 0.0)
     U = (S[..., None] * diff).sum(2)
     return f, U
 
