@@ -208,3 +208,22 @@ def test_no_issue_numbers_in_docstrings():
         for path in (PKG / sub).glob("*.py"):
             text = path.read_text()
             assert "(issue" not in text and "issues " not in text, path.name
+
+
+@pytest.mark.parametrize("cfg", [Q.Int4WeightOnly(group_size=32, symmetric=False), Q.Int8WeightOnly(),
+                                 Q.Int8Dynamic(), Q.FP8WeightOnly(), Q.Ternary()], ids=lambda c: type(c).__name__)
+def test_nonfinite_input_row_gives_nan_row(cfg):
+    # per element, an asymmetric kernel (zero point factored out) gives inf - inf where the plain
+    # product gives +-inf: the layer's rule is one NaN row, on every backend
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 3)
+    x = torch.randn(3, 64)
+    x[0, 5], x[2, 7] = float("inf"), float("nan")
+    for kind in ("reference", "cpu"):
+        model = nn.Sequential(nn.Linear(64, 3))
+        model[0].load_state_dict(lin.state_dict())
+        Q.quantize_(model, cfg, backend=kind)
+        with torch.no_grad():
+            y = model(x)
+        assert bool(torch.isnan(y[0]).all()) and bool(torch.isnan(y[2]).all()), (kind, y)
+        assert bool(torch.isfinite(y[1]).all()), (kind, y)

@@ -110,7 +110,7 @@ def _value(kind, C, A, Bw, f, g, eps, rho):
     z = torch.zeros((), dtype=C.dtype, device=C.device)
     if kind == "primal":
         P = torch.exp(log_plan(C, A, Bw, f, g, eps))
-        return torch.where(P > 0, P * C, z).sum((1, 2))
+        return torch.where(P == 0, z, P * C).sum((1, 2))  # 0 * inf is 0 here; a NaN plan stays NaN
     fz, gz = torch.where(A > 0, f, z), torch.where(Bw > 0, g, z)
     if rho is None:
         # <a, f> + <b, g> - eps (sum P - sum a sum b): the last term is 0 for probability vectors

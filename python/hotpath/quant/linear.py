@@ -9,6 +9,14 @@ from .gptq import gptq_converter
 from .. import backends
 
 
+def _nan_rows(x, y):
+    """NaN rule of the quantized layers: an input row holding NaN or +-inf gives a NaN output row,
+    for every format and backend. Per element, kernels differ there: an asymmetric format's kernel
+    that factors out the zero point computes inf - inf, the plain product +-inf. No host sync."""
+    bad = ~torch.isfinite(x).all(1, keepdim=True)
+    return torch.where(bad, torch.full_like(y, float("nan")), y)
+
+
 class _QuantLinearFn(backends.Function):
     """y = x W^T + bias by the format's kernel. The weight is frozen; the input gradient is a
     plain GEMM with the dequantized weight, dx = dy W (LoRA and other adapters on a quantized
@@ -124,7 +132,7 @@ class QuantLinear(nn.Module):
                 y = _QuantLinearFn.apply(x2, bias, self.config, self.qbuffers())
             else:
                 y = self.config.linear(x2, self.qbuffers(), bias)
-        return y.reshape(*lead, self.out_features).to(x.dtype)
+        return _nan_rows(x2, y).reshape(*lead, self.out_features).to(x.dtype)
 
     def dequantize(self) -> nn.Linear:
         """A float nn.Linear holding the weight these buffers encode."""
