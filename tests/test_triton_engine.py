@@ -275,3 +275,44 @@ def test_sinkhorn_alternating(B, n, m, dtype, rho):
             _close(got[3], want[3], dtype, extra=5.0)
         else:
             assert torch.isposinf(got[3]).all()
+
+
+@pytest.mark.parametrize("B,n,m", [(1, 1, 3), (3, 5, 7)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("debias", [False, True])
+@pytest.mark.parametrize("rho", [0.0, 2.0])
+def test_sinkhorn_symmetric_fused(B, n, m, dtype, debias, rho):
+    x, y = _rand(B, n, 2), _rand(B, m, 2, seed=1)
+    Cxy, Cxx, Cyy = RO.cost_matrix(x, y, 2), RO.cost_matrix(x, x, 2), RO.cost_matrix(y, y, 2)
+    a = _rand(B, n, seed=2).log_softmax(1)
+    b = _rand(B, m, seed=3)
+    b[:, 1] = -math.inf                        # a zero weight
+    b = b.log_softmax(1)
+    el = torch.tensor([2.0, 1.0, 0.5, 0.25] + [0.25] * 8, dtype=torch.float64)
+    rr = rho if rho > 0 else None
+    for tol, every in ((0.0, 1), (1e-3, 1), (1e-2, 3)):   # per-problem stops inside the launch
+        got = TO.sinkhorn_symmetric(Cxy.to(DEV, dtype), Cxx.to(DEV, dtype), Cyy.to(DEV, dtype), a.to(DEV, dtype),
+                                    b.to(DEV, dtype), el, rho, rho, debias, tol, every)
+        want = RO.sinkhorn_symmetric(Cxy, Cxx, Cyy, a, b, el.tolist(), rr, rr, debias, tol, every)
+        assert torch.equal(got[4].cpu(), want[4])
+        for g_, w_ in zip(got[:4], want[:4]):
+            assert g_.shape == w_.shape
+            if w_.numel():
+                _close(g_, w_, dtype, w_.abs().max().item(), extra=5.0)
+
+
+def test_sinkhorn_symmetric_fused_nan_stops_and_large_falls_back():
+    x, y = _rand(2, 4, 2), _rand(2, 5, 2, seed=1)
+    C = RO.cost_matrix(x, y, 2)
+    C[0, 1, 2] = math.nan
+    a, b = torch.full((2, 4), -math.log(4.0)), torch.full((2, 5), -math.log(5.0))
+    el = torch.tensor([0.5] * 20, dtype=torch.float64)
+    empty = C.new_zeros(0)
+    f, g, _, _, it = TO.sinkhorn_symmetric(C.to(DEV), empty.to(DEV), empty.to(DEV), a.double().to(DEV),
+                                           b.double().to(DEV), el, -1.0, -1.0, False, 1e-6, 1)
+    want = RO.sinkhorn_symmetric(C, empty, empty, a.double(), b.double(), el.tolist(), None, None, False, 1e-6, 1)
+    assert torch.equal(it.cpu(), want[4]) and int(it[0]) == 1   # the NaN problem stops at its first check
+    assert torch.equal(torch.isnan(f.cpu()), torch.isnan(want[0]))
+    assert torch.equal(torch.isnan(g.cpu()), torch.isnan(want[1]))
+    # past the register tile the launcher runs the reference loop instead
+    assert TO._symmetric_blocks(200, 200, True)[2] > TO.SYMMETRIC_MAX_TILE

@@ -68,7 +68,7 @@ def _symmetric_fake(Cxy, Cxx, Cyy, a_log, b_log, eps_list, rho_x, rho_y, debias,
             Cxy.new_empty(Cxy.shape[0], dtype=torch.int64))
 
 
-@backends.op("ot_sinkhorn_symmetric", fake=_symmetric_fake)
+@backends.op("ot_sinkhorn_symmetric", fake=_symmetric_fake, triton="ot.sinkhorn_symmetric")
 def ot_sinkhorn_symmetric(Cxy: Tensor, Cxx: Tensor, Cyy: Tensor, a_log: Tensor, b_log: Tensor, eps_list: Tensor,
                           rho_x: float, rho_y: float, debias: bool, tol: float,
                           check_every: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:

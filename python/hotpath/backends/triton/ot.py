@@ -10,6 +10,9 @@ sinkhorn_alternating: POT-order log-domain Sinkhorn on a dense cost. Each iterat
     which build h = log-weights + potential / eps on the fly and skip converged problems through
     a device-side `active` flag; the marginal error is formed on device every check_every
     iterations and read by the host only then (no host sync in between).
+sinkhorn_symmetric: GeomLoss's symmetric loop (epsilon schedule, debias) for many small dense
+    problems: one launch, one program per problem holding its cost tiles in registers and running
+    every iteration, stopping on its own at tol.
 """
 import math
 
@@ -275,3 +278,135 @@ def sinkhorn_alternating(C, a_log, b_log, eps, rho_x, rho_y, max_iter, tol, chec
             if not bool(active.any()):   # the one host read, every check_every iterations
                 break
     return f, g, n_iter, err
+
+
+# -- GeomLoss's symmetric loop, small problems: one program per problem, every iteration inside ----
+
+# Largest cost tile (elements) a program keeps in registers; larger problems run the reference loop.
+SYMMETRIC_MAX_TILE = 128 * 128
+
+
+@triton.jit
+def _lse2_tile(c, h2, inv2, AXIS: tl.constexpr):
+    """LSE2 over AXIS of h2 (along AXIS) - c * inv2 for a register tile c (masked entries of h2
+    are -inf); -inf for an all -inf slice, as the reference's _lse."""
+    if AXIS == 1:
+        s = h2[None, :] - c * inv2
+    else:
+        s = h2[:, None] - c * inv2
+    mx = tl.max(s, AXIS)
+    safe = tl.where(tl.abs(mx) == float("inf"), 0.0, mx)
+    if AXIS == 1:
+        sm = tl.sum(tl.math.exp2(s - safe[:, None]), 1)
+    else:
+        sm = tl.sum(tl.math.exp2(s - safe[None, :]), 0)
+    empty = sm == 0
+    return tl.where(empty, float("-inf"), safe + tl.log2(tl.where(empty, 1.0, sm)))
+
+
+@triton.jit
+def _tile(P, pb, s_b, s_r, s_c, r, c, rm, cm, dt: tl.constexpr):
+    return tl.load(P + pb * s_b + r[:, None] * s_r + c[None, :] * s_c, mask=rm[:, None] & cm[None, :],
+                   other=0.0).to(dt)
+
+
+@triton.jit
+def _sinkhorn_symmetric_kernel(CXY, CXX, CYY, AL, BL, SCH, FBA, GAB, FAA, GBB, NIT, n, m, K, check_every,
+                               s_xyb, s_xyr, s_xyc, s_xxb, s_xxr, s_xxc, s_yyb, s_yyr, s_yyc, s_al, s_bl,
+                               t_hi, t_lo, DEBIAS: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr):
+    """Problem pb: the reference's sinkhorn_symmetric with its costs held in registers. SCH (K, 4)
+    per epsilon: log2(e) / eps, -eps ln 2, and the two dampings. A problem stops on its own once
+    tol > 0 and the sup-norm change of (f_ba, g_ab) at a check is below tol or NaN: no host sync."""
+    pb = tl.program_id(0).to(tl.int64)
+    dt = tl.float64 if CXY.dtype.element_ty == tl.float64 else tl.float32
+    tol = _scal(t_hi, t_lo, dt)
+    i = tl.arange(0, BN)
+    j = tl.arange(0, BM)
+    im = i < n
+    jm = j < m
+    cxy = _tile(CXY, pb, s_xyb, s_xyr, s_xyc, i, j, im, jm, dt)
+    al2 = tl.load(AL + pb * s_al + i, mask=im, other=float("-inf")).to(dt) * _LOG2E
+    bl2 = tl.load(BL + pb * s_bl + j, mask=jm, other=float("-inf")).to(dt) * _LOG2E
+    inv2 = tl.load(SCH + 0).to(dt)
+    neps = tl.load(SCH + 1).to(dt)
+    dx = tl.load(SCH + 2).to(dt)
+    dy = tl.load(SCH + 3).to(dt)
+    g_ab = dy * neps * _lse2_tile(cxy, al2, inv2, 0)
+    f_ba = dx * neps * _lse2_tile(cxy, bl2, inv2, 1)
+    if DEBIAS:
+        cxx = _tile(CXX, pb, s_xxb, s_xxr, s_xxc, i, i, im, im, dt)
+        cyy = _tile(CYY, pb, s_yyb, s_yyr, s_yyc, j, j, jm, jm, dt)
+        f_aa = dx * neps * _lse2_tile(cxx, al2, inv2, 1)
+        g_bb = dy * neps * _lse2_tile(cyy, bl2, inv2, 1)
+    k = tl.full((), 0, tl.int32)
+    go = K > 0
+    while go:
+        inv2 = tl.load(SCH + 4 * k + 0).to(dt)
+        neps = tl.load(SCH + 4 * k + 1).to(dt)
+        dx = tl.load(SCH + 4 * k + 2).to(dt)
+        dy = tl.load(SCH + 4 * k + 3).to(dt)
+        ft = dx * neps * _lse2_tile(cxy, bl2 + g_ab * inv2, inv2, 1)
+        gt = dy * neps * _lse2_tile(cxy, al2 + f_ba * inv2, inv2, 0)
+        nf = 0.5 * (f_ba + ft)
+        ng = 0.5 * (g_ab + gt)
+        df = tl.where(al2 > float("-inf"), tl.abs(nf - f_ba), 0.0)
+        dg = tl.where(bl2 > float("-inf"), tl.abs(ng - g_ab), 0.0)
+        # the reference's amax propagates NaN (then the problem stops); a GPU max may drop it
+        has_nan = tl.max((df != df).to(tl.int32), 0) + tl.max((dg != dg).to(tl.int32), 0)
+        change = tl.maximum(tl.max(df, 0), tl.max(dg, 0))
+        f_ba = nf
+        g_ab = ng
+        if DEBIAS:
+            f_aa = 0.5 * (f_aa + dx * neps * _lse2_tile(cxx, al2 + f_aa * inv2, inv2, 1))
+            g_bb = 0.5 * (g_bb + dy * neps * _lse2_tile(cyy, bl2 + g_bb * inv2, inv2, 1))
+        k += 1
+        go = k < K
+        if tol > 0:
+            if k % check_every == 0:
+                go = go & (has_nan == 0) & (change >= tol)
+    tl.store(FBA + pb * n + i, f_ba, mask=im)
+    tl.store(GAB + pb * m + j, g_ab, mask=jm)
+    if DEBIAS:
+        tl.store(FAA + pb * n + i, f_aa, mask=im)
+        tl.store(GBB + pb * m + j, g_bb, mask=jm)
+    tl.store(NIT + pb, tl.cast(k, tl.int64))
+
+
+def _symmetric_blocks(n, m, debias):
+    BN, BM = triton.next_power_of_2(max(n, 1)), triton.next_power_of_2(max(m, 1))
+    tiles = [BN * BM] + ([BN * BN, BM * BM] if debias else [])
+    return BN, BM, max(tiles)
+
+
+def sinkhorn_symmetric(Cxy, Cxx, Cyy, a_log, b_log, eps_list, rho_x, rho_y, debias, tol, check_every):
+    """The op hotpath::ot_sinkhorn_symmetric (reference: reference/ot.py sinkhorn_symmetric): one
+    launch for the whole loop, one program per problem, its costs in registers (B = 1,024 problems
+    of 64 x 64 are 1,024 programs, no launch or host sync per iteration). Problems whose cost
+    tiles exceed SYMMETRIC_MAX_TILE run the reference loop. rho <= 0 is balanced."""
+    from ...reference import ot as ref
+    B, n, m = Cxy.shape
+    eps = [float(e) for e in eps_list.tolist()]
+    rx, ry = (None if r <= 0 else float(r) for r in (rho_x, rho_y))
+    BN, BM, tile = _symmetric_blocks(n, m, debias)
+    if tile > SYMMETRIC_MAX_TILE or n == 0 or m == 0 or B == 0:
+        return ref.sinkhorn_symmetric(Cxy, Cxx, Cyy, a_log, b_log, eps, rx, ry, debias, tol, check_every)
+    dt = Cxy.dtype
+    dev = Cxy.device
+    damp = [(1.0 if rx is None else 1.0 / (1.0 + e / rx), 1.0 if ry is None else 1.0 / (1.0 + e / ry)) for e in eps]
+    sched = torch.tensor([[LOG2E / e, -e * math.log(2.0), dxe, dye] for e, (dxe, dye) in zip(eps, damp)],
+                         dtype=torch.float64, device=dev).to(dt).contiguous()
+    a_log, b_log = a_log.to(dt).contiguous(), b_log.to(dt).contiguous()
+    f_ba = torch.empty(B, n, dtype=dt, device=dev)
+    g_ab = torch.empty(B, m, dtype=dt, device=dev)
+    f_aa = torch.empty(B, n, dtype=dt, device=dev) if debias else a_log.new_zeros(0)
+    g_bb = torch.empty(B, m, dtype=dt, device=dev) if debias else b_log.new_zeros(0)
+    n_iter = torch.zeros(B, dtype=torch.int64, device=dev)
+    xx = Cxx if debias else Cxy
+    yy = Cyy if debias else Cxy
+    t_hi, t_lo = split(float(tol))
+    opts = {} if interpreting() else {"num_warps": 4 if tile <= 4096 else 8}
+    _sinkhorn_symmetric_kernel[(B,)](Cxy, xx, yy, a_log, b_log, sched, f_ba, g_ab, f_aa if debias else f_ba,
+                                     g_bb if debias else g_ab, n_iter, n, m, len(eps), max(int(check_every), 1),
+                                     *Cxy.stride(), *xx.stride(), *yy.stride(), a_log.stride(0), b_log.stride(0),
+                                     t_hi, t_lo, DEBIAS=bool(debias), BN=BN, BM=BM, **opts)
+    return f_ba, g_ab, f_aa, g_bb, n_iter
