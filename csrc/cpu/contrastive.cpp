@@ -300,15 +300,21 @@ void softmax_acc_impl(const Tensor& X, const Tensor& Y, T scale, const T* ra, co
           const T rw = ra ? ra[i] : T(0);
           const T rsh = ra ? (std::isfinite(rl[i]) ? -rl[i] : (rl[i] != rl[i] ? rl[i] : ninf<T>())) : T(0);
           const V rwv = VV::set1(rw), rshv = VV::set1(rsh);
+          // The scores are rounded as lse_sweep rounds them, in a pass of their own: fused into
+          // z + shift (an FMA) the unrounded product would miss the forward's lse by up to half
+          // an ulp of the score, and at |s| ~ 1e5 (small temperatures) that is a weight off by
+          // exp(0.004), at |s| ~ 1e34 exp(1e27) = inf.
+          for (int64_t c = 0; c < Cv; c += W) VV::store(s + c, sc * VV::load(s + c));
+          for (int64_t c = Cv; c < C; ++c) s[c] *= scale;
           for (int64_t c = 0; c < Cv; c += W) {
-            const V z = sc * VV::load(s + c);
+            const V z = VV::load(s + c);
             V w{};
             if (ra) w = rwv * VV::exp_nonpos(z + rshv);
             if (ca) w += VV::load(cav.data() + c) * VV::exp_nonpos(z + VV::load(cadj.data() + c));
             VV::store(s + c, w);
           }
           for (int64_t c = Cv; c < C; ++c) {
-            const T z = scale * s[c];
+            const T z = s[c];
             T w = 0;
             if (ra) w = rw * std::exp(z + rsh);
             if (ca) w += cav[c] * std::exp(z + cadj[c]);
