@@ -607,15 +607,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sliced_wasserstein_fw
             for (int64_t d = 0; d < D; ++d) th[d] = TH[d * L + l];
             const scalar_t* xb = X + bi * N * D;
             const scalar_t* yb = Y + bi * M * D;
+            // accumulated in double: float32 products are exact there, so a projection that
+            // cancels (1e30 - 1e30) is 0 whether or not the compiler contracts into FMAs
             for (int64_t i = 0; i < N; ++i) {
-              scalar_t acc = 0;
-              for (int64_t d = 0; d < D; ++d) acc += xb[i * D + d] * th[d];
-              bx[i] = acc;
+              double acc = 0;
+              for (int64_t d = 0; d < D; ++d) acc += (double)xb[i * D + d] * (double)th[d];
+              bx[i] = (scalar_t)acc;
             }
             for (int64_t j = 0; j < M; ++j) {
-              scalar_t acc = 0;
-              for (int64_t d = 0; d < D; ++d) acc += yb[j * D + d] * th[d];
-              by[j] = acc;
+              double acc = 0;
+              for (int64_t d = 0; d < D; ++d) acc += (double)yb[j * D + d] * (double)th[d];
+              by[j] = (scalar_t)acc;
             }
             ux = bx.data();
             vy = by.data();
