@@ -167,6 +167,41 @@ def test_info_nce_per_sample_temperature_and_reductions():
     assert torch.autograd.gradcheck(lambda q, k: C.info_nce(q, k, temperature=0.7, negatives=k[:3] * 2), (q[:5], k[:5]))
 
 
+
+def _loss_and_grads(backend, q, k, temperature):
+    q, k = q.clone().requires_grad_(True), k.clone().requires_grad_(True)
+    loss = C.info_nce(q, k, temperature=temperature, backend=backend)
+    return (loss.detach(), *torch.autograd.grad(loss, [q, k]))
+
+
+@pytest.mark.parametrize("backend", backend_param())
+def test_info_nce_small_temperature_one_row_is_exact(backend):
+    # one row: the loss is LSE of one score minus that score, 0 for every q, k, and so are its
+    # gradients. At t = 1e-4 (|s| ~ 2e5) the C++ backward fused scale * <q, k> - lse into an FMA,
+    # missing the forward's rounded score by up to half an ulp: gradients of -143 instead of 0
+    q = torch.tensor([[0.5899502038955688, -1.7055879831314087, 2.2008419036865234, -1.3592422008514404,
+                       1.799838662147522, -1.7555197477340698, -2.792278289794922]])
+    k = torch.tensor([[2.505363941192627, -2.418508768081665, 1.2525070905685425, 0.24156899750232697,
+                       2.479546546936035, 0.15427252650260925, -2.2775583267211914]])
+    loss, gq, gk = _loss_and_grads(backend, q, k, 1e-4)
+    assert loss == 0 and (gq == 0).all() and (gk == 0).all()
+
+
+@pytest.mark.parametrize("backend", backend_param())
+def test_info_nce_huge_key_gradients_finite(backend):
+    # a key of -1e30 (finite, float32): scores ~ 3e31. The reference scored (scale * q) @ k.T
+    # forward and (scale * k) @ q.T backward, which differ by 1e24 there: exp(s - lse) = inf and
+    # a -inf key gradient where C++ had -11
+    q = torch.tensor([[0.1489427238702774], [2.5730414390563965], [-2.3796491622924805], [1.4136263132095337],
+                      [-2.171924114227295], [-2.1433968544006348], [-0.8716487884521484]])
+    k = torch.tensor([[2.1430015563964844], [-2.1872143745422363], [-1.002025842666626], [2.9324822425842285],
+                      [-1.0000000150474662e+30], [-2.860487937927246], [-0.6746044754981995]])
+    loss, gq, gk = _loss_and_grads(backend, q, k, 0.07)
+    assert torch.isfinite(gq).all() and torch.isfinite(gk).all()
+    _, rq, rk = _loss_and_grads("reference", q, k, 0.07)
+    assert_close(gk, rk, torch.float32, scale=rk.abs().max().item())
+
+
 # -- SigLIP ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", backend_param())

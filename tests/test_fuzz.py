@@ -245,18 +245,26 @@ def _collect(call, kinds, **kw):
             f.write(json.dumps(rec) + "\n")
 
 
-def _run_all(call, kinds=KINDS, *, tol=None, skip=(), compare=True, scale_of=None):
+def _run_all(call, kinds=KINDS, *, tol=None, skip=(), compare=True, scale_of=None, from_plan=("plan",)):
     """call(kind) under every backend; the backends must accept / reject alike and agree on values."""
     res = {}
+    cost_scale = []  # set by a ResolutionWarning: eps below the costs' rounding (see below)
     for kind in kinds:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
             try:
                 with backends.prefer(kind):
                     res[kind] = ("ok", call(kind))
             except (ValueError, TypeError) as exc:
                 assert str(exc), f"{kind}: {type(exc).__name__} with an empty message"
                 res[kind] = ("error", exc)
+        cost_scale += [w.message.cmax for w in seen if isinstance(w.message, hp.ot.ResolutionWarning)]
+    if cost_scale:
+        # documented regime (hp.ot.ResolutionWarning, raised alike on every backend): the potentials
+        # and dual values are known to max|C| * ulp; the plan, what is computed from it (from_plan:
+        # a primal value <P, C>) and the gradients are not resolved
+        skip = tuple(skip) + tuple(from_plan) + ("grads",) + tuple(f"grads.{i}" for i in range(8))
+        scale_of = {**(scale_of or {}), **{k: max(cost_scale) for k in ("out.value", "out.f", "out.g")}}
     ref_status, ref = res[kinds[0]]
     oracle = None
     if ref_status == "ok" and compare and any(s.dtype != torch.float64 for s in Spec.live if s.dtype.is_floating_point):
@@ -418,7 +426,8 @@ def test_fuzz_sinkhorn_dense_and_sinkhorn2(data, n, m, batched, eps, reach, weig
         return {**with_grad(lambda: r.loss, leaves), "f": r.f, "g": r.g}
 
     cmax = _finite_max(sc)
-    run_all(call, tol=compute_tol(sc), scale_of={"out.value": cmax, "out.f": cmax, "out.g": cmax})
+    run_all(call, tol=compute_tol(sc), scale_of={"out.value": cmax, "out.f": cmax, "out.g": cmax},
+            from_plan=("plan", "value") if pot else ("plan",))
 
 
 @FUZZ
@@ -746,3 +755,17 @@ def test_embedding_search_no_queries():
     for kind in KINDS:
         v, i = hp.quant.embedding_search(torch.zeros(0, 7), codes, 1, backend=kind)
         assert v.shape == i.shape == (0, 1)
+
+
+def test_sinkhorn2_autodiff_with_a_nan_problem_in_the_batch():
+    # a -inf cost makes its problem NaN; the implicit backward must not fail the whole batch
+    C = torch.rand(2, 5, 5, generator=torch.Generator().manual_seed(0))
+    C[1, 0, 0] = -math.inf
+    for kind in KINDS:
+        Cl = C.clone().requires_grad_()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            v = hp.ot.sinkhorn2(None, None, Cl, 0.01, numItermax=200, backend=kind)
+        (g,) = torch.autograd.grad(v.sum(), Cl)
+        assert bool(torch.isnan(v[1])) and bool(torch.isfinite(v[0]))
+        assert bool(torch.isnan(g[1]).all()) and bool(torch.isfinite(g[0]).all())

@@ -2,6 +2,7 @@
 gradients vs finite differences; batching, padding, empty problems; kernels on every backend."""
 import math
 import sys
+import warnings
 
 import pytest
 import torch
@@ -486,3 +487,22 @@ def test_nan_propagates_without_hanging():
     x[0, 0] = float("nan")
     r = hp.ot.sinkhorn(x, y, max_iter=50, tol=1e-6)
     assert torch.isnan(r.loss)
+
+
+def test_resolution_warning_when_eps_is_below_the_costs_rounding():
+    x = torch.randn(3, 3, dtype=torch.float64)
+    y = torch.randn(2, 3, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", hp.ot.ResolutionWarning)
+        hp.ot.sinkhorn(x, y, blur=0.05, p=1, max_iter=30)          # resolved: silent
+        hp.ot.sinkhorn_dense(torch.rand(4, 5), eps=0.01)
+    x[0, 0] = -1e30
+    with pytest.warns(hp.ot.ResolutionWarning, match="below the resolution"):
+        hp.ot.sinkhorn(x, y, blur=0.05, p=1, max_iter=30)
+    C = torch.rand(4, 5)
+    C[0, 0] = 1e9                      # a 'forbidden pair' marker carries no mass: silent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", hp.ot.ResolutionWarning)
+        hp.ot.sinkhorn_dense(C, eps=0.01)
+    with pytest.warns(hp.ot.ResolutionWarning):
+        hp.ot.sinkhorn_dense(torch.full((1, 1), 1e9), eps=0.01)   # the only pair: it carries the plan

@@ -168,6 +168,84 @@ def test_empty_and_nan():
         assert torch.isnan(lse[1]) and torch.isfinite(lse[[0, 2, 3]]).all()
 
 
+
+def _lse_and_grads(backend, x, y, cb=None, v=None, **kw):
+    """(lse, out, grads of lse.sum() + out.sum() w.r.t. the given float inputs)."""
+    ts = [None if t is None else t.clone().requires_grad_(True) for t in (x, y, cb, v)]
+    r = hp.pairwise_lse(ts[0], ts[1], col_bias=ts[2], values=ts[3], backend=backend, **kw)
+    lse, out = r if v is not None else (r, None)
+    total = lse.sum() + (out.sum() if out is not None else 0)
+    leaves = [t for t in ts if t is not None]
+    return lse.detach(), None if out is None else out.detach(), torch.autograd.grad(total, leaves)
+
+
+@pytest.mark.parametrize("backend", backend_param(["reference", "cpu", "triton"]))
+def test_nan_rule_nonfinite_x_row(backend):
+    # an infinite x_i: row i's lse NaN (only that row), gradients of what it reaches NaN: x_i and
+    # every unmasked column; a -inf col_bias column is never read and gets gradient 0
+    x, y, cb, v = _inputs(0, 3, 4, 2, 1, torch.float32)
+    x[1, 0] = math.inf
+    cb[2] = -math.inf
+    lse, out, (gx, gy, gc, gv) = _lse_and_grads(backend, x, y, cb, v)
+    assert torch.isnan(lse[1]) and torch.isfinite(lse[[0, 2]]).all()
+    assert torch.isnan(out[1]).all() and torch.isfinite(out[[0, 2]]).all()
+    assert torch.isnan(gx[1]).all() and torch.isfinite(gx[[0, 2]]).all()
+    for g in (gy, gc, gv):
+        assert torch.isnan(g[[0, 1, 3]]).all() and (g[2] == 0).all()
+
+
+@pytest.mark.parametrize("backend", backend_param(["reference", "cpu", "triton"]))
+def test_nan_rule_masked_column_is_never_read(backend):
+    # y_j = -inf and values_j = NaN under col_bias_j = -inf: the column is masked, all finite
+    x, y, cb, v = _inputs(0, 2, 3, 2, 2, torch.float32)
+    y[1, 0], v[1, 1], cb[1] = -math.inf, math.nan, -math.inf
+    lse, out, grads = _lse_and_grads(backend, x, y, cb, v)
+    assert torch.isfinite(lse).all() and torch.isfinite(out).all()
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert (grads[1][1] == 0).all() and grads[2][1] == 0 and (grads[3][1] == 0).all()
+
+
+@pytest.mark.parametrize("backend", backend_param(["reference", "cpu", "triton"]))
+@pytest.mark.parametrize("metric", METRICS)
+def test_nan_rule_d0_infinite_bias_or_values(backend, metric):
+    # d = 0: the scores are the column biases. A +inf col_bias is a non-finite input: every row
+    # of its batch NaN (it was +inf lse with out 0 in C++, NaN out in the reference); a +inf in
+    # values makes its channel of out NaN in every row (it was 0 in C++, NaN in the reference)
+    x, y = torch.zeros(2, 0), torch.zeros(3, 0)
+    cb, v = torch.tensor([0.0, math.inf, 1.0]), torch.ones(3, 2)
+    lse, out = hp.pairwise_lse(x, y, metric=metric, col_bias=cb, values=v, backend=backend)
+    assert torch.isnan(lse).all() and torch.isnan(out).all()
+    v[1, 0] = math.inf
+    lse, out, (_, _, gc, gv) = _lse_and_grads(backend, x, y, cb.clamp(max=0), v, metric=metric)
+    assert torch.isfinite(lse).all() and torch.isnan(out[:, 0]).all() and torch.isfinite(out[:, 1]).all()
+    assert torch.isnan(gc).all() and torch.isnan(gv[:, 0]).all() and torch.isfinite(gv[:, 1]).all()
+
+
+@pytest.mark.parametrize("backend", backend_param(["reference", "cpu", "triton"]))
+def test_nan_rule_overflowing_score(backend):
+    # finite inputs whose score overflows to +inf: lse = +inf, softmax weights 0 (out = 0, no
+    # gradient through that row) -- the C++ backward had inf - inf = NaN there
+    x = torch.tensor([[1e30], [1.0]])
+    y = torch.tensor([[1e30], [2.0]])
+    lse, out, (gx, gy, gv) = _lse_and_grads(backend, x, y, None, torch.ones(2, 1))
+    assert lse[0] == math.inf and math.isfinite(lse[1]) and out[0, 0] == 0
+    assert gx[0] == 0 and torch.isfinite(gx).all() and torch.isfinite(gy).all() and torch.isfinite(gv).all()
+
+
+@pytest.mark.parametrize("backend", backend_param(["reference", "cpu", "triton"]))
+def test_huge_scores_column_pass_has_no_nan(backend):
+    # scores ~ 1e31: the C++ column pass rounds score - lse in another order than the forward
+    # and landed ulps of the score (1e24) above 0: exp -> inf, NaN gradients for y
+    x = torch.tensor([[-1.0000000150474662e+30, -1.4607607126235962, -0.10703733563423157],
+                      [-1.0606842041015625, -1.6868053674697876, -2.022517681121826],
+                      [-2.8406617641448975, -2.6058027744293213, 2.1340818405151367]])
+    y = torch.tensor([[2.8203179836273193, -0.24370233714580536, 0.8701447248458862],
+                      [1.2469191551208496, 2.5244860649108887, 1.7468873262405396]])
+    cb = torch.tensor([0.15272843837738037, 1.319448709487915])
+    lse, _, grads = _lse_and_grads(backend, x, y, cb, scale=10.0)
+    assert torch.isfinite(lse).all() and all(torch.isfinite(g).all() for g in grads)
+
+
 def test_noncontiguous_expanded_half_inputs():
     x, y, cb, v = _inputs(0, 20, 30, 6, 2, torch.float32)
     xt = torch.randn(6, 20).t()               # non-contiguous

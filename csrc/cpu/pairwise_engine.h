@@ -294,9 +294,14 @@ void softmax_bwd_rows(const Pairs<T>* Ps, const BwdTerms<T>* Ts, int64_t B, T* a
           const V ra = VV::set1(Tm.ra ? Tm.ra[i] : T(0));
           const T* rv = Tm.rv ? Tm.rv + i * kv : nullptr;
           V rs{};
-          // one sweep over the tile: e = exp(score), w = ra + ca + <rv_i, cv_c>, dS = e * w
+          const V zero{};
+          // one sweep over the tile: e = exp(score), w = ra + ca + <rv_i, cv_c>, dS = e * w.
+          // score - lse <= 0, but the column pass folds -lse in before the row's bias (the forward
+          // adds the bias first): at |score| ~ 1e31 that lands ulps of the score above 0, and
+          // exp(1e24) = inf. Clamped to 0 (NaN stays NaN) the weight stays <= 1.
           for (int c = 0; c < TC; c += VV::W) {
-            const V ev = VV::exp_nonpos(VV::load(s + c));
+            const V sv = VV::load(s + c);
+            const V ev = VV::exp_nonpos(sv > zero ? zero : sv);
             V w = ra;
             if (Tm.ca) w += VV::load(Tm.ca + j0 + c);
             for (int64_t kk = 0; kk < kv; ++kk)

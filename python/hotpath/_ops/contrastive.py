@@ -41,7 +41,10 @@ def _lse_sweep_fake(x, y, scale, want_col, exclude_diag):
 def lse_sweep(x: Tensor, y: Tensor, scale: float, want_col: bool, exclude_diag: bool) -> Tuple[Tensor, Tensor]:
     """lse_row_i = LSE_j scale <x_i, y_j> (j != i if exclude_diag); lse_col_j likewise over i
     when want_col (else an empty tensor)."""
-    s = _mask_diag(scale * x @ y.T, exclude_diag)
+    # scale * (x @ y.T), not (scale * x) @ y.T: softmax_acc's column side scores y @ x.T, and only
+    # scaling the product rounds s_ij alike on both sides (at |s| ~ 1e31 the two orders differ by
+    # 1e24, and exp(s - lse) overflows)
+    s = _mask_diag(scale * (x @ y.T), exclude_diag)
     return _lse(s, 1), (_lse(s, 0) if want_col else x.new_zeros(0))
 
 
@@ -51,7 +54,7 @@ def softmax_acc(x: Tensor, y: Tensor, scale: float, ra: Optional[Tensor], rl: Op
                 ca: Optional[Tensor], cl: Optional[Tensor], exclude_diag: bool) -> Tensor:
     """acc_i = sum_j w_ij y_j, w_ij = ra_i exp(s_ij - rl_i) + ca_j exp(s_ij - cl_j) (terms optional):
     the softmax backward of row (ra, rl) and column (ca, cl) log-sum-exps, for the x side."""
-    s = _mask_diag(scale * x @ y.T, exclude_diag)
+    s = _mask_diag(scale * (x @ y.T), exclude_diag)
     w = torch.zeros_like(s)
 
     def soft(l):  # exp(s - lse), 0 where lse = -inf (every entry masked)

@@ -58,13 +58,19 @@ def _solve(P, d1, d2, r1, r2, balanced, va, vb):
         e = vb.to(P.dtype)
         c = d2.sum(1, keepdim=True) / e.sum(1, keepdim=True).clamp_min(1.0)
         S = S + c[:, :, None] * e[:, :, None] * e[:, None, :]
+    # a NaN problem (NaN / -inf costs, see sinkhorn_dense) is solved as a stand-in, then made NaN:
+    # the pseudo-inverse's eigh would raise on it and fail the whole batch
+    bad = ~(torch.isfinite(S).flatten(1).all(1) & torch.isfinite(rhs).all(1))
+    if bool(bad.any()):
+        S = torch.where(bad[:, None, None], torch.eye(S.shape[-1], dtype=S.dtype, device=S.device), S)
+        rhs = torch.where(bad[:, None], torch.zeros((), dtype=rhs.dtype, device=rhs.device), rhs)
     v, info = torch.linalg.solve_ex(S, rhs[..., None])
     if bool((info != 0).any()):
         # a plan close to a permutation splits the kernel into blocks, each with its own gauge:
         # S is singular to working precision but the system stays consistent, so the
         # minimum-norm solution is a solution (S is symmetric positive semi-definite)
         v = torch.linalg.pinv(S, hermitian=True) @ rhs[..., None]
-    v = v[..., 0]
+    v = torch.where(bad[:, None], torch.full((), float("nan"), dtype=v.dtype, device=v.device), v[..., 0])
     u = (r1 - (P @ v[..., None])[..., 0]) / d1
     return u, v
 

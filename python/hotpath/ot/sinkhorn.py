@@ -29,6 +29,36 @@ from ..reference import ot as ref
 SMALL = 256  # n, m at most this: fused dense loop (costs materialized, B * n * m memory)
 
 
+class ResolutionWarning(RuntimeWarning):
+    """eps is below the rounding error of the costs that carry the plan, in the dtype the solver
+    runs in: the potentials are then known only to about |C| * ulp (noise above eps), and the
+    plan exp((f + g - C) / eps), what is computed from it (sinkhorn2's <P, C>), the gradients and
+    the iteration counts are not resolved: they may differ between backends and runs. Dual values
+    (SamplesLoss, sinkhorn, sinkhorn_dense) stay accurate to |C| * ulp. Checked after the solve,
+    on the potentials' magnitude, so a huge unused cost (a 'forbidden pair' marker) is silent."""
+
+
+def potential_scale(f, g):
+    """max |f| + max |g| over finite entries: the magnitude of f_i + g_j - C_ij wherever the plan
+    has mass (a huge but unused cost, a 'forbidden pair' marker, does not count)."""
+    def m(t):
+        t = t.detach()
+        return float(torch.where(torch.isfinite(t), t.abs(), torch.zeros((), dtype=t.dtype)).amax()) if t.numel() else 0.0
+    return m(f) + m(g)
+
+
+def warn_resolution(cmax, eps, dtype, stacklevel=4):
+    """Warn (ResolutionWarning) when potentials of magnitude cmax cannot resolve eps in dtype."""
+    noise = cmax * torch.finfo(dtype).eps
+    if noise > eps / 8:  # the plan's exponent carries noise / eps: beyond 1/8, factors of e^(1/8) and up
+        import warnings
+        w = ResolutionWarning(f"eps = {eps:.3g} is below the resolution of costs ~{cmax:.3g} in {dtype} "
+                              f"(rounding ~{noise:.3g}): potentials are accurate to ~{noise:.3g} only; the plan, "
+                              "primal values and gradients are not resolved; rescale the inputs or raise blur / eps")
+        w.cmax = cmax  # the cost scale, for callers that compare results at it
+        warnings.warn(w, stacklevel=stacklevel)
+
+
 class SinkhornResult(NamedTuple):
     loss: torch.Tensor            # (B,) or () ; differentiable wrt x, y, a, b
     f: torch.Tensor               # potential on x of the (a, b) problem, (B, n) or (n,)
@@ -120,6 +150,16 @@ def prepare(x, y, a, b, *, names=("x", "y", "a", "b")):
     return X, Y, A, Bw, batched
 
 
+def _span(X, Y):
+    """Diagonal of the bounding box of both (centred) clouds: a bound on every |x - y|."""
+    if X.shape[1] == 0 or Y.shape[1] == 0 or X.shape[0] == 0:
+        return 0.0
+    X, Y = X.detach(), Y.detach()
+    lo_hi = torch.stack([torch.minimum(X.amin((0, 1)), Y.amin((0, 1))),
+                         torch.maximum(X.amax((0, 1)), Y.amax((0, 1)))])
+    return float((lo_hi[1] - lo_hi[0]).norm())
+
+
 def _diameter(X, Y, va, vb):
     D = X.shape[-1]
     pts = torch.cat([X[va].reshape(-1, D), Y[vb].reshape(-1, D)]).detach()
@@ -202,9 +242,7 @@ def solve(X, Y, A, Bw, cfg: _Config, want_grad: bool):
         if span is None and (X.shape[1] == 0 or Y.shape[1] == 0):
             span = 0.0  # an empty side: the loss is 0 whatever runs
         if span is None:
-            lo_hi = torch.stack([torch.minimum(X.amin((0, 1)), Y.amin((0, 1))),
-                                 torch.maximum(X.amax((0, 1)), Y.amax((0, 1)))])
-            span = float((lo_hi[1] - lo_hi[0]).norm())
+            span = _span(X, Y)
         if not span ** p * 16.0 >= cfg.blur ** p or span < 1e-15:
             X, Y, A, Bw, center = X.double(), Y.double(), A.double(), Bw.double(), center.double()
     X, Y = X.contiguous(), Y.contiguous()
@@ -233,6 +271,7 @@ def solve(X, Y, A, Bw, cfg: _Config, want_grad: bool):
         Cxy = Cxx = Cyy = None
         f_ba, g_ab, f_aa, g_bb, n_iter, Ux, Uy, Uxx, Uyy, pre = _streamed(
             X, Y, a_log, b_log, eps_list, rho_x, rho_y, debias, p, tol, check_every, want_grad)
+    warn_resolution(potential_scale(f_ba, g_ab), eps_list[-1], X.dtype)
 
     def final_softmin(P, Q, h, C, dim):
         # small problems without gradients: one pass over the cost already materialized

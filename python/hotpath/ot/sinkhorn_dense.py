@@ -17,7 +17,7 @@ from .. import backends
 from .._ops import ot as ops
 from . import _pot_io
 from ._implicit import differentiable_potentials, log_plan
-from .sinkhorn import SinkhornResult, _log_w
+from .sinkhorn import SinkhornResult, _log_w, potential_scale, warn_resolution
 
 
 def _prep_dense(C, a, b, names=("C", "a", "b")):
@@ -63,14 +63,17 @@ def _prep_dense(C, a, b, names=("C", "a", "b")):
     return Cb.to(dtype), A, Bw, batched
 
 
-def _wide_eps(C, eps):
+def _finite_absmax(C):
+    if C.numel() == 0:
+        return 0.0
+    Cd = C.detach()
+    return float(torch.where(torch.isfinite(Cd), Cd.abs(), torch.zeros((), dtype=Cd.dtype)).amax())
+
+
+def _wide_eps(C, eps, big):
     """float32 cannot hold potentials ~ eps log n next to costs far smaller than eps (the dual value
     cancels to nothing, eps = 1e8 gave -64): such problems run in float64."""
-    if C.dtype != torch.float32 or C.numel() == 0:
-        return False
-    Cd = C.detach()
-    big = torch.where(torch.isfinite(Cd), Cd.abs(), torch.zeros((), dtype=Cd.dtype)).amax()
-    return bool(eps > 16.0 * big)
+    return C.dtype == torch.float32 and C.numel() > 0 and eps > 16.0 * big
 
 
 def _nan_problems(C, A, B):
@@ -90,7 +93,8 @@ def _solve(Cb, A, Bw, eps, rho, max_iter, tol, f0=None):
     with work = (C, A, B) in the dtype the loop ran in (float64 for float32 with a wide eps)."""
     with torch.no_grad():
         C, A_, B_ = Cb.detach(), A.detach(), Bw.detach()
-        if _wide_eps(C, eps):
+        big = _finite_absmax(C)
+        if _wide_eps(C, eps, big):
             C, A_, B_ = C.double(), A_.double(), B_.double()
         C = C.contiguous()
         a_log, b_log = _log_w(A_).contiguous(), _log_w(B_).contiguous()
@@ -99,6 +103,7 @@ def _solve(Cb, A, Bw, eps, rho, max_iter, tol, f0=None):
         f0 = f0.to(C.dtype).contiguous()
         r = -1.0 if rho is None else rho
         f, g, n_iter, err = ops.ot_sinkhorn_alternating(C, a_log, b_log, eps, r, r, max_iter, tol, 10, f0)
+        warn_resolution(potential_scale(f, g), eps, C.dtype, stacklevel=5)
         bad = _nan_problems(C, A_, B_)[:, None]
         f, g = f.masked_fill(bad, float("nan")), g.masked_fill(bad, float("nan"))
     return f, g, n_iter, err, (C, A_, B_)
