@@ -47,7 +47,18 @@ def potential_scale(f, g):
     return m(f) + m(g)
 
 
-def warn_resolution(cmax, eps, dtype, stacklevel=4):
+def _user_stacklevel():
+    """The stacklevel of the first frame outside the hotpath package (the user's call)."""
+    import os
+    import sys
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    level, frame = 2, sys._getframe(2)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(pkg):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def warn_resolution(cmax, eps, dtype):
     """Warn (ResolutionWarning) when potentials of magnitude cmax cannot resolve eps in dtype."""
     noise = cmax * torch.finfo(dtype).eps
     if noise > eps / 8:  # the plan's exponent carries noise / eps: beyond 1/8, factors of e^(1/8) and up
@@ -56,7 +67,7 @@ def warn_resolution(cmax, eps, dtype, stacklevel=4):
                               f"(rounding ~{noise:.3g}): potentials are accurate to ~{noise:.3g} only; the plan, "
                               "primal values and gradients are not resolved; rescale the inputs or raise blur / eps")
         w.cmax = cmax  # the cost scale, for callers that compare results at it
-        warnings.warn(w, stacklevel=stacklevel)
+        warnings.warn(w, stacklevel=_user_stacklevel())
 
 
 class SinkhornResult(NamedTuple):

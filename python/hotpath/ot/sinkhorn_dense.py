@@ -103,7 +103,7 @@ def _solve(Cb, A, Bw, eps, rho, max_iter, tol, f0=None):
         f0 = f0.to(C.dtype).contiguous()
         r = -1.0 if rho is None else rho
         f, g, n_iter, err = ops.ot_sinkhorn_alternating(C, a_log, b_log, eps, r, r, max_iter, tol, 10, f0)
-        warn_resolution(potential_scale(f, g), eps, C.dtype, stacklevel=5)
+        warn_resolution(potential_scale(f, g), eps, C.dtype)
         bad = _nan_problems(C, A_, B_)[:, None]
         f, g = f.masked_fill(bad, float("nan")), g.masked_fill(bad, float("nan"))
     return f, g, n_iter, err, (C, A_, B_)
