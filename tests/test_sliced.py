@@ -381,3 +381,20 @@ def test_pot_signature_seed_and_log():
     val, lg = hp.ot.sliced_wasserstein(xb, yb, n_projections=5, seed=0, log=True)
     assert val.shape == (3,) and lg["projected_emds"].shape == (3, 5)
     torch.testing.assert_close(val, lg["projected_emds"].mean(1).sqrt())
+
+
+def test_sliced_blocks_of_directions_match_one_block():
+    # the projections are processed in blocks of directions (bounded memory at 1M points x 256
+    # directions); any block size gives the same costs and gradients
+    from hotpath._ops import wasserstein1d as W
+    from hotpath.reference import wasserstein1d as RW
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 7, 3, generator=g, dtype=torch.float64), torch.randn(2, 5, 3, generator=g, dtype=torch.float64)
+    a, b = torch.rand(2, 7, generator=g, dtype=torch.float64), torch.rand(2, 5, generator=g, dtype=torch.float64)
+    th = torch.randn(3, 9, generator=g, dtype=torch.float64)
+    need = (True,) * 5
+    whole = W.sliced_via_rows(x, y, a, b, th, 2.0, need, RW.wasserstein_1d_grads)
+    for block in (1, 24, 50):   # 1 direction, 1 direction, 2 directions per block (B (N + M) = 24)
+        part = W.sliced_via_rows(x, y, a, b, th, 2.0, need, RW.wasserstein_1d_grads, block_elements=block)
+        for u, v in zip(whole, part):
+            torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)

@@ -32,33 +32,51 @@ def wasserstein1d_fwd(u: Tensor, v: Tensor, u_weights: Optional[Tensor], v_weigh
     return ref.wasserstein_1d_grads(u, v, u_weights, v_weights, p, presorted, grad_values, grad_weights)
 
 
-def sliced_via_rows(x, y, a, b, theta, p, need, row_solver):
-    """Sliced Wasserstein through a batched 1-D solver on the (B*L, N) projection rows: the
-    per-direction costs (B, L) and the gradients in `need` = (x, y, a, b, theta) chained back
-    through the projections (empty tensors for the others)."""
+# Elements of projected rows (B * Lb * (N + M)) one block of directions may hold: the projections,
+# their sort and their gradients then stay near 1 GB in float32 whatever L is (the whole
+# (B * L, N) projection of N = M = 1M points over L = 256 directions is 1 GB per cloud, before
+# the sort's copies and the gradients).
+SLICED_BLOCK_ELEMENTS = 1 << 26
+
+
+def sliced_via_rows(x, y, a, b, theta, p, need, row_solver, block_elements=None):
+    """Sliced Wasserstein through a batched 1-D solver on the projection rows, in blocks of
+    directions: the per-direction costs (B, L) and the gradients in `need` = (x, y, a, b, theta)
+    chained back through the projections (empty tensors for the others)."""
     B, N, M, L = x.shape[0], x.shape[1], y.shape[1], theta.shape[1]
-    tt = theta.t().unsqueeze(0)
-    px = torch.matmul(tt, x.transpose(1, 2)).reshape(B * L, N).contiguous()
-    py = torch.matmul(tt, y.transpose(1, 2)).reshape(B * L, M).contiguous()
-    aa = None if a is None else a.repeat_interleave(L, 0)
-    bb = None if b is None else b.repeat_interleave(L, 0)
+    per_dir = max(B * (N + M), 1)
+    Lb = max(1, min(L, (block_elements or SLICED_BLOCK_ELEMENTS) // per_dir))
     need_gx, need_gy, need_ga, need_gb, need_gt = need
     vals = need_gx or need_gy or need_gt
-    cost, gpx, gpy, ga, gb = row_solver(px, py, aa, bb, p, False, vals, need_ga or need_gb)
-    gx, gy, gA, gB, gt = (x.new_zeros(0) for _ in range(5))
-    if vals:
-        gpx, gpy = gpx.reshape(B, L, N), gpy.reshape(B, L, M)
-        if need_gx:
-            gx = torch.matmul(gpx.transpose(1, 2), tt)
-        if need_gy:
-            gy = torch.matmul(gpy.transpose(1, 2), tt)
-        if need_gt:
-            gt = (torch.matmul(gpx, x) + torch.matmul(gpy, y)).transpose(1, 2).contiguous()
-    if need_ga and a is not None:
-        gA = ga.reshape(B, L, N).sum(1)
-    if need_gb and b is not None:
-        gB = gb.reshape(B, L, M).sum(1)
-    return cost.reshape(B, L), gx, gy, gA, gB, gt
+    gx = torch.zeros_like(x) if need_gx else x.new_zeros(0)
+    gy = torch.zeros_like(y) if need_gy else x.new_zeros(0)
+    gA = torch.zeros_like(a) if need_ga and a is not None else x.new_zeros(0)
+    gB = torch.zeros_like(b) if need_gb and b is not None else x.new_zeros(0)
+    gt = x.new_empty(B, theta.shape[0], L) if need_gt else x.new_zeros(0)
+    costs = []
+    for l0 in range(0, L, Lb):
+        lb = min(Lb, L - l0)
+        tt = theta[:, l0:l0 + lb].t().unsqueeze(0)
+        px = torch.matmul(tt, x.transpose(1, 2)).reshape(B * lb, N).contiguous()
+        py = torch.matmul(tt, y.transpose(1, 2)).reshape(B * lb, M).contiguous()
+        aa = None if a is None else a.repeat_interleave(lb, 0)
+        bb = None if b is None else b.repeat_interleave(lb, 0)
+        cost, gpx, gpy, ga, gb = row_solver(px, py, aa, bb, p, False, vals, need_ga or need_gb)
+        costs.append(cost.reshape(B, lb))
+        if vals:
+            gpx, gpy = gpx.reshape(B, lb, N), gpy.reshape(B, lb, M)
+            if need_gx:
+                gx += torch.matmul(gpx.transpose(1, 2), tt)
+            if need_gy:
+                gy += torch.matmul(gpy.transpose(1, 2), tt)
+            if need_gt:
+                gt[:, :, l0:l0 + lb] = (torch.matmul(gpx, x) + torch.matmul(gpy, y)).transpose(1, 2)
+        if need_ga and a is not None:
+            gA += ga.reshape(B, lb, N).sum(1)
+        if need_gb and b is not None:
+            gB += gb.reshape(B, lb, M).sum(1)
+    cost = torch.cat(costs, 1) if costs else x.new_zeros(B, 0)
+    return cost, gx, gy, gA, gB, gt
 
 
 def _sliced_fake(x, y, a, b, theta, p, need_gx, need_gy, need_ga, need_gb, need_gtheta):
