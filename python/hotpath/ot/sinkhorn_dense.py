@@ -67,6 +67,9 @@ def _finite_absmax(C):
     if C.numel() == 0:
         return 0.0
     Cd = C.detach()
+    big = float(Cd.abs().amax())
+    if math.isfinite(big):
+        return big
     return float(torch.where(torch.isfinite(Cd), Cd.abs(), torch.zeros((), dtype=Cd.dtype)).amax())
 
 
@@ -81,6 +84,8 @@ def _nan_problems(C, A, B):
     carry it only along its row and column, and how far it spreads depends on when the loop stops),
     a -inf cost (unbounded: no finite potentials), and a point with mass whose costs are all +inf
     (no feasible plan: the potentials are inf - inf)."""
+    if bool(torch.isfinite(C).all()):  # the common case: one pass
+        return torch.zeros(C.shape[0], dtype=torch.bool, device=C.device)
     nan = (torch.isnan(C) | torch.isneginf(C)).flatten(1).any(1)
     inf = torch.isposinf(C)
     dead_row = (inf.all(2) & (A > 0)).any(1)

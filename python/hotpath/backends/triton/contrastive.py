@@ -96,18 +96,14 @@ def _softmax_acc_kernel(X, Y, RA, RL, CA, CL, ACC, n, m, d, s_hi, s_lo, s_x, s_y
         if EXCL:
             valid = valid & (offs_n[None, :] != offs_m[:, None])
         w = tl.zeros((BLOCK_M, BLOCK_N), dtype=dt)
-        # s - lse <= 0, yet the lse comes back through ln / log2 conversions and a second rounding of
-        # the score: at |s| ~ 1e31 that is ulps (1e24) above 0 and exp2 gives inf. Clamped to 0
-        # (NaN stays NaN) a weight stays <= 1.
         if HAS_R:
-            t = s - rl[:, None]
-            w += tl.where(r_ok[:, None], ra[:, None] * tl.math.exp2(tl.where(t > 0, 0.0, t)), 0.0)
+            w += tl.where(r_ok[:, None], ra[:, None] * tl.math.exp2(s - rl[:, None]), 0.0)
         if HAS_C:
             ca = tl.load(CA + offs_n, mask=offs_n < m, other=0.0).to(dt)
             cl = tl.load(CL + offs_n, mask=offs_n < m, other=0.0).to(dt)
             c_ok = cl != -float("inf")
-            t = s - (tl.where(c_ok, cl, 0.0) * _LOG2E)[None, :]
-            w += tl.where(c_ok[None, :], ca[None, :] * tl.math.exp2(tl.where(t > 0, 0.0, t)), 0.0)
+            w += tl.where(c_ok[None, :], ca[None, :] * tl.math.exp2(s - (tl.where(c_ok, cl, 0.0) * _LOG2E)[None, :]),
+                          0.0)
         w = tl.where(valid, w, 0.0)
         acc = _acc_tile(Y, ACC, w, acc, offs_m, offs_n, n, m, d, s_y, s_acc, ACC_REG, PREC, UPCAST, BLOCK_DO)
     if ACC_REG:
