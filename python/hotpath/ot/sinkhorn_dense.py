@@ -63,20 +63,16 @@ def _prep_dense(C, a, b, names=("C", "a", "b")):
     return Cb.to(dtype), A, Bw, batched
 
 
-def _finite_absmax(C):
-    if C.numel() == 0:
-        return 0.0
-    Cd = C.detach()
-    big = float(Cd.abs().amax())
-    if math.isfinite(big):
-        return big
-    return float(torch.where(torch.isfinite(Cd), Cd.abs(), torch.zeros((), dtype=Cd.dtype)).amax())
-
-
-def _wide_eps(C, eps, big):
+def _wide_eps(C, eps):
     """float32 cannot hold potentials ~ eps log n next to costs far smaller than eps (the dual value
     cancels to nothing, eps = 1e8 gave -64): such problems run in float64."""
-    return C.dtype == torch.float32 and C.numel() > 0 and eps > 16.0 * big
+    if C.dtype != torch.float32 or C.numel() == 0:
+        return False
+    Cd = C.detach()
+    big = float(Cd.abs().amax())
+    if not math.isfinite(big):  # the largest finite cost, in a second pass only when needed
+        big = float(torch.where(torch.isfinite(Cd), Cd.abs(), torch.zeros((), dtype=Cd.dtype)).amax())
+    return eps > 16.0 * big
 
 
 def _nan_problems(C, A, B):
@@ -98,8 +94,7 @@ def _solve(Cb, A, Bw, eps, rho, max_iter, tol, f0=None):
     with work = (C, A, B) in the dtype the loop ran in (float64 for float32 with a wide eps)."""
     with torch.no_grad():
         C, A_, B_ = Cb.detach(), A.detach(), Bw.detach()
-        big = _finite_absmax(C)
-        if _wide_eps(C, eps, big):
+        if _wide_eps(C, eps):
             C, A_, B_ = C.double(), A_.double(), B_.double()
         C = C.contiguous()
         a_log, b_log = _log_w(A_).contiguous(), _log_w(B_).contiguous()
