@@ -43,8 +43,10 @@ def potential_scale(f, g):
     has mass (a huge but unused cost, a 'forbidden pair' marker, does not count)."""
     def m(t):
         t = t.detach()
-        return float(torch.where(torch.isfinite(t), t.abs(), torch.zeros((), dtype=t.dtype)).amax()) if t.numel() else 0.0
-    return m(f) + m(g)
+        if not t.numel():
+            return t.new_zeros(())
+        return torch.where(torch.isfinite(t), t.abs(), torch.zeros((), dtype=t.dtype)).amax()
+    return float(m(f).to(torch.float64) + m(g).to(torch.float64))  # one host read for both
 
 
 def _user_stacklevel():
