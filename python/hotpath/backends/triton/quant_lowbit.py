@@ -217,10 +217,8 @@ def _round_e4m3(v):
 
 
 @triton.jit
-def _fp8_act_kernel(X, QX, SX, K, BLOCK_K: tl.constexpr):
-    """One program per row: sx = amax / 448 (1 for an all-zero row, NaN for a non-finite one),
-    qx = e4m3(x / sx) (0 in a non-finite row), stored in QX's dtype (exact: fp8, bf16 or fp32)."""
-    m = tl.program_id(0)
+def _row_absmax(X, m, K, BLOCK_K: tl.constexpr):
+    """Row m of X (M, K): (the largest finite |x|, whether any entry is NaN or infinite)."""
     amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
     bad = tl.zeros((BLOCK_K,), dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
@@ -231,6 +229,15 @@ def _fp8_act_kernel(X, QX, SX, K, BLOCK_K: tl.constexpr):
         amax = tl.maximum(amax, tl.where(finite, a, 0.0))
     am = tl.max(amax, 0)
     is_bad = tl.max(bad, 0) > 0
+    return am, is_bad
+
+
+@triton.jit
+def _fp8_act_kernel(X, QX, SX, K, BLOCK_K: tl.constexpr):
+    """One program per row: sx = amax / 448 (1 for an all-zero row, NaN for a non-finite one),
+    qx = e4m3(x / sx) (0 in a non-finite row), stored in QX's dtype (exact: fp8, bf16 or fp32)."""
+    m = tl.program_id(0)
+    am, is_bad = _row_absmax(X, m, K, BLOCK_K)
     sx = tl.where(am > 0, tl.math.div_rn(am, 448.0), 1.0)
     for k0 in range(0, K, BLOCK_K):
         offs = k0 + tl.arange(0, BLOCK_K)
@@ -353,16 +360,7 @@ def _ternary_act_kernel(X, XQ, F, WS, K, BLOCK_K: tl.constexpr):
     all-zero row, NaN for a non-finite one). One launch instead of a chain of torch ops: at
     M = 1 the chain alone would cost more than the whole ternary GEMV."""
     m = tl.program_id(0)
-    amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
-    bad = tl.zeros((BLOCK_K,), dtype=tl.int32)
-    for k0 in range(0, K, BLOCK_K):
-        offs = k0 + tl.arange(0, BLOCK_K)
-        a = tl.abs(tl.load(X + m * K + offs, mask=offs < K, other=0.0).to(tl.float32))
-        finite = a < float("inf")
-        bad = tl.maximum(bad, tl.where(finite, 0, 1))
-        amax = tl.maximum(amax, tl.where(finite, a, 0.0))
-    am = tl.max(amax, 0)
-    is_bad = tl.max(bad, 0) > 0
+    am, is_bad = _row_absmax(X, m, K, BLOCK_K)
     use = (am > 0) & (~is_bad)
     safe = tl.where(use, am, 1.0)
     inv = tl.math.div_rn(127.0, safe)
