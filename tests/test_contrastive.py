@@ -84,6 +84,43 @@ def test_clip_per_sample_scale(backend):
     check_same(lambda: C.clip_loss(x, y, s, backend=backend), lambda: R.clip_loss(x, y, s), [x, y, s])
 
 
+@pytest.mark.parametrize("backend", backend_param())
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_half_features_reach_the_kernels_as_they_are(backend, half, monkeypatch):
+    """On the GPU (and backend="triton" on CPU) 16-bit features go to the ops unconverted --
+    tensor-core tiles -- and come back as float32 statistics; the CPU kernels read float32.
+    Losses and gradients equal the float64 losses on the same 16-bit values, in the input dtype."""
+    seen = []
+    for name in ("lse_sweep", "siglip_rows", "siglip_acc", "softmax_acc", "topk"):
+        orig = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *a, _f=orig, _n=name: (seen.append((_n, a[0].dtype)), _f(*a))[1])
+    x, y = feats(19, 24, grad=False)
+    xh, yh = x.to(half).requires_grad_(), y.to(half).requires_grad_()
+    X, Y = xh.detach().double().requires_grad_(), yh.detach().double().requires_grad_()
+    keep = backend == "triton" or xh.device.type == "cuda"
+    cases = [(lambda a, b, **k: C.clip_loss(a, b, 8.0, **k), lambda a, b: R.clip_loss(a, b, 8.0)),
+             (lambda a, b, **k: C.siglip_loss(a, b, 4.0, -2.0, **k), lambda a, b: R.siglip_loss(a, b, 4.0, -2.0)),
+             (lambda a, b, **k: C.info_nce(a, b, temperature=0.25, **k), lambda a, b: R.info_nce(a, b, 0.25))]
+    for fn, ref in cases:
+        seen.clear()
+        out = fn(xh, yh, backend=backend)
+        assert out.dtype == half
+        gx, gy = torch.autograd.grad(out, (xh, yh))
+        want = ref(X, Y)
+        wx, wy = torch.autograd.grad(want, (X, Y))
+        assert gx.dtype == gy.dtype == half
+        assert seen and all(dt == (half if keep else torch.float32) for _, dt in seen), seen
+        assert_close(out, want, half, scale=2)
+        assert_close(gx, wx, half, scale=2)
+        assert_close(gy, wy, half, scale=2)
+    seen.clear()
+    v, i = C.topk_similarity(xh.detach(), yh.detach(), 3, backend=backend)
+    rv, ri = R.topk_similarity(X.detach(), Y.detach(), 3)
+    assert v.dtype == torch.float32 and seen[-1][1] == (half if keep else torch.float32)
+    assert_close(v, rv, torch.float32, scale=4)
+    assert torch.equal(i.cpu(), ri.cpu())
+
+
 def test_clip_float32_and_bf16():
     x, y = feats(97, 33, grad=False)
     ref = R.clip_loss(x, y, 10.0)

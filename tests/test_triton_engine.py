@@ -209,20 +209,40 @@ def test_contrastive_wide_features_accumulate_in_place():
     _close(acc, wa, torch.float32, extra=10.0)
 
 
-def test_contrastive_bf16_inputs():
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_contrastive_half_inputs(half):
+    """16-bit operands go to tl.dot as they are; every output is float32. Scores are products of
+    16-bit values, exact in float32, so the statistics equal the float64 result on the same 16-bit
+    values to float32 accuracy. The accumulators' weights are rounded to the operand dtype for
+    the second dot (as FlashAttention rounds P): those are good to the 16-bit tolerance."""
     x, y = _rand(17, 64) / 4, _rand(33, 64, seed=1) / 4
-    xb, yb = x.to(torch.bfloat16), y.to(torch.bfloat16)
+    xb, yb = x.to(half), y.to(half)
     X, Y = xb.double(), yb.double()
     a, b = TC.lse_sweep(xb.to(DEV), yb.to(DEV), 4.0, True, False)
     ra, rb = OC.lse_sweep.default(X, Y, 4.0, True, False)
-    _close(a, ra, torch.bfloat16, ra.abs().max().item())
+    assert a.dtype == b.dtype == torch.float32
+    _close(a, ra, torch.float32, ra.abs().max().item())
+    _close(b, rb, torch.float32, rb.abs().max().item())
     g = _rand(17, seed=2)
     acc = TC.softmax_acc(xb.to(DEV), yb.to(DEV), 4.0, g.to(DEV, torch.float32), ra.to(DEV, torch.float32),
                          None, None, False)
-    _close(acc, OC.softmax_acc.default(X, Y, 4.0, g, ra, None, None, False), torch.bfloat16, extra=2.0)
+    assert acc.dtype == torch.float32
+    _close(acc, OC.softmax_acc.default(X, Y, 4.0, g, ra, None, None, False), half)
+    rows = TC.siglip_rows(xb.to(DEV), yb.to(DEV), 2.0, -1.0)
+    sa, sr = TC.siglip_acc(xb.to(DEV), yb.to(DEV), 2.0, -1.0)
+    assert rows.dtype == sa.dtype == sr.dtype == torch.float32
+    _close(rows, OC.siglip_rows.default(X, Y, 2.0, -1.0), torch.float32, 33.0)
+    ws, wr = OC.siglip_acc.default(X, Y, 2.0, -1.0)
+    _close(sa, ws, half, 33.0)
+    _close(sr, wr, torch.float32, 33.0)
     v, i = TC.topk(xb.to(DEV), yb.to(DEV), 3)
-    rv, _ = RC.topk_chunked(X, Y, 3)
-    _close(v, rv, torch.bfloat16, rv.abs().max().item())
+    rv, ri = RC.topk_chunked(X, Y, 3)
+    assert v.dtype == torch.float32
+    _close(v, rv, torch.float32, rv.abs().max().item())
+    # the reference kernels take 16-bit operands too, with the same float32 outputs
+    ha, hb = OC.lse_sweep.default(xb, yb, 4.0, True, False)
+    assert ha.dtype == torch.float32
+    _close(ha, ra, torch.float32, ra.abs().max().item())
 
 
 # -- optimal transport ---------------------------------------------------------------------------------

@@ -4,6 +4,10 @@ Each op streams (row block) x (column tile) score tiles s_ij = scale * <x_i, y_j
 epilogue; none stores the n x m matrix. Kernels: C++ (csrc/cpu/contrastive.cpp,
 topk_screened.cpp), Triton (backends/triton/contrastive.py); the default kernels are the
 materializing references below and in reference/contrastive.py.
+
+Operands may be float16 / bfloat16 (backends.operand_dtype: GPU kernels read them as tensor-core
+tiles); statistics, accumulators and top-k values are float32 then (float64 for float64).
+The C++ kernels take float32 and float64 only.
 """
 from typing import Optional, Tuple
 
@@ -12,6 +16,16 @@ from torch import Tensor
 
 from .. import backends
 from ..reference import contrastive as ref
+
+
+def _up(*ts):
+    """16-bit operands in float32: the products of 16-bit values are exact there, as in a
+    tensor-core dot with float32 accumulation."""
+    return tuple(t.float() if t is not None and t.dtype in (torch.float16, torch.bfloat16) else t for t in ts)
+
+
+def _stat(x, *shape):
+    return x.new_empty(*shape, dtype=backends.stat_dtype(x.dtype))
 
 
 def _mask_diag(s, exclude_diag):
@@ -34,7 +48,7 @@ def _lse(s, dim):
 # -- log-sum-exp over rows (and columns) ------------------------------------------------------------
 
 def _lse_sweep_fake(x, y, scale, want_col, exclude_diag):
-    return x.new_empty(x.shape[0]), x.new_empty(y.shape[0] if want_col else 0)
+    return _stat(x, x.shape[0]), _stat(x, y.shape[0] if want_col else 0)
 
 
 @backends.op("contrastive_lse_sweep", fake=_lse_sweep_fake, triton="contrastive.lse_sweep")
@@ -44,16 +58,18 @@ def lse_sweep(x: Tensor, y: Tensor, scale: float, want_col: bool, exclude_diag: 
     # scale * (x @ y.T), not (scale * x) @ y.T: softmax_acc's column side scores y @ x.T, and only
     # scaling the product rounds s_ij alike on both sides (at |s| ~ 1e31 the two orders differ by
     # 1e24, and exp(s - lse) overflows)
+    x, y = _up(x, y)
     s = _mask_diag(scale * (x @ y.T), exclude_diag)
     return _lse(s, 1), (_lse(s, 0) if want_col else x.new_zeros(0))
 
 
 @backends.op("contrastive_softmax_acc", triton="contrastive.softmax_acc",
-             fake=lambda x, y, scale, ra, rl, ca, cl, exclude_diag: x.new_empty(x.shape[0], y.shape[1]))
+             fake=lambda x, y, scale, ra, rl, ca, cl, exclude_diag: _stat(x, x.shape[0], y.shape[1]))
 def softmax_acc(x: Tensor, y: Tensor, scale: float, ra: Optional[Tensor], rl: Optional[Tensor],
                 ca: Optional[Tensor], cl: Optional[Tensor], exclude_diag: bool) -> Tensor:
     """acc_i = sum_j w_ij y_j, w_ij = ra_i exp(s_ij - rl_i) + ca_j exp(s_ij - cl_j) (terms optional):
     the softmax backward of row (ra, rl) and column (ca, cl) log-sum-exps, for the x side."""
+    x, y = _up(x, y)
     s = _mask_diag(scale * (x @ y.T), exclude_diag)
     w = torch.zeros_like(s)
 
@@ -71,16 +87,18 @@ def softmax_acc(x: Tensor, y: Tensor, scale: float, ra: Optional[Tensor], rl: Op
 # -- SigLIP ------------------------------------------------------------------------------------------
 
 @backends.op("contrastive_siglip_rows", triton="contrastive.siglip_rows",
-             fake=lambda x, y, scale, bias: x.new_empty(x.shape[0]))
+             fake=lambda x, y, scale, bias: _stat(x, x.shape[0]))
 def siglip_rows(x: Tensor, y: Tensor, scale: float, bias: float) -> Tensor:
     """out_i = sum_j softplus(scale <x_i, y_j> + bias)."""
+    x, y = _up(x, y)
     return torch.nn.functional.softplus(scale * x @ y.T + bias).sum(1)
 
 
 @backends.op("contrastive_siglip_acc", triton="contrastive.siglip_acc",
-             fake=lambda x, y, scale, bias: (x.new_empty(x.shape[0], y.shape[1]), x.new_empty(x.shape[0])))
+             fake=lambda x, y, scale, bias: (_stat(x, x.shape[0], y.shape[1]), _stat(x, x.shape[0])))
 def siglip_acc(x: Tensor, y: Tensor, scale: float, bias: float) -> Tuple[Tensor, Tensor]:
     """(acc_i = sum_j sigmoid(z_ij) y_j, rsum_i = sum_j sigmoid(z_ij)), z = scale <x_i, y_j> + bias."""
+    x, y = _up(x, y)
     p = torch.sigmoid(scale * x @ y.T + bias)
     return p @ y, p.sum(1)
 
@@ -92,20 +110,20 @@ def siglip_acc(x: Tensor, y: Tensor, scale: float, bias: float) -> Tuple[Tensor,
 def hard_mine(x: Tensor, labels: Tensor) -> Tuple[Tensor, Tensor]:
     """Per row: index of the farthest same-label other row and of the nearest different-label row
     by Euclidean distance (-1 where none)."""
-    return ref.hard_mine(x, labels)
+    return ref.hard_mine(*_up(x), labels)
 
 
 # -- top-k -------------------------------------------------------------------------------------------
 
 def _topk_fake(queries, keys, k):
     n = queries.shape[0]
-    return queries.new_empty(n, k), queries.new_empty(n, k, dtype=torch.long)
+    return _stat(queries, n, k), queries.new_empty(n, k, dtype=torch.long)
 
 
 @backends.op("contrastive_topk", fake=_topk_fake, triton="contrastive.topk")
 def topk(queries: Tensor, keys: Tensor, k: int) -> Tuple[Tensor, Tensor]:
     """Exact top-k keys by inner product per query: values (n, k) descending, indices (n, k)."""
-    return ref.topk_chunked(queries, keys, k)
+    return ref.topk_chunked(*_up(queries, keys), k)
 
 
 def _screened_fake(queries, keys, k):

@@ -170,6 +170,28 @@ def op(name, *, fake, triton=None, cuda=None):
 
 
 
+def operand_dtype(*tensors):
+    """The dtype the streaming ops read their operands in (the precision policy).
+
+    Inputs that share one 16-bit dtype stay in it where a GPU kernel reads them (CUDA tensors, or
+    backend="triton" on CPU tensors through the interpreter): the tiles feed the tensor cores
+    directly, and the ops return their statistics and accumulators in float32. Elsewhere, and for
+    mixed dtypes, float32 (float64 if any input is float64): the CPU kernels compute in those.
+    """
+    dts = {t.dtype for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()}
+    if torch.float64 in dts:
+        return torch.float64
+    if len(dts) == 1 and next(iter(dts)) in (torch.float16, torch.bfloat16):
+        if _device(tensors).type != "cpu" or current() == "triton":
+            return next(iter(dts))
+    return torch.float32
+
+
+def stat_dtype(dtype):
+    """The dtype of the ops' statistics and accumulators for operands of this dtype."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def takes_backend(fn):
     """For public functions with a `backend=` argument: check it and run the body under it."""
     sig = inspect.signature(fn)

@@ -24,8 +24,25 @@ def features_pair(name_a, a, name_b, b, *, same_rows=True):
         raise ValueError(f"{name_a} and {name_b} must have the same batch size, got {a.shape[0]} and {b.shape[0]}")
 
 
+def operands(*ts):
+    """The features in the dtype the ops read (backends.operand_dtype: 16-bit stays 16-bit on the
+    GPU, statistics are float32), and the dtype the loss terms are computed in."""
+    dtype = backends.operand_dtype(*ts)
+    return cast(dtype, *ts), backends.stat_dtype(dtype)
+
+
 def cast(dtype, *ts):
     return tuple(None if t is None else t.to(dtype) for t in ts)
+
+
+def rowdot(a, b):
+    """<a_i, b_i> per row, in float32 for 16-bit rows (a 16-bit sum of d products would be off by
+    about sqrt(d) of its ulps, more than the loss's tolerance)."""
+    return torch.einsum("ij,ij->i", *_up(a, b))
+
+
+def _up(*ts):
+    return tuple(t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in ts)
 
 
 def scale_arg(name, v, n, *, positive=False, allow_vector=True):
@@ -122,9 +139,9 @@ class RowLSE(backends.Function):
         if ctx.needs_input_grad[2]:
             gs = _dot(x, ax)
         if ctx.needs_input_grad[0]:
-            gx = ax.mul_(scale)
+            gx = ax.mul_(scale).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            gy = ops.softmax_acc(y, x, scale, None, None, g, lse, excl).mul_(scale)
+            gy = ops.softmax_acc(y, x, scale, None, None, g, lse, excl).mul_(scale).to(y.dtype)
         return gx, gy, gs, None, None
 
 
@@ -148,12 +165,12 @@ class SelfLSE(backends.Function):
         g = g.contiguous()
         acc = ops.softmax_acc(x, x, scale, g, lse, g, lse, True)
         gs = _dot(x, acc) / 2 if ctx.needs_input_grad[1] else None
-        return acc.mul_(scale), gs, None
+        return acc.mul_(scale).to(x.dtype), gs, None
 
 
 def _dot(a, b):
-    """sum(a * b) without an (n, d) temporary."""
-    return torch.dot(a.reshape(-1), b.reshape(-1))
+    """sum(a * b) without an (n, d) temporary (a 16-bit operand is widened to b's float32)."""
+    return torch.dot(a.reshape(-1).to(b.dtype), b.reshape(-1))
 
 
 class RowColLSE(backends.Function):
@@ -176,8 +193,9 @@ class RowColLSE(backends.Function):
         # dL/ds_ij = gr_i P_ij + gc_j Q_ij (row and column softmaxes): one sweep per side.
         ax = ops.softmax_acc(x, y, scale, gr, lr, gc, lc, False)
         gs = _dot(x, ax) if ctx.needs_input_grad[2] else None
-        gx = ax.mul_(scale) if ctx.needs_input_grad[0] else None
-        gy = ops.softmax_acc(y, x, scale, gc, lc, gr, lr, False).mul_(scale) if ctx.needs_input_grad[1] else None
+        gx = ax.mul_(scale).to(x.dtype) if ctx.needs_input_grad[0] else None
+        gy = (ops.softmax_acc(y, x, scale, gc, lc, gr, lr, False).mul_(scale).to(y.dtype)
+              if ctx.needs_input_grad[1] else None)
         return gx, gy, gs, None
 
 
@@ -198,11 +216,11 @@ class SoftplusSum(backends.Function):
         ax, rs = ops.siglip_acc(x, y, scale, bias)
         gs = g * _dot(x, ax) if ctx.needs_input_grad[2] else None
         gb = g * rs.sum() if ctx.needs_input_grad[3] else None
-        gx = ax.mul_(g * scale) if ctx.needs_input_grad[0] else None
+        gx = ax.mul_(g * scale).to(x.dtype) if ctx.needs_input_grad[0] else None
         gy = None
         if ctx.needs_input_grad[1]:
             ay, _ = ops.siglip_acc(y, x, scale, bias)
-            gy = ay.mul_(g * scale)
+            gy = ay.mul_(g * scale).to(y.dtype)
         return gx, gy, gs, gb, None, None
 
 
@@ -219,18 +237,22 @@ def clip_terms(img, txt, all_img, all_txt, logit_scale, offset, symmetric):
     s_f, s_t, per_sample = scale_arg("logit_scale", logit_scale, n, positive=False)
     pos_t = all_txt[offset:offset + n]
     pos_i = all_img[offset:offset + n]
+    ct = backends.stat_dtype(img.dtype)
     if per_sample:
-        s = s_t.to(img.dtype)
+        # scaled rows are new operands: rounding them to 16 bits would move each logit by
+        # ~s |x| |y| / 256, so this (rare) path reads float32 tiles
+        s = s_t.to(ct)
+        img, txt, all_img, all_txt = cast(ct, img, txt, all_img, all_txt)
         lse_i = RowLSE.apply(img * s[:, None], all_txt, None, 1.0, False)
         lse_t = RowLSE.apply(txt * s[:, None], all_img, None, 1.0, False)
-        return lse_i - s * (img * pos_t).sum(1), lse_t - s * (txt * pos_i).sum(1)
-    s = s_t.to(img.dtype) if s_t is not None else s_f
+        return lse_i - s * rowdot(img, pos_t), lse_t - s * rowdot(txt, pos_i)
+    s = s_t.to(ct) if s_t is not None else s_f
     if symmetric:
         lse_i, lse_t = RowColLSE.apply(img, txt, s_t, s_f)
     else:
         lse_i = RowLSE.apply(img, all_txt, s_t, s_f, False)
         lse_t = RowLSE.apply(txt, all_img, s_t, s_f, False)
-    return lse_i - s * (img * pos_t).sum(1), lse_t - s * (txt * pos_i).sum(1)
+    return lse_i - s * rowdot(img, pos_t), lse_t - s * rowdot(txt, pos_i)
 
 
 def siglip_sum(img, txt, s_t, s_f, b_t, b_f, negative_only):
@@ -240,5 +262,5 @@ def siglip_sum(img, txt, s_t, s_f, b_t, b_f, negative_only):
         n = min(img.shape[0], txt.shape[0])
         s = s_t if s_t is not None else s_f
         b = b_t if b_t is not None else b_f
-        total = total - (s * (img[:n] * txt[:n]).sum(1) + b).sum()
+        total = total - (s * rowdot(img[:n], txt[:n]) + b).sum()
     return total

@@ -11,9 +11,8 @@ averages gradients) they equal the single-process loss on the concatenated batch
 import torch
 import torch.distributed as dist
 
-from .. import _validate as V
 from .. import backends
-from ._core import bias_arg as _bias_arg, cast, clip_terms as _clip_terms, features_pair, scale_arg
+from ._core import bias_arg as _bias_arg, clip_terms as _clip_terms, features_pair, operands, scale_arg
 from ._core import siglip_sum as _siglip_sum
 
 
@@ -70,8 +69,7 @@ def distributed_clip_loss(image_features, text_features, logit_scale, logit_bias
                           gather_with_grad=False, rank=0, world_size=1, backend="auto"):
     _check_dist(rank, world_size)
     features_pair("image_features", image_features, "text_features", text_features)
-    dtype = V.compute_dtype(image_features, text_features)
-    img, txt = cast(dtype, image_features, text_features)
+    (img, txt), dtype = operands(image_features, text_features)
     bias_t, _ = _bias_arg(logit_bias, dtype, img.device)
     n = img.shape[0]
     if isinstance(logit_scale, torch.Tensor) and logit_scale.numel() > 1 and not local_loss:
@@ -140,8 +138,7 @@ def siglip_exchange_terms(image_features, text_features, logit_scale, logit_bias
     """The negative-only SigLIP terms of this rank's images against every other rank's texts
     (divided by the local batch size), obtained by passing text features around the ring."""
     _check_dist(rank, world_size)
-    dtype = V.compute_dtype(image_features, text_features)
-    img, txt = cast(dtype, image_features, text_features)
+    (img, txt), dtype = operands(image_features, text_features)
     n = img.shape[0]
     s_f, s_t, _ = scale_arg("logit_scale", logit_scale, n, allow_vector=False)
     b_t, b_f = _bias_arg(logit_bias, dtype, img.device)

@@ -6,7 +6,8 @@ from .. import _ext
 from .. import _validate as V
 from .. import backends
 from .._ops import contrastive as ops
-from ._core import RowLSE, SelfLSE, bias_arg as _bias_arg, cast, clip_terms as _clip_terms, features_pair, labels_arg, scale_arg
+from ._core import RowLSE, SelfLSE, bias_arg as _bias_arg, cast, clip_terms as _clip_terms, features_pair, labels_arg
+from ._core import operands, rowdot, scale_arg
 from ._core import siglip_sum as _siglip_sum
 from ._core import result_dtype
 from ._metric import (all_triplets, as_distance, distance_arg, hard_triplets_dense, pair_masks, pair_matrix,
@@ -23,11 +24,11 @@ def clip_loss(image_features, text_features, logit_scale, logit_bias=None, *, ba
     logit_scale is the multiplier (open_clip's `logit_scale.exp()`), a number, a 0-d tensor or a
     (B,) tensor of per-sample scales (row i of both logit matrices is scaled by logit_scale[i]);
     tensors receive gradients. logit_bias (optional) is added to every logit as open_clip does; it
-    cancels in the softmax, so its gradient is zero. Half-precision features accumulate in float32.
+    cancels in the softmax, so its gradient is zero. Half-precision features accumulate in float32
+    (on the GPU their tiles feed the tensor cores as they are: backends.operand_dtype).
     """
     features_pair("image_features", image_features, "text_features", text_features)
-    dtype = V.compute_dtype(image_features, text_features)
-    img, txt = cast(dtype, image_features, text_features)
+    (img, txt), dtype = operands(image_features, text_features)
     bias_t, bias_f = _bias_arg(logit_bias, dtype, img.device)
     if img.shape[0] == 0:
         raise ValueError("image_features must hold at least one sample")
@@ -47,24 +48,25 @@ def info_nce(query, keys, *, temperature, negatives=None, reduction="mean", back
     features_pair("query", query, "keys", keys)
     if negatives is not None:
         features_pair("query", query, "negatives", negatives, same_rows=False)
-    dtype = V.compute_dtype(query, keys, negatives)
-    q, k, neg = cast(dtype, query, keys, negatives)
+    (q, k, neg), dtype = operands(query, keys, negatives)
     n = q.shape[0]
     t_f, t_t, per_sample = scale_arg("temperature", temperature, n, positive=True)
     if per_sample:
+        # the scaled queries are new operands: float32 tiles (see clip_terms)
+        q, k, neg = cast(dtype, q, k, neg)
         inv = 1.0 / t_t.to(dtype)
         qs = q * inv[:, None]
         lse = RowLSE.apply(qs, k, None, 1.0, False)
         if neg is not None and neg.shape[0] > 0:
             lse = torch.logaddexp(lse, RowLSE.apply(qs, neg, None, 1.0, False))
-        pos = (qs * k).sum(1)
+        pos = rowdot(qs, k)
     else:
         inv_t = (1.0 / t_t.to(dtype)) if t_t is not None else None
         inv_f = 1.0 / t_f
         lse = RowLSE.apply(q, k, inv_t, inv_f, False)
         if neg is not None and neg.shape[0] > 0:
             lse = torch.logaddexp(lse, RowLSE.apply(q, neg, inv_t, inv_f, False))
-        pos = (inv_t if inv_t is not None else inv_f) * (q * k).sum(1)
+        pos = (inv_t if inv_t is not None else inv_f) * rowdot(q, k)
     loss = (lse - pos).to(result_dtype(query, keys, negatives))
     return loss.mean() if reduction == "mean" else (loss.sum() if reduction == "sum" else loss)
 
@@ -132,8 +134,7 @@ def siglip_loss(image_features, text_features, logit_scale, logit_bias=None, *, 
     # positives sit on the diagonal, so only the negative-only terms (another rank's texts) may
     # pair batches of different sizes
     features_pair("image_features", image_features, "text_features", text_features, same_rows=not negative_only)
-    dtype = V.compute_dtype(image_features, text_features)
-    img, txt = cast(dtype, image_features, text_features)
+    (img, txt), dtype = operands(image_features, text_features)
     if img.shape[0] == 0:
         raise ValueError("image_features must hold at least one sample")
     s_f, s_t, _ = scale_arg("logit_scale", logit_scale, img.shape[0], allow_vector=False)
@@ -469,7 +470,9 @@ def topk_similarity(queries, keys, k, *, screen="auto", backend="auto"):
     """Exact top-k keys by inner product for each query: (values (n, k) descending, indices (n, k)).
 
     Streams key tiles with a per-query sorted buffer, so memory is O((n + m) d) however many keys
-    (Recall@k on millions of keys). Ties keep the lower key index.
+    (Recall@k on millions of keys). Ties keep the lower key index. float16 / bfloat16 inputs are
+    scored on the GPU's tensor cores with float32 accumulation and their values come back in
+    float32 (values exact for the 16-bit inputs, ranks from those float32 scores).
 
     Sentinel: NaN and -inf scores are never selected. When a query has fewer than k other
     scores, the slots left over hold value -inf and index -1 (the same on every backend). Do not
@@ -492,8 +495,7 @@ def topk_similarity(queries, keys, k, *, screen="auto", backend="auto"):
         raise ValueError(f"k must be in [1, number of keys = {keys.shape[0]}], got {k}")
     if screen not in ("auto", True, False):
         raise ValueError(f"screen must be 'auto', True or False, got {screen!r}")
-    dtype = V.compute_dtype(queries, keys)
-    q, kk = cast(dtype, queries, keys)
+    (q, kk), _ = operands(queries, keys)
     q, kk = q.detach().contiguous(), kk.detach().contiguous()
     with torch.no_grad():
         if _use_screen(screen, q, kk):

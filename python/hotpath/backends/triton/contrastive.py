@@ -13,6 +13,8 @@ all d output features. Up to ACC_REG_MAX features the (rows, d) accumulator live
 wider features (CLIP's 512 - 1024) are accumulated 64 columns at a time into the output rows,
 which that program alone owns (read, add the tile's contribution, write back), after the score
 tile of the column block is formed. Exponentials run in base 2 with log2(e) folded into scale.
+16-bit operands go to tl.dot as they are (tensor cores, float32 accumulation); every output
+(log-sum-exps, accumulators, top-k values) is float32 then.
 """
 import torch
 import triton
@@ -304,13 +306,13 @@ def lse_rows(x, y, scale, exclude_diag):
     at = acc_dtype(x.dtype)
     out = torch.full((n,), -float("inf"), dtype=at, device=x.device)
     if n == 0 or m == 0:
-        return out.to(x.dtype)
+        return out
     y = y.to(x.dtype)
     s_hi, s_lo = split(float(scale) * LOG2E)
     _launch(_lse_rows_kernel, _lse_rows_tuned, n, x, y, out, n, m, d, s_hi, s_lo, x.stride(0), y.stride(0),
             bucket(n), bucket(m), EXCL=bool(exclude_diag), PREC=dot_precision(x.dtype), UPCAST=upcast(x.dtype),
             BLOCK_DO=0)
-    return out.to(x.dtype)
+    return out
 
 
 def softmax_acc(x, y, scale, ra, rl, ca, cl, exclude_diag):
@@ -320,7 +322,7 @@ def softmax_acc(x, y, scale, ra, rl, ca, cl, exclude_diag):
     acc = torch.zeros(n, d, dtype=at, device=x.device)
     has_r, has_c = ra is not None, ca is not None
     if n == 0 or m == 0 or not (has_r or has_c):
-        return acc.to(x.dtype)
+        return acc
     y = y.to(x.dtype)
     dummy = acc.new_zeros(1)
     bdo, acc_reg = _acc_width(d)
@@ -330,7 +332,7 @@ def softmax_acc(x, y, scale, ra, rl, ca, cl, exclude_diag):
             cl if has_c else dummy, acc, n, m, d, s_hi, s_lo, x.stride(0), y.stride(0), acc.stride(0),
             bucket(n), bucket(m), HAS_R=has_r, HAS_C=has_c, EXCL=bool(exclude_diag), ACC_REG=acc_reg,
             PREC=dot_precision(x.dtype), UPCAST=upcast(x.dtype), BLOCK_DO=bdo)
-    return acc.to(x.dtype)
+    return acc
 
 
 def _siglip(x, y, scale, bias, grad):
@@ -340,7 +342,7 @@ def _siglip(x, y, scale, bias, grad):
     rs = torch.zeros(n, dtype=at, device=x.device)
     acc = torch.zeros(n, d if grad else 0, dtype=at, device=x.device)
     if n == 0 or m == 0:
-        return rs.to(x.dtype), acc.to(x.dtype)
+        return rs, acc
     y = y.to(x.dtype)
     bdo, acc_reg = _acc_width(d) if grad else (16, True)
     s_hi, s_lo = split(scale)
@@ -348,7 +350,7 @@ def _siglip(x, y, scale, bias, grad):
     _launch(_siglip_kernel, _siglip_tuned, n, x, y, rs, acc if grad else rs, n, m, d, s_hi, s_lo, b_hi, b_lo,
             x.stride(0), y.stride(0), acc.stride(0) if grad else 0, bucket(n), bucket(m), GRAD=bool(grad),
             ACC_REG=acc_reg, PREC=dot_precision(x.dtype), UPCAST=upcast(x.dtype), BLOCK_DO=bdo)
-    return rs.to(x.dtype), acc.to(x.dtype)
+    return rs, acc
 
 
 def siglip_rows(x, y, scale, bias):
@@ -383,12 +385,12 @@ def topk(q, keys, k):
     n, m, d = q.shape[0], keys.shape[0], q.shape[1]
     if k > _TOPK_MAX:
         from hotpath.reference.contrastive import topk_chunked
-        return topk_chunked(q, keys, k)
+        return topk_chunked(q.to(acc_dtype(q.dtype)), keys.to(acc_dtype(q.dtype)), k)
     at = acc_dtype(q.dtype)
     vals = torch.empty(n, k, dtype=at, device=q.device)
     idx = torch.empty(n, k, dtype=torch.long, device=q.device)
     if n == 0:
-        return vals.to(q.dtype), idx
+        return vals, idx
     keys = keys.to(q.dtype)
     # wide key tiles: the k-way merge runs only for tiles that beat some row's k-th value
     blk, opts = _fixed(q.dtype, q.device, 32, 128)
@@ -396,7 +398,7 @@ def topk(q, keys, k):
                                                     KTOP=k, K_PAD=max(16, triton.next_power_of_2(k)),
                                                     PREC=dot_precision(q.dtype), UPCAST=upcast(q.dtype),
                                                     **blk, **opts)
-    return vals.to(q.dtype), idx
+    return vals, idx
 
 
 def lse_sweep(x, y, scale, want_col, exclude_diag):
