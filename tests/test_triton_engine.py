@@ -150,9 +150,16 @@ def test_tile_configs_fit_shared_memory():
                     assert kept
                     if nbytes <= 4:
                         assert all(need(c) <= KB99 for c in kept), (nbytes, d, k)
-            bdo, _ = TC._acc_width(d)
-            kept = TP.prune(TC._CONFIGS, lambda c: TC._need(c, nbytes, bdo), KB99)
-            assert kept and (nbytes == 8 or all(TC._need(c, nbytes, bdo) <= KB99 for c in kept))
+            kept = TP.prune(TC._CONFIGS, lambda c: TC._need(c, nbytes, 0), KB99)
+            assert kept and (nbytes == 8 or all(TC._need(c, nbytes, 0) <= KB99 for c in kept))
+            if nbytes <= 4:
+                # the accumulating kernels: some config fits registers and shared memory, on a
+                # 99 KB GPU and on Hopper's 227 KB, with every span of up to ACC_N chunks
+                D = TP.pow2(d)
+                chunk, top = (D, 1) if D <= TC.ACC_CHUNK else (TC.ACC_CHUNK, min(TC.ACC_N, -(-d // TC.ACC_CHUNK)))
+                for limit in (KB99, 227 * 1024):
+                    assert TC._fitting(nbytes, chunk, 1, limit), (nbytes, d, limit)
+                assert TC._fitting(nbytes, chunk, top, 227 * 1024), (nbytes, d)
 
 
 # -- contrastive ---------------------------------------------------------------------------------------
@@ -194,10 +201,13 @@ def test_contrastive_kernels(n, m, d, dtype):
     _close(torch.where(ri >= 0, v.cpu().double(), 0.0), torch.where(ri >= 0, rv, 0.0), dtype, 10.0)
 
 
-def test_contrastive_wide_features_accumulate_in_place():
-    """d > ACC_REG_MAX: the (rows, d) accumulator is read, added to and written back in 64-wide
-    column passes, once per key tile."""
-    d = TC.ACC_REG_MAX + 37
+@pytest.mark.parametrize("d,interp_split", [(37, (3, 1)), (64, (4, 1)), (100, (4, 2)), (165, (4, 3)), (600, (4, 10))])
+def test_contrastive_wide_features_in_register_spans(d, interp_split):
+    """Wide features: up to ACC_N register accumulators per program, and more than that in spans
+    along grid axis 1 (interp_split: (accumulators, spans) with the interpreter's 16-wide chunks;
+    on a GPU 128-wide chunks, so d = 165 runs two accumulators and d = 600 two spans)."""
+    if not GPU_MODE:
+        assert TC._acc_width(d)[1:] == interp_split
     x, y = _rand(17, d) / 8, _rand(33, d, seed=1) / 8
     X, Y = x.to(DEV, torch.float32), y.to(DEV, torch.float32)
     ra, _ = OC.lse_sweep.default(x, y, 1.0, False, False)

@@ -8,11 +8,15 @@ n x m buffer, no atomics (column-side gradients are a second launch with rows an
   _hard_mine_kernel       masked arg-max / arg-min of |y_j|^2 - 2<x_i, y_j> from label vectors
   _topk_kernel            exact streaming top-k: a (rows, k) register buffer merged with each tile
 
-Every score tile is computed once per (row block, column tile): a program owns a row block and
-all d output features. Up to ACC_REG_MAX features the (rows, d) accumulator lives in registers;
-wider features (CLIP's 512 - 1024) are accumulated 64 columns at a time into the output rows,
-which that program alone owns (read, add the tile's contribution, write back), after the score
-tile of the column block is formed. Exponentials run in base 2 with log2(e) folded into scale.
+The accumulating kernels keep their (rows, features) output in registers, as up to ACC_N
+accumulators of ACC_CHUNK features each (a span of up to 512 features: CLIP's 512 in one span),
+so a score tile is formed once per (row block, column tile, span) and its weights feed every
+accumulator; wider features are split into spans along grid axis 1, each span recomputing the
+scores (twice at d = 1024). Nothing is read back from the output: an earlier design added each
+tile's contribution into the output rows in global memory, 2 x rows x d x 4 bytes of traffic
+per column tile, several times the tile's dot work at d = 512. Configs are pruned by the
+accumulators' registers as well as by shared memory. Exponentials run in base 2 with log2(e)
+folded into scale.
 16-bit operands go to tl.dot as they are (tensor cores, float32 accumulation); every output
 (log-sum-exps, accumulators, top-k values) is float32 then.
 """
@@ -20,8 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .pairwise import (ACC_REG_MAX, LOG2E, _dots, _mma, _scal, acc_dtype, bucket, dot_precision, interpreting,
-                       pow2, prune, smem_limit, split, upcast)
+from .pairwise import (LOG2E, _dots, _mma, _scal, acc_dtype, bucket, dot_precision, interpreting, pow2, prune,
+                       smem_limit, split, upcast)
 
 _LN2 = tl.constexpr(0.6931471805599453)
 _LOG2E = tl.constexpr(LOG2E)
@@ -55,36 +59,55 @@ def _lse_rows_kernel(X, Y, LSE, n, m, d, s_hi, s_lo, s_x, s_y, n_bucket, m_bucke
 
 
 @triton.jit
-def _acc_tile(Y, ACC, w, acc, offs_m, offs_n, n, m, d, s_y, s_acc, ACC_REG: tl.constexpr, PREC: tl.constexpr,
-              UPCAST: tl.constexpr, BLOCK_DO: tl.constexpr):
-    """acc += w @ Y[offs_n] (registers, d <= BLOCK_DO), or the same added into ACC's rows
-    BLOCK_DO features at a time (the caller's program owns those rows)."""
-    offs_do = tl.arange(0, BLOCK_DO)
-    if ACC_REG:
-        yv = tl.load(Y + offs_n[:, None] * s_y + offs_do[None, :],
-                     mask=(offs_n[:, None] < m) & (offs_do[None, :] < d), other=0.0)
-        acc = _mma(w.to(yv.dtype), yv, acc, PREC, UPCAST)
-    else:
-        for c0 in range(0, d, BLOCK_DO):
-            od = c0 + offs_do
-            yv = tl.load(Y + offs_n[:, None] * s_y + od[None, :],
-                         mask=(offs_n[:, None] < m) & (od[None, :] < d), other=0.0)
-            ptr = ACC + offs_m[:, None] * s_acc + od[None, :]
-            msk = (offs_m[:, None] < n) & (od[None, :] < d)
-            tl.store(ptr, _mma(w.to(yv.dtype), yv, tl.load(ptr, mask=msk, other=0.0), PREC, UPCAST), mask=msk)
-    return acc
+def _acc_span(Y, w, a0, a1, a2, a3, offs_n, m, d, s_y, c0, PREC: tl.constexpr, UPCAST: tl.constexpr,
+              BLOCK_DO: tl.constexpr, NACC: tl.constexpr):
+    """a_k += w @ Y[offs_n, c0 + k BLOCK_DO : c0 + (k + 1) BLOCK_DO] for the NACC accumulators in use."""
+    offs_do = c0 + tl.arange(0, BLOCK_DO)
+    nmask = offs_n[:, None] < m
+    ptr = Y + offs_n[:, None] * s_y + offs_do[None, :]
+    yv = tl.load(ptr, mask=nmask & (offs_do[None, :] < d), other=0.0)
+    wv = w.to(yv.dtype)
+    a0 = _mma(wv, yv, a0, PREC, UPCAST)
+    if NACC > 1:
+        yv = tl.load(ptr + BLOCK_DO, mask=nmask & (offs_do[None, :] + BLOCK_DO < d), other=0.0)
+        a1 = _mma(wv, yv, a1, PREC, UPCAST)
+    if NACC > 2:
+        yv = tl.load(ptr + 2 * BLOCK_DO, mask=nmask & (offs_do[None, :] + 2 * BLOCK_DO < d), other=0.0)
+        a2 = _mma(wv, yv, a2, PREC, UPCAST)
+    if NACC > 3:
+        yv = tl.load(ptr + 3 * BLOCK_DO, mask=nmask & (offs_do[None, :] + 3 * BLOCK_DO < d), other=0.0)
+        a3 = _mma(wv, yv, a3, PREC, UPCAST)
+    return a0, a1, a2, a3
+
+
+@triton.jit
+def _store_span(ACC, a0, a1, a2, a3, offs_m, n, d, s_acc, c0, BLOCK_DO: tl.constexpr, NACC: tl.constexpr):
+    offs_do = c0 + tl.arange(0, BLOCK_DO)
+    ptr = ACC + offs_m[:, None] * s_acc + offs_do[None, :]
+    rmask = offs_m[:, None] < n
+    tl.store(ptr, a0, mask=rmask & (offs_do[None, :] < d))
+    if NACC > 1:
+        tl.store(ptr + BLOCK_DO, a1, mask=rmask & (offs_do[None, :] + BLOCK_DO < d))
+    if NACC > 2:
+        tl.store(ptr + 2 * BLOCK_DO, a2, mask=rmask & (offs_do[None, :] + 2 * BLOCK_DO < d))
+    if NACC > 3:
+        tl.store(ptr + 3 * BLOCK_DO, a3, mask=rmask & (offs_do[None, :] + 3 * BLOCK_DO < d))
 
 
 @triton.jit
 def _softmax_acc_kernel(X, Y, RA, RL, CA, CL, ACC, n, m, d, s_hi, s_lo, s_x, s_y, s_acc, n_bucket, m_bucket,
-                        HAS_R: tl.constexpr, HAS_C: tl.constexpr, EXCL: tl.constexpr, ACC_REG: tl.constexpr,
+                        HAS_R: tl.constexpr, HAS_C: tl.constexpr, EXCL: tl.constexpr, NACC: tl.constexpr,
                         PREC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr):
     pid = tl.program_id(0)
+    c0 = tl.program_id(1) * (NACC * BLOCK_DO)   # this program's span of output features
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     dt = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
     scale2 = _scal(s_hi, s_lo, dt)
-    acc = tl.zeros((BLOCK_M, BLOCK_DO), dtype=dt)
+    a0 = tl.zeros((BLOCK_M, BLOCK_DO), dtype=dt)
+    a1 = a0
+    a2 = a0
+    a3 = a0
     if HAS_R:
         ra = tl.load(RA + offs_m, mask=offs_m < n, other=0.0).to(dt)
         rl = tl.load(RL + offs_m, mask=offs_m < n, other=0.0).to(dt)
@@ -107,24 +130,26 @@ def _softmax_acc_kernel(X, Y, RA, RL, CA, CL, ACC, n, m, d, s_hi, s_lo, s_x, s_y
             w += tl.where(c_ok[None, :], ca[None, :] * tl.math.exp2(s - (tl.where(c_ok, cl, 0.0) * _LOG2E)[None, :]),
                           0.0)
         w = tl.where(valid, w, 0.0)
-        acc = _acc_tile(Y, ACC, w, acc, offs_m, offs_n, n, m, d, s_y, s_acc, ACC_REG, PREC, UPCAST, BLOCK_DO)
-    if ACC_REG:
-        offs_do = tl.arange(0, BLOCK_DO)
-        tl.store(ACC + offs_m[:, None] * s_acc + offs_do[None, :], acc,
-                 mask=(offs_m[:, None] < n) & (offs_do[None, :] < d))
+        a0, a1, a2, a3 = _acc_span(Y, w, a0, a1, a2, a3, offs_n, m, d, s_y, c0, PREC, UPCAST, BLOCK_DO, NACC)
+    _store_span(ACC, a0, a1, a2, a3, offs_m, n, d, s_acc, c0, BLOCK_DO, NACC)
 
 
 @triton.jit
 def _siglip_kernel(X, Y, RSUM, ACC, n, m, d, s_hi, s_lo, b_hi, b_lo, s_x, s_y, s_acc, n_bucket, m_bucket,
-                   GRAD: tl.constexpr, ACC_REG: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+                   GRAD: tl.constexpr, NACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr):
     pid = tl.program_id(0)
+    span = tl.program_id(1)
+    c0 = span * (NACC * BLOCK_DO)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     dt = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
     scale = _scal(s_hi, s_lo, dt)
     bias = _scal(b_hi, b_lo, dt)
     rs = tl.zeros((BLOCK_M,), dtype=dt)
-    acc = tl.zeros((BLOCK_M, BLOCK_DO), dtype=dt)
+    a0 = tl.zeros((BLOCK_M, BLOCK_DO), dtype=dt)
+    a1 = a0
+    a2 = a0
+    a3 = a0
     for n0 in range(0, m, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         z = _dots(X, Y, offs_m, offs_n, n, m, d, s_x, s_y, tl.zeros((BLOCK_M, BLOCK_N), dtype=dt),
@@ -135,15 +160,13 @@ def _siglip_kernel(X, Y, RSUM, ACC, n, m, d, s_hi, s_lo, b_hi, b_lo, s_x, s_y, s
             q = 1.0 / (1.0 + e)
             w = tl.where(valid, tl.where(z >= 0, q, e * q), 0.0)   # sigmoid(z)
             rs += tl.sum(w, 1)
-            acc = _acc_tile(Y, ACC, w, acc, offs_m, offs_n, n, m, d, s_y, s_acc, ACC_REG, PREC, UPCAST, BLOCK_DO)
+            a0, a1, a2, a3 = _acc_span(Y, w, a0, a1, a2, a3, offs_n, m, d, s_y, c0, PREC, UPCAST, BLOCK_DO, NACC)
         else:   # softplus(z) = max(z, 0) + log(1 + e^{-|z|})
             rs += tl.sum(tl.where(valid, tl.maximum(z, 0.0) + tl.log2(1.0 + e) * _LN2, 0.0), 1)
-    tl.store(RSUM + offs_m, rs, mask=offs_m < n)
+    if span == 0:   # every span forms the same row sums
+        tl.store(RSUM + offs_m, rs, mask=offs_m < n)
     if GRAD:
-        if ACC_REG:
-            offs_do = tl.arange(0, BLOCK_DO)
-            tl.store(ACC + offs_m[:, None] * s_acc + offs_do[None, :], acc,
-                     mask=(offs_m[:, None] < n) & (offs_do[None, :] < d))
+        _store_span(ACC, a0, a1, a2, a3, offs_m, n, d, s_acc, c0, BLOCK_DO, NACC)
 
 
 @triton.jit
@@ -235,22 +258,44 @@ def _cfg(bm, bn, bd, w, s):
 
 
 # (rows, cols, dot chunk, warps, stages); 64-128 wide tiles, pruned by the shared-memory estimate
+# and, for the accumulating kernels, by the accumulators' registers; the last two carry a
+# 512-feature span (64 x 512 over 8 warps, 32 x 512 over 4)
 _CONFIGS = [_cfg(128, 64, 64, 8, 2), _cfg(64, 128, 64, 8, 2), _cfg(128, 128, 64, 8, 2), _cfg(64, 64, 64, 4, 3),
-            _cfg(128, 64, 32, 8, 3), _cfg(64, 64, 32, 4, 2)]
+            _cfg(128, 64, 32, 8, 3), _cfg(64, 64, 32, 4, 2), _cfg(64, 64, 64, 8, 2), _cfg(32, 64, 64, 4, 2)]
 _INTERP = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_D": 16}   # several tiles and chunks even at tiny sizes
+
+# Output features per accumulator (a tl.dot N tile) and accumulators per program: a span of 512.
+# The interpreter uses 16-wide chunks, so that tiny test shapes run several accumulators and spans.
+ACC_CHUNK, ACC_N = 128, 4
+# fp32 accumulator elements one warp holds without spilling: 32 threads x 128 registers, about
+# half the 255-register ceiling (the score tile, the operands and the addresses need the rest)
+_ACC_PER_WARP = 32 * 128
 
 
 def _need(c, nbytes, bdo):
     """Shared memory of one config: pipelined x and y chunks of the score dot plus the y tile of
-    the accumulation dot (bdo = 0 without one)."""
+    an accumulation dot (bdo = 0 without one; the accumulators' y tiles are used one after the
+    other, outside the pipelined feature loop)."""
     bm, bn, bd = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_D"]
     return (c.num_stages * (bm + bn) * bd + bn * bdo) * nbytes
 
 
+def _regs_ok(c, bdo, nacc):
+    return c.kwargs["BLOCK_M"] * bdo * nacc <= _ACC_PER_WARP * c.num_warps
+
+
+def _fitting(nbytes, bdo, nacc, limit):
+    """The configs an accumulating kernel may run: within shared memory and registers."""
+    return [c for c in _CONFIGS if _need(c, nbytes, bdo) <= limit and _regs_ok(c, bdo, nacc)]
+
+
 def _early_prune(configs, nargs, **kw):
     x = nargs["X"]
-    bdo = kw.get("BLOCK_DO", 0) if (kw.get("GRAD", True) and (kw.get("HAS_R", True) or kw.get("HAS_C", True))) else 0
-    return prune(configs, lambda c: _need(c, x.element_size(), bdo), smem_limit(x.device))
+    acc = "NACC" in kw and kw.get("GRAD", True) and (kw.get("HAS_R", True) or kw.get("HAS_C", True))
+    if not acc:
+        return prune(configs, lambda c: _need(c, x.element_size(), 0), smem_limit(x.device))
+    bdo, nacc = kw["BLOCK_DO"], kw["NACC"]
+    return _fitting(x.element_size(), bdo, nacc, smem_limit(x.device)) or [_CONFIGS[-1]]
 
 
 _KEY = ["d", "n_bucket", "m_bucket"]
@@ -263,16 +308,17 @@ def _tune(kernel, zero=None):
 
 
 _lse_rows_tuned = _tune(_lse_rows_kernel)
-_softmax_acc_tuned = _tune(_softmax_acc_kernel, ["ACC"])
-_siglip_tuned = _tune(_siglip_kernel, ["ACC"])
+_softmax_acc_tuned = _tune(_softmax_acc_kernel)
+_siglip_tuned = _tune(_siglip_kernel)
 
 
-def _launch(plain, tuned, n, *args, **kw):
-    """One fixed small config under the interpreter (it cannot time), autotuned on a GPU."""
+def _launch(plain, tuned, n, *args, spans=1, **kw):
+    """One fixed small config under the interpreter (it cannot time), autotuned on a GPU; grid
+    axis 1 runs the feature spans of the accumulating kernels."""
     if interpreting():
-        plain[(triton.cdiv(n, _INTERP["BLOCK_M"]),)](*args, **kw, **_INTERP)
+        plain[(triton.cdiv(n, _INTERP["BLOCK_M"]), spans)](*args, **kw, **_INTERP)
     else:
-        tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_M"]),)](*args, **kw)
+        tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), spans)](*args, **kw)
 
 
 def _fixed(dtype, device, bm, bn, stages=2):
@@ -287,11 +333,20 @@ def _fixed(dtype, device, bm, bn, stages=2):
                                                            "num_stages": stages}
 
 
-def _acc_width(d):
-    """(BLOCK_DO, ACC_REG): the padded feature width in registers when narrow, else 64-column
-    passes through the output rows."""
+def _acc_width(d, nbytes=4, device=None):
+    """(BLOCK_DO, NACC, spans) of an accumulating launch: narrow features in one padded
+    accumulator; wider ones in NACC chunks of ACC_CHUNK per program and spans programs per row
+    block. NACC shrinks (more spans) until some config fits the device's shared memory and the
+    registers."""
+    chunk = 16 if interpreting() else ACC_CHUNK
     D = pow2(d)
-    return (D, True) if D <= ACC_REG_MAX else (64, False)
+    if D <= chunk:
+        return D, 1, 1
+    nacc = min(ACC_N, triton.cdiv(d, chunk))
+    if not interpreting():
+        while nacc > 1 and not _fitting(nbytes, chunk, nacc, smem_limit(device)):
+            nacc -= 1
+    return chunk, nacc, triton.cdiv(d, chunk * nacc)
 
 
 # -- launchers ---------------------------------------------------------------------------------------
@@ -319,18 +374,18 @@ def softmax_acc(x, y, scale, ra, rl, ca, cl, exclude_diag):
     x, y, ra, rl, ca, cl = _prep(x, y, ra, rl, ca, cl)
     n, m, d = x.shape[0], y.shape[0], y.shape[1]
     at = acc_dtype(x.dtype)
-    acc = torch.zeros(n, d, dtype=at, device=x.device)
     has_r, has_c = ra is not None, ca is not None
-    if n == 0 or m == 0 or not (has_r or has_c):
-        return acc
+    if n == 0 or m == 0 or d == 0 or not (has_r or has_c):
+        return torch.zeros(n, d, dtype=at, device=x.device)
+    acc = torch.empty(n, d, dtype=at, device=x.device)   # every element written once
     y = y.to(x.dtype)
     dummy = acc.new_zeros(1)
-    bdo, acc_reg = _acc_width(d)
+    bdo, nacc, spans = _acc_width(d, x.element_size(), x.device)
     s_hi, s_lo = split(float(scale) * LOG2E)
     _launch(_softmax_acc_kernel, _softmax_acc_tuned, n,
             x, y, ra if has_r else dummy, rl if has_r else dummy, ca if has_c else dummy,
             cl if has_c else dummy, acc, n, m, d, s_hi, s_lo, x.stride(0), y.stride(0), acc.stride(0),
-            bucket(n), bucket(m), HAS_R=has_r, HAS_C=has_c, EXCL=bool(exclude_diag), ACC_REG=acc_reg,
+            bucket(n), bucket(m), spans=spans, HAS_R=has_r, HAS_C=has_c, EXCL=bool(exclude_diag), NACC=nacc,
             PREC=dot_precision(x.dtype), UPCAST=upcast(x.dtype), BLOCK_DO=bdo)
     return acc
 
@@ -344,12 +399,12 @@ def _siglip(x, y, scale, bias, grad):
     if n == 0 or m == 0:
         return rs, acc
     y = y.to(x.dtype)
-    bdo, acc_reg = _acc_width(d) if grad else (16, True)
+    bdo, nacc, spans = _acc_width(d, x.element_size(), x.device) if grad and d > 0 else (16, 1, 1)
     s_hi, s_lo = split(scale)
     b_hi, b_lo = split(bias)
     _launch(_siglip_kernel, _siglip_tuned, n, x, y, rs, acc if grad else rs, n, m, d, s_hi, s_lo, b_hi, b_lo,
-            x.stride(0), y.stride(0), acc.stride(0) if grad else 0, bucket(n), bucket(m), GRAD=bool(grad),
-            ACC_REG=acc_reg, PREC=dot_precision(x.dtype), UPCAST=upcast(x.dtype), BLOCK_DO=bdo)
+            x.stride(0), y.stride(0), acc.stride(0) if grad else 0, bucket(n), bucket(m), spans=spans,
+            GRAD=bool(grad), NACC=nacc, PREC=dot_precision(x.dtype), UPCAST=upcast(x.dtype), BLOCK_DO=bdo)
     return rs, acc
 
 
