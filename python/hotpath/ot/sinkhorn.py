@@ -24,7 +24,6 @@ from .. import _validate as V
 from .. import backends
 from .._ops import pairwise as pairwise_ops
 from .._ops import ot as ops
-from ..reference import ot as ref
 
 SMALL = 256  # n, m at most this: fused dense loop (costs materialized, B * n * m memory)
 

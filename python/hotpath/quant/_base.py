@@ -8,7 +8,6 @@ import abc
 import dataclasses
 from typing import Dict, Optional
 
-import torch
 from torch import Tensor
 
 _REGISTRY: Dict[str, type] = {}
