@@ -160,6 +160,13 @@ def test_tile_configs_fit_shared_memory():
                 for limit in (KB99, 227 * 1024):
                     assert TC._fitting(nbytes, chunk, 1, limit), (nbytes, d, limit)
                 assert TC._fitting(nbytes, chunk, top, 227 * 1024), (nbytes, d)
+    for dt in (torch.bfloat16, torch.float32):   # top-k: registers of the merge buffer, 99 KB
+        for k in (1, 10, 64):
+            kp = max(16, TP.pow2(k))
+            kept = TC._early_prune(TC._TOPK_CONFIGS, {"Q": torch.empty(0, dtype=dt)}, KTOP=k, K_PAD=kp)
+            assert kept and all(TC._need(c, dt.itemsize, 0) <= KB99 for c in kept)
+            assert all(c.kwargs["BLOCK_M"] * (c.kwargs["BLOCK_N"] + 3 * kp) <= TC._ACC_PER_WARP * c.num_warps
+                       for c in kept)
 
 
 # -- contrastive ---------------------------------------------------------------------------------------

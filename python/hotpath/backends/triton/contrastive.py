@@ -208,7 +208,7 @@ def _hard_mine_kernel(X, NRM, LAB, PI, NI, n, d, s_x, PREC: tl.constexpr, UPCAST
 
 
 @triton.jit
-def _topk_kernel(Q, K, VALS, IDX, n, m, d, s_q, s_k, KTOP: tl.constexpr, K_PAD: tl.constexpr,
+def _topk_kernel(Q, K, VALS, IDX, n, m, d, s_q, s_k, n_bucket, m_bucket, KTOP: tl.constexpr, K_PAD: tl.constexpr,
                  PREC: tl.constexpr, UPCAST: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid = tl.program_id(0)
@@ -290,7 +290,11 @@ def _fitting(nbytes, bdo, nacc, limit):
 
 
 def _early_prune(configs, nargs, **kw):
-    x = nargs["X"]
+    x = nargs["X"] if "X" in nargs else nargs["Q"]
+    if "KTOP" in kw:   # top-k: the score tile and the (rows, K_PAD) values + int64 indices in registers
+        regs = lambda c: c.kwargs["BLOCK_M"] * (c.kwargs["BLOCK_N"] + 3 * kw["K_PAD"])  # noqa: E731
+        ok = [c for c in configs if regs(c) <= _ACC_PER_WARP * c.num_warps]
+        return prune(ok or configs[-1:], lambda c: _need(c, x.element_size(), 0), smem_limit(x.device))
     acc = "NACC" in kw and kw.get("GRAD", True) and (kw.get("HAS_R", True) or kw.get("HAS_C", True))
     if not acc:
         return prune(configs, lambda c: _need(c, x.element_size(), 0), smem_limit(x.device))
@@ -310,6 +314,12 @@ def _tune(kernel, zero=None):
 _lse_rows_tuned = _tune(_lse_rows_kernel)
 _softmax_acc_tuned = _tune(_softmax_acc_kernel)
 _siglip_tuned = _tune(_siglip_kernel)
+# top-k reads each key tile once per query block: taller blocks cut the key traffic (Q N d / BLOCK_M
+# elements; 32-row blocks re-read 1M x 384 keys 300 times at Q = 10k); the merge runs rarely
+_TOPK_CONFIGS = [_cfg(64, 128, 64, 8, 2), _cfg(128, 64, 64, 8, 2), _cfg(128, 128, 32, 8, 2), _cfg(64, 64, 64, 4, 3),
+                 _cfg(32, 128, 64, 8, 2)]
+_topk_tuned = triton.autotune(configs=_TOPK_CONFIGS, key=_KEY + ["KTOP"],
+                              prune_configs_by={"early_config_prune": _early_prune})(_topk_kernel)
 
 
 def _launch(plain, tuned, n, *args, spans=1, **kw):
@@ -447,12 +457,10 @@ def topk(q, keys, k):
     if n == 0:
         return vals, idx
     keys = keys.to(q.dtype)
-    # wide key tiles: the k-way merge runs only for tiles that beat some row's k-th value
-    blk, opts = _fixed(q.dtype, q.device, 32, 128)
-    _topk_kernel[(triton.cdiv(n, blk["BLOCK_M"]),)](q, keys, vals, idx, n, m, d, q.stride(0), keys.stride(0),
-                                                    KTOP=k, K_PAD=max(16, triton.next_power_of_2(k)),
-                                                    PREC=dot_precision(q.dtype), UPCAST=upcast(q.dtype),
-                                                    **blk, **opts)
+    # the k-way merge runs only for key tiles that beat some row's k-th value
+    _launch(_topk_kernel, _topk_tuned, n, q, keys, vals, idx, n, m, d, q.stride(0), keys.stride(0),
+            bucket(n), bucket(m), KTOP=k, K_PAD=max(16, triton.next_power_of_2(k)),
+            PREC=dot_precision(q.dtype), UPCAST=upcast(q.dtype))
     return vals, idx
 
 
