@@ -155,6 +155,39 @@ def test_backward_matches_reference_float32(backend, metric, d):
         assert_close(g, r, torch.float32, scale=20.0)
 
 
+@pytest.mark.parametrize("backend", backend_param(["reference", "cpu", "triton"]))
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_half_inputs_reach_the_kernels_as_they_are(backend, metric, half, monkeypatch):
+    """On the GPU (and backend="triton" through the interpreter) 16-bit x, y and values go to the
+    ops unconverted, col_bias as float32; lse and out are float32 and match the float64 result on
+    the same 16-bit values; gradients come back in each input's dtype. The CPU kernels read
+    float32 copies."""
+    seen = []
+    for name in ("pairwise_lse_fwd", "pairwise_lse_bwd"):
+        orig = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *a, _f=orig, _n=name: (seen.append((_n, a[0].dtype, a[2].dtype)),
+                                                                    _f(*a))[1])
+    x, y, cb, v = _inputs(2, 9, 13, 24, 3, torch.float64)
+    xh, yh, vh = (t.to(half).requires_grad_() for t in (x, y, v))
+    cbf = cb.float().requires_grad_()
+    lse, out = hp.pairwise_lse(xh, yh, scale=0.3, metric=metric, col_bias=cbf, values=vh, backend=backend)
+    assert lse.dtype == out.dtype == torch.float32
+    keep = backend == "triton" or xh.device.type == "cuda"
+    assert [s[1:] for s in seen] == [(half if keep else torch.float32, torch.float32)]
+    ts = [t.detach().double().requires_grad_() for t in (xh, yh, cbf, vh)]
+    rl, ro = hp.pairwise_lse(ts[0], ts[1], scale=0.3, metric=metric, col_bias=ts[2], values=ts[3], backend="reference")
+    mag = rl.abs().max().item()
+    assert_close(lse, rl, torch.float32, scale=10 * mag)
+    assert_close(out, ro, half, scale=2)
+    w = torch.linspace(-1, 1, lse.numel(), dtype=torch.float64).reshape(lse.shape)
+    got = torch.autograd.grad((lse * w.float()).sum() + out.sum(), (xh, yh, cbf, vh))
+    want = torch.autograd.grad((rl * w).sum() + ro.sum(), ts)
+    for g, r, t in zip(got, want, (xh, yh, cbf, vh)):
+        assert g.dtype == t.dtype
+        assert_close(g, r, half, scale=4 * max(1.0, r.abs().max().item()))
+
+
 def test_empty_and_nan():
     x, y, cb, v = _inputs(0, 4, 6, 3, 2, torch.float32)
     lse, out = hp.pairwise_lse(x[:0], y, values=v)

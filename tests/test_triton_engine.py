@@ -95,16 +95,18 @@ def test_pairwise_nan_and_inf_rows():
 
 @pytest.mark.parametrize("metric", ["dot", "sqeuclidean"])
 def test_pairwise_bf16_inputs(metric):
-    """bf16 tiles on the tensor cores, float32 statistics: within bf16 tolerance of float64 on the
-    same (rounded) inputs, relative to the score magnitude."""
+    """bf16 tiles on the tensor cores, float32 statistics and outputs. Scores are exact products
+    of the bf16 values summed in float32, so lse is within float32 tolerance of float64 on the
+    same (rounded) inputs, relative to the score magnitude; out's second dot reads the softmax
+    weights rounded to bf16 (as FlashAttention rounds P), so it is within bf16 tolerance."""
     x, y, cb = _rand(2, 17, 33), _rand(2, 33, 33, seed=1), _rand(2, 33, seed=2)
     cb[:, 1] = -math.inf
     xb, yb = x.to(torch.bfloat16), y.to(torch.bfloat16)
     v = _rand(2, 33, 2, seed=3)
     rl, ro = RP.pairwise_lse_fwd(xb.double(), yb.double(), cb, v.to(torch.bfloat16).double(), 0.2, metric)
     lse, out = TP.pairwise_lse_fwd(xb.to(DEV), yb.to(DEV), cb.float().to(DEV), v.to(DEV, torch.bfloat16), 0.2, metric)
-    assert lse.dtype == torch.bfloat16
-    _close(lse, rl, torch.bfloat16, rl.abs().max().item())
+    assert lse.dtype == out.dtype == torch.float32
+    _close(lse, rl, torch.float32, 10 * rl.abs().max().item())
     _close(out, ro, torch.bfloat16, extra=2.0)
 
 

@@ -33,8 +33,15 @@ def _finite(t, keep=None):
     return torch.where(ok, t, torch.zeros((), dtype=t.dtype, device=t.device))
 
 
+def _dot32(a, b):
+    """sum(a * b) in float32 at least (16-bit operands would round every product)."""
+    at = backends.stat_dtype(a.dtype)
+    return torch.dot(a.reshape(-1).to(at), b.reshape(-1).to(at))
+
+
 class PairwiseLSE(backends.Function):
-    """Inputs are already validated, batched (3-D), contiguous and of one compute dtype.
+    """Inputs are already validated, batched (3-D) and contiguous; x, y and values share one
+    operand dtype (backends.operand_dtype), col_bias is in its statistics dtype.
 
     The NaN rule (pairwise_lse's docstring) is enforced here, the same for every backend: the
     kernels only ever see finite inputs (a -inf col_bias aside), and NaN is put in afterwards
@@ -49,8 +56,10 @@ class PairwiseLSE(backends.Function):
             col_bias = torch.where(masked, col_bias, _finite(col_bias))
         if values is not None:
             values = _finite(values, keep)
-        if metric == "sqeuclidean" and x.shape[1] > 0 and y.shape[1] > 0:
+        if metric == "sqeuclidean" and x.shape[1] > 0 and y.shape[1] > 0 and x.element_size() > 2:
             # Translation invariance: centering keeps |x - y|^2 accurate when the clouds sit far from 0.
+            # Not for 16-bit operands: rounding the centered points to 16 bits (2^-9 |x - c|) would
+            # cost more than the float32 cancellation of the uncentered norms (2^-24 |x|^2).
             center = y.mean(dim=1, keepdim=True)
             x, y = x - center, y - center
         lse, out = ops.pairwise_lse_fwd(x, y, col_bias, values, scale, metric)
@@ -121,9 +130,9 @@ class PairwiseLSE(backends.Function):
         if ctx.needs_input_grad[5]:
             # d score / d scale = score_without_scale, so the scale gradient follows from gx, gy.
             if metric == "dot":
-                gscale = (x * gx).sum() / scale
+                gscale = _dot32(x, gx) / scale
             else:
-                gscale = ((x * gx).sum() + (y * gy).sum()) / (2 * scale)
+                gscale = (_dot32(x, gx) + _dot32(y, gy)) / (2 * scale)
         return (gx if need[0] else None, gy if need[1] else None,
                 gc if col_bias is not None and need[2] else None, gv if values is not None and need[3] else None,
                 None, gscale, None)
@@ -139,6 +148,8 @@ def pairwise_lse(x, y, *, scale=1.0, metric="dot", col_bias=None, values=None, b
     x: (n, d) or (B, n, d); y: (m, d) or (B, m, d); col_bias: (m,) or (B, m), may hold -inf for
     masked columns; values: (m, k) or (B, m, k). scale: number or 0-d tensor (differentiable).
     Returns lse (n,) / (B, n), and with values also out_i = sum_j softmax_j(score_ij) values_j.
+    float16 / bfloat16 x, y (and values) are read as they are by the GPU kernels (tensor-core
+    tiles, backends.operand_dtype); lse and out are float32 for them on every backend.
 
     NaN rule (every backend, values and gradients alike):
     - col_bias_j = -inf masks column j: its y_j, values_j and col_bias_j are never read (not even
@@ -175,21 +186,25 @@ def pairwise_lse(x, y, *, scale=1.0, metric="dot", col_bias=None, values=None, b
         if values.shape[-2] != m or (values.dim() == 3 and values.shape[0] != B):
             raise ValueError(f"values must have shape ({m}, k) or ({B}, {m}, k), got {tuple(values.shape)}")
 
-    dtype = V.compute_dtype(x, y, col_bias, values)
+    # col_bias is a statistic (like the potentials it usually holds): it does not decide the
+    # operand dtype, except that float64 anywhere means float64 everywhere
+    dtype = backends.operand_dtype(x, y, values, col_bias if col_bias is not None and col_bias.dtype == torch.float64
+                                   else None)
+    stat = backends.stat_dtype(dtype)
     scale_t = scale if isinstance(scale, torch.Tensor) else None
     scale_f = float(scale.detach()) if scale_t is not None else float(scale)
     if scale_t is not None and scale_t.requires_grad and scale_f == 0:
         raise ValueError("scale must be nonzero when it requires a gradient")
 
-    def prep(t, ndim):
+    def prep(t, ndim, dt=dtype):
         if t is None:
             return None
-        t = t.to(dtype)
+        t = t.to(dt)
         if t.dim() == ndim - 1:
             t = t.unsqueeze(0).expand(B, *t.shape)
         return t.contiguous()
 
-    xb, yb, cb, vb = prep(x, 3), prep(y, 3), prep(col_bias, 2), prep(values, 3)
+    xb, yb, cb, vb = prep(x, 3), prep(y, 3), prep(col_bias, 2, stat), prep(values, 3)
     lse, out = PairwiseLSE.apply(xb, yb, cb, vb, scale_f, scale_t, metric)
     if not batched:
         lse, out = lse[0], out[0]

@@ -6,6 +6,7 @@ kernel is the reference (reference/pairwise.py).
 """
 from typing import Optional, Tuple
 
+import torch
 from torch import Tensor
 
 from .. import backends
@@ -14,13 +15,22 @@ from ..reference import pairwise as ref
 
 def _fwd_fake(x, y, col_bias, values, scale, metric):
     k = 0 if values is None else values.shape[-1]
-    return x.new_empty(x.shape[0], x.shape[1]), x.new_empty(x.shape[0], x.shape[1], k)
+    at = backends.stat_dtype(x.dtype)
+    return x.new_empty(x.shape[0], x.shape[1], dtype=at), x.new_empty(x.shape[0], x.shape[1], k, dtype=at)
+
+
+def _up(*ts):
+    """16-bit operands in float32 (their products are exact there, as in a tensor-core dot)."""
+    return tuple(t.float() if t is not None and t.dtype in (torch.float16, torch.bfloat16) else t for t in ts)
 
 
 @backends.op("pairwise_lse_fwd", fake=_fwd_fake, triton="pairwise.pairwise_lse_fwd", cuda="pairwise.pairwise_lse_fwd")
 def pairwise_lse_fwd(x: Tensor, y: Tensor, col_bias: Optional[Tensor], values: Optional[Tensor],
                      scale: float, metric: str) -> Tuple[Tensor, Tensor]:
-    """x (B, n, d), y (B, m, d), col_bias (B, m), values (B, m, k) -> lse (B, n), out (B, n, k|0)."""
+    """x (B, n, d), y (B, m, d), col_bias (B, m), values (B, m, k) -> lse (B, n), out (B, n, k|0).
+    x, y and values may be float16 / bfloat16 (kernels on the GPU read them as tensor-core tiles);
+    lse and out are float32 then (float64 for float64), as are the statistics inside."""
+    x, y, values = _up(x, y, values)
     lse, out = ref.pairwise_lse_fwd(x, y, col_bias, values, scale, metric)
     return lse, (out if out is not None else x.new_zeros(x.shape[0], x.shape[1], 0))
 
@@ -37,7 +47,10 @@ def pairwise_lse_bwd(x: Tensor, y: Tensor, col_bias: Optional[Tensor], values: O
                      scale: float, metric: str, need_rows: bool, need_cols: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients (gx, gy, gcol_bias (B, m) or empty, gvalues (B, m, k) or empty), streamed.
     With values, out and grad_out are given too. need_rows: the row pass (gx); need_cols: the
-    column pass (gy, gcol_bias, gvalues); kernels skip a pass nobody needs and leave its zeros."""
+    column pass (gy, gcol_bias, gvalues); kernels skip a pass nobody needs and leave its zeros.
+    Each gradient comes back in its input's dtype."""
+    dts = (x.dtype, y.dtype, None if values is None else values.dtype)
+    x, y, values = _up(x, y, values)
     gx, gy, gc, gv = ref.pairwise_lse_bwd(x, y, col_bias, values, lse, out, grad_lse, grad_out, scale, metric)
-    return (gx, gy, gc if col_bias is not None else x.new_zeros(0),
-            gv if values is not None else x.new_zeros(0))
+    return (gx.to(dts[0]), gy.to(dts[1]), gc if col_bias is not None else x.new_zeros(0),
+            gv.to(dts[2]) if values is not None else x.new_zeros(0))

@@ -30,7 +30,8 @@ def cuda_kernels_built():
 
 def pairwise_lse_fwd(x, y, col_bias, values, scale, metric):
     narrow = x.shape[-1] <= NARROW and (values is None or values.shape[-1] <= NARROW)
-    if narrow and cuda_kernels_built():
+    # the CUDA C++ kernel reads float32 / float64; 16-bit operands go to Triton's tensor-core tiles
+    if narrow and x.dtype in (torch.float32, torch.float64) and cuda_kernels_built():
         return pairwise_lse_fwd_narrow.overload(x, y, col_bias, values, scale, metric)
     if not triton_available():  # no Triton kernel here: the reference, as for any other device
         return OPS["pairwise_lse_fwd"].default(x, y, col_bias, values, scale, metric)

@@ -403,7 +403,7 @@ def pairwise_lse_fwd(x, y, col_bias, values, scale, metric):
     lse = x.new_empty(B, n, dtype=at)
     out = x.new_zeros(B, n, k, dtype=at)
     if B == 0 or n == 0:
-        return lse.to(x.dtype), out.to(x.dtype)
+        return lse, out
     x, y = x.contiguous(), y.contiguous()
     values = None if values is None else values.to(x.dtype).contiguous()
     alpha, rb, cb = _side(x, y, scale, metric, None, col_bias)
@@ -418,7 +418,7 @@ def pairwise_lse_fwd(x, y, col_bias, values, scale, metric):
             v.stride(0), v.stride(1), lse.stride(0), out.stride(0), out.stride(1), bucket(n), bucket(m),
             HAS_RB=rb is not None, HAS_V=values is not None, ONE_D=one_d, PREC=dot_precision(x.dtype),
             UPCAST=upcast(x.dtype), BLOCK_D=BLOCK_D, BLOCK_K=pow2(k))
-    return lse.to(x.dtype), out.to(x.dtype)
+    return lse, out
 
 
 _BWD_INTERP = {"BLOCK_R": 16, "BLOCK_C": 16}
