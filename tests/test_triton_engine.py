@@ -2,6 +2,7 @@
 (launcher = op kernel) against the float64 references; the precision policy; the shared-memory
 estimate of every tile config. On CPU they run through the interpreter (small odd shapes); in GPU
 mode (conftest) the same tests run compiled on CUDA tensors."""
+import contextlib
 import math
 
 import pytest
@@ -301,7 +302,10 @@ def test_sinkhorn_alternating(B, n, m, dtype, rho):
     f0 = _rand(B, n, seed=4)
     rr = (rho if rho > 0 else None, 1.5 * rho if rho > 0 else None)
     # balanced 3 x 17 x 33 stops at 17, 26, 16 iterations (tol 1e-4), per problem; rho = 2 never does
+    # (8, 0, 3): iteration 0, two replayed blocks of 3 (checks at 3 and 6), one unchecked tail
+    # iteration; (2, 0, 5): iteration 0 and a tail, no block (tol 0: nothing stops)
     runs = ((30, 1e-4, 1), (30, 1e-2, 3), (0, 1e-3, 1)) if rho == 0 else ((12, 1e-4, 1), (12, 1e-2, 5), (0, 1e-3, 1))
+    runs += ((8, 0.0, 3), (2, 0.0, 5), (1, 0.0, 1))
     for max_iter, tol, every in runs:
         got = TO.sinkhorn_alternating(C.to(DEV, dtype), a.to(DEV, dtype), b.to(DEV, dtype), 0.5, rho, 1.5 * rho,
                                       max_iter, tol, every, f0.to(DEV, dtype))
@@ -314,6 +318,43 @@ def test_sinkhorn_alternating(B, n, m, dtype, rho):
             _close(got[3], want[3], dtype, extra=5.0)
         else:
             assert torch.isposinf(got[3]).all()
+    if GPU_MODE:   # the blocks ran as captured CUDA graphs, not through the fallback
+        assert not TO._GRAPHS_BROKEN, TO._GRAPHS_BROKEN
+
+
+def test_sinkhorn_alternating_replays_one_capture(monkeypatch):
+    """The CUDA-graph runner: one capture, then replays; a failed capture (here: no CUDA at all,
+    or a GPU without graphs) warns once and runs the steps directly, with nothing lost."""
+    calls = []
+    fn = lambda: calls.append(1)  # noqa: E731
+
+    class FakeGraph:
+        def replay(self):
+            fn()
+
+    monkeypatch.setattr(TO, "interpreting", lambda: False)
+    monkeypatch.setattr(TO, "_GRAPHS_BROKEN", [])
+    captures = []
+    monkeypatch.setattr(TO._Replayed, "_capture", lambda self: captures.append(1) or FakeGraph())
+    if not torch.cuda.is_available():   # the replay's device guard needs a CUDA build
+        monkeypatch.setattr(torch.cuda, "device", lambda dev: contextlib.nullcontext())
+    run = TO._Replayed(fn, torch.device("cuda"))
+    for _ in range(3):
+        run()
+    assert len(captures) == 1 and len(calls) == 3
+    assert not TO._Replayed(fn, torch.device("cpu")).on
+    monkeypatch.setenv("HOTPATH_CUDA_GRAPHS", "0")
+    assert not TO._Replayed(fn, torch.device("cuda")).on
+    if not torch.cuda.is_available():
+        monkeypatch.undo()
+        monkeypatch.setattr(TO, "interpreting", lambda: False)
+        monkeypatch.setattr(TO, "_GRAPHS_BROKEN", [])
+        calls.clear()
+        run = TO._Replayed(fn, torch.device("cuda"))
+        with pytest.warns(RuntimeWarning, match="CUDA graph capture failed"):
+            run()
+        run()
+        assert len(calls) == 2 and run.graph is None and TO._GRAPHS_BROKEN
 
 
 @pytest.mark.parametrize("B,n,m", [(1, 1, 3), (3, 5, 7)])

@@ -9,12 +9,17 @@ sinkhorn_alternating: POT-order log-domain Sinkhorn on a dense cost. Each iterat
     launches of _sinkhorn_half_kernel (g from f over the columns, then f from g over the rows),
     which build h = log-weights + potential / eps on the fly and skip converged problems through
     a device-side `active` flag; the marginal error is formed on device every check_every
-    iterations and read by the host only then (no host sync in between).
+    iterations and read by the host only then (no host sync in between). On a GPU the
+    check_every iterations and their check are captured once into a CUDA graph and replayed:
+    at POT's sizes (2000 x 2000) a half-iteration's work is a few microseconds, less than
+    launching it from Python, so the launches, not the kernels, would set the time.
 sinkhorn_symmetric: GeomLoss's symmetric loop (epsilon schedule, debias) for many small dense
     problems: one launch, one program per problem holding its cost tiles in registers and running
     every iteration, stopping on its own at tol.
 """
 import math
+import os
+import warnings
 
 import torch
 import triton
@@ -183,14 +188,15 @@ def _lse2_cols(C, LW, P, pb, rows, rmask, m, s_cb, s_cr, s_cc, s_lw, s_p, inv2, 
     return tl.where(empty, float("-inf"), mx + tl.log2(tl.where(empty, 1.0, sm)))
 
 
-@triton.jit(do_not_specialize=["it1"])
+@triton.jit
 def _sinkhorn_half_kernel(C, LW, P, OUT, ACT, NIT, n, m, s_cb, s_cr, s_cc, s_lw, s_p, s_o,
-                          i_hi, i_lo, e_hi, e_lo, dmp_hi, dmp_lo, it1,
+                          i_hi, i_lo, e_hi, e_lo, dmp_hi, dmp_lo,
                           COUNT: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """OUT_r = damp * -eps * LSE_c[LW_c + P_c / eps - C_rc / eps] for the problems whose ACT flag
     is set (P: the other side's potential, LW: its log-weights); converged problems are left as
-    they are. COUNT: program 0 of each active problem records it1 (this iteration, counted from 1)
-    as its iteration count: a plain store, no read-modify-write."""
+    they are. COUNT: program 0 of each active problem adds 1 to its iteration count (it alone
+    touches it in this launch). The arguments are the same every iteration, so that a captured
+    CUDA graph replays them."""
     pb = tl.program_id(0).to(tl.int64)
     pr = tl.program_id(1)
     act = tl.load(ACT + pb)
@@ -205,7 +211,7 @@ def _sinkhorn_half_kernel(C, LW, P, OUT, ACT, NIT, n, m, s_cb, s_cr, s_cc, s_lw,
         tl.store(OUT + pb * s_o + rows, damp * (neg_eps * _LN2 * lse2), mask=rmask)
         if COUNT:
             if pr == 0:
-                tl.store(NIT + pb, tl.cast(it1, tl.int64))
+                tl.store(NIT + pb, tl.load(NIT + pb) + 1)
 
 
 @triton.jit
@@ -253,31 +259,101 @@ def sinkhorn_alternating(C, a_log, b_log, eps, rho_x, rho_y, max_iter, tol, chec
     sb, sn, sm_ = C.stride(0), C.stride(1), C.stride(2)
     grid_g, grid_f = (B, triton.cdiv(max(m, 1), BR)), (B, triton.cdiv(max(n, 1), BR))
     check_every = max(int(check_every), 1)
-    for it in range(max_iter):
+
+    # Both steps only update f, g, n_iter, err and active in place (the closures cannot rebind
+    # them), so a captured graph of them reads and writes the same tensors on every replay.
+    def iteration():
         if m > 0:   # g_j over the rows i of C (its transpose's rows), from f
             _sinkhorn_half_kernel[grid_g](C, a_log, f, g, active, n_iter, m, n, sb, sm_, sn, a_log.stride(0),
-                                          f.stride(0), g.stride(0), i_hi, i_lo, e_hi, e_lo, dy_hi, dy_lo, it + 1,
+                                          f.stride(0), g.stride(0), i_hi, i_lo, e_hi, e_lo, dy_hi, dy_lo,
                                           COUNT=n == 0, BLOCK_R=BR, BLOCK_C=BC, **opts)
         if n > 0:   # f_i over the columns j, from the new g
             _sinkhorn_half_kernel[grid_f](C, b_log, g, f, active, n_iter, n, m, sb, sn, sm_, b_log.stride(0),
-                                          g.stride(0), f.stride(0), i_hi, i_lo, e_hi, e_lo, dx_hi, dx_lo, it + 1,
+                                          g.stride(0), f.stride(0), i_hi, i_lo, e_hi, e_lo, dx_hi, dx_lo,
                                           COUNT=True, BLOCK_R=BR, BLOCK_C=BC, **opts)
         if n == 0 and m == 0:
-            n_iter += active
-        if it % check_every == 0:
-            if m > 0:
-                _sinkhorn_gap_kernel[grid_g](C, a_log, f, b_log, g, gap, m, n, sb, sm_, sn, a_log.stride(0),
-                                             f.stride(0), b_log.stride(0), g.stride(0), gap.stride(0),
-                                             i_hi, i_lo, BLOCK_R=BR, BLOCK_C=BC, **opts)
-                e = gap.sum(1).sqrt()
-            else:
-                e = torch.zeros(B, dtype=dt, device=C.device)
-            on = active.bool()
-            err = torch.where(on, e, err)
-            active = (on & ~(e < tol)).to(torch.int32)   # NaN compares False: stays active, as the reference
-            if not bool(active.any()):   # the one host read, every check_every iterations
-                break
+            n_iter.add_(active)
+
+    def check():
+        if m > 0:
+            _sinkhorn_gap_kernel[grid_g](C, a_log, f, b_log, g, gap, m, n, sb, sm_, sn, a_log.stride(0),
+                                         f.stride(0), b_log.stride(0), g.stride(0), gap.stride(0),
+                                         i_hi, i_lo, BLOCK_R=BR, BLOCK_C=BC, **opts)
+            e = gap.sum(1).sqrt()
+        else:
+            e = torch.zeros(B, dtype=dt, device=C.device)
+        on = active.bool()
+        err.copy_(torch.where(on, e, err))
+        active.copy_(on & ~(e < tol))   # NaN compares False: stays active, as the reference
+
+    def block():   # iterations it .. it + check_every - 1, the last one checked
+        for _ in range(check_every):
+            iteration()
+        check()
+
+    # iteration 0 and its check run eagerly (they also compile the kernels before any capture);
+    # then whole blocks, each ending on a check (iterations 0, k, 2k, ... are checked), and the
+    # unchecked tail
+    iteration()
+    check()
+    it = 1
+    run = _Replayed(block, C.device)
+    while it + check_every <= max_iter and bool(active.any()):   # the one host read per block
+        run()
+        it += check_every
+    if bool(active.any()):
+        for _ in range(it, max_iter):
+            iteration()
     return f, g, n_iter, err
+
+
+_GRAPHS_BROKEN = []
+
+
+class _Replayed:
+    """Calls fn; on a GPU, captures fn once into a CUDA graph and replays it after that.
+
+    Capture runs fn's launches without executing them, on a side stream, with this thread's
+    capture mode only (another thread's CUDA calls are not disturbed). Any failure to capture
+    (an op that syncs, an old driver) falls back to calling fn, with a warning once per process.
+    HOTPATH_CUDA_GRAPHS=0 turns graphs off."""
+
+    def __init__(self, fn, device):
+        self.fn, self.graph, self.device = fn, None, device
+        self.on = (device.type == "cuda" and not interpreting() and not _GRAPHS_BROKEN
+                   and os.environ.get("HOTPATH_CUDA_GRAPHS", "1") != "0")
+
+    def __call__(self):
+        if self.on and self.graph is None:
+            self.graph = self._capture()
+            self.on = self.graph is not None
+        if self.graph is not None:
+            with torch.cuda.device(self.device):   # the streams of the tensors' device
+                self.graph.replay()
+        else:
+            self.fn()
+
+    def _capture(self):
+        try:
+            here = torch.cuda.current_stream(self.device)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(here)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.device(self.device), torch.cuda.stream(side):
+                    graph.capture_begin(capture_error_mode="thread_local")
+                    try:
+                        self.fn()
+                    finally:
+                        graph.capture_end()
+            finally:
+                here.wait_stream(side)
+        except Exception as exc:   # nothing captured ran: the state is as before
+            _GRAPHS_BROKEN.append(repr(exc))
+            warnings.warn(f"hotpath: CUDA graph capture failed ({exc!r}); the Sinkhorn loop launches "
+                          "its kernels one by one", RuntimeWarning, stacklevel=2)
+            return None
+        return graph
 
 
 # -- GeomLoss's symmetric loop, small problems: one program per problem, every iteration inside ----
