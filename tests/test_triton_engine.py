@@ -211,6 +211,25 @@ def test_contrastive_kernels(n, m, d, dtype):
     _close(torch.where(ri >= 0, v.cpu().double(), 0.0), torch.where(ri >= 0, rv, 0.0), dtype, 10.0)
 
 
+def test_contrastive_rowcol_sweep_matches_two_sweeps(monkeypatch):
+    """The fused sweep's merged column partials equal a second sweep over the swapped pair,
+    with ragged row blocks, excluded diagonals, +-inf and NaN scores and an all-masked column;
+    past ROWCOL_MAX_BYTES lse_sweep takes the two sweeps."""
+    x, y = _rand(37, 20), _rand(37, 20, seed=1)
+    y[5, 0] = math.inf       # column 5: +inf and -inf scores
+    x[7, 2] = math.nan       # row 7 and every column: NaN
+    for xs, ys, excl in ((x[:8], y[:1], False), (x[8:], y[8:], True), (x[8:], y, False), (x, y, True)):
+        X, Y = xs.to(DEV, torch.float32), ys.to(DEV, torch.float32)
+        r, c = TC.lse_rowcol(X, Y, 1.5, excl)
+        torch.testing.assert_close(r, TC.lse_rows(X, Y, 1.5, excl), equal_nan=True)
+        torch.testing.assert_close(c, TC.lse_rows(Y, X, 1.5, excl), equal_nan=True, rtol=1e-5, atol=1e-5)
+    calls = []
+    monkeypatch.setattr(TC, "lse_rowcol", lambda *a: calls.append(a) or (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setattr(TC, "ROWCOL_MAX_BYTES", 0)
+    TC.lse_sweep(X, Y, 1.5, True, False)
+    assert not calls
+
+
 @pytest.mark.parametrize("d,interp_split", [(37, (3, 1)), (64, (4, 1)), (100, (4, 2)), (165, (4, 3)), (600, (4, 10))])
 def test_contrastive_wide_features_in_register_spans(d, interp_split):
     """Wide features: up to ACC_N register accumulators per program, and more than that in spans

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .pairwise import (LOG2E, _dots, _mma, _scal, acc_dtype, bucket, dot_precision, interpreting, pow2, prune,
+from .pairwise import (LN2, LOG2E, _dots, _mma, _scal, acc_dtype, bucket, dot_precision, interpreting, pow2, prune,
                        smem_limit, split, upcast)
 
 _LN2 = tl.constexpr(0.6931471805599453)
@@ -53,6 +53,41 @@ def _lse_rows_kernel(X, Y, LSE, n, m, d, s_hi, s_lo, s_x, s_y, n_bucket, m_bucke
         m_safe = tl.where(tl.abs(m_new) == float("inf"), 0.0, m_new)
         l_i = l_i * tl.math.exp2(m_i - m_safe) + tl.sum(tl.math.exp2(s - m_safe[:, None]), 1)
         m_i = m_new
+    empty = l_i == 0
+    lse = tl.where(empty, -float("inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * _LN2)
+    tl.store(LSE + offs_m, lse, mask=offs_m < n)
+
+
+@triton.jit
+def _lse_rowcol_kernel(X, Y, LSE, PMAX, PSUM, n, m, d, s_hi, s_lo, s_x, s_y, s_p, n_bucket, m_bucket,
+                       EXCL: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr):
+    """_lse_rows_kernel plus, from the same score tiles, each column's partial base-2 max and
+    sum over this program's row block (PMAX, PSUM row pid; the host merges the row blocks).
+    PSUM is relative to the finite-safe max (an infinite max reads as 0), as the rows' sums."""
+    pid = tl.program_id(0)
+    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    dt = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
+    scale2 = _scal(s_hi, s_lo, dt)
+    m_i = tl.full((BLOCK_M,), -float("inf"), dtype=dt)
+    l_i = tl.zeros((BLOCK_M,), dtype=dt)
+    for n0 in range(0, m, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        s = _dots(X, Y, offs_m, offs_n, n, m, d, s_x, s_y, tl.zeros((BLOCK_M, BLOCK_N), dtype=dt),
+                  BLOCK_D, PREC, UPCAST) * scale2
+        valid = (offs_n[None, :] < m) & (offs_m[:, None] < n)
+        if EXCL:
+            valid = valid & (offs_n[None, :] != offs_m[:, None])
+        s = tl.where(valid, s, -float("inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(tl.abs(m_new) == float("inf"), 0.0, m_new)
+        l_i = l_i * tl.math.exp2(m_i - m_safe) + tl.sum(tl.math.exp2(s - m_safe[:, None]), 1)
+        m_i = m_new
+        c_max = tl.max(s, 0)
+        c_safe = tl.where(tl.abs(c_max) == float("inf"), 0.0, c_max)
+        c_sum = tl.sum(tl.math.exp2(s - c_safe[None, :]), 0)
+        tl.store(PMAX + pid * s_p + offs_n, c_max, mask=offs_n < m)
+        tl.store(PSUM + pid * s_p + offs_n, c_sum, mask=offs_n < m)
     empty = l_i == 0
     lse = tl.where(empty, -float("inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * _LN2)
     tl.store(LSE + offs_m, lse, mask=offs_m < n)
@@ -312,6 +347,14 @@ def _tune(kernel, zero=None):
 
 
 _lse_rows_tuned = _tune(_lse_rows_kernel)
+# the fused row + column sweep: one row-block height, so the host knows the partials' shape
+_ROWCOL_BM = 128
+_ROWCOL_CONFIGS = [c for c in _CONFIGS if c.kwargs["BLOCK_M"] == _ROWCOL_BM]
+_lse_rowcol_tuned = triton.autotune(configs=_ROWCOL_CONFIGS, key=_KEY,
+                                    prune_configs_by={"early_config_prune": _early_prune})(_lse_rowcol_kernel)
+# column partials of the fused sweep (2 x row blocks x columns x 4 bytes) at most this; past it
+# (B ~ 100k) the columns take a second sweep instead
+ROWCOL_MAX_BYTES = 1 << 28
 _softmax_acc_tuned = _tune(_softmax_acc_kernel)
 _siglip_tuned = _tune(_siglip_kernel)
 # top-k reads each key tile once per query block: taller blocks cut the key traffic (Q N d / BLOCK_M
@@ -464,6 +507,43 @@ def topk(q, keys, k):
     return vals, idx
 
 
+def lse_rowcol(x, y, scale, exclude_diag):
+    """Row and column log-sum-exps from one sweep over the score tiles: each row block leaves
+    every column's partial max and sum, merged here (a few passes over 2 x n / 128 x m values
+    instead of a second sweep's n m d dot work)."""
+    x, y = _prep(x, y)
+    n, m, d = x.shape[0], y.shape[0], x.shape[1]
+    at = acc_dtype(x.dtype)
+    y = y.to(x.dtype)
+    bm = _INTERP["BLOCK_M"] if interpreting() else _ROWCOL_BM
+    nb = triton.cdiv(n, bm)
+    lse = torch.empty(n, dtype=at, device=x.device)
+    pmax = torch.empty(nb, m, dtype=at, device=x.device)
+    psum = torch.empty(nb, m, dtype=at, device=x.device)
+    s_hi, s_lo = split(float(scale) * LOG2E)
+    _launch(_lse_rowcol_kernel, _lse_rowcol_tuned, n, x, y, lse, pmax, psum, n, m, d, s_hi, s_lo, x.stride(0),
+            y.stride(0), pmax.stride(0), bucket(n), bucket(m), EXCL=bool(exclude_diag),
+            PREC=dot_precision(x.dtype), UPCAST=upcast(x.dtype), BLOCK_DO=0)
+    return lse, _merge_partials(pmax, psum)
+
+
+def _merge_partials(pmax, psum):
+    """LSE (natural log) over axis 0 of partial base-2 (max, sum relative to the finite-safe max)
+    pairs: +inf stays +inf, NaN stays NaN, an all-empty column is -inf."""
+    def safe(v):
+        return torch.where(v.abs() == float("inf"), torch.zeros((), dtype=v.dtype, device=v.device), v)
+    ms = safe(pmax.max(0).values)
+    w = torch.where(psum == 0, psum, psum * torch.exp2(safe(pmax) - ms))
+    tot = w.sum(0)
+    return torch.where(tot == 0, -float("inf"), ms + torch.log2(tot)) * LN2
+
+
 def lse_sweep(x, y, scale, want_col, exclude_diag):
-    """The lse_sweep op: rows, and with want_col the columns as the rows of the swapped pair."""
+    """The lse_sweep op: rows, and with want_col the columns too, from one fused sweep while its
+    column partials stay under ROWCOL_MAX_BYTES, else as the rows of the swapped pair."""
+    n, m = x.shape[0], y.shape[0]
+    if want_col and n > 0 and m > 0:
+        bm = _INTERP["BLOCK_M"] if interpreting() else _ROWCOL_BM
+        if 2 * triton.cdiv(n, bm) * m * acc_dtype(x.dtype).itemsize <= ROWCOL_MAX_BYTES:
+            return lse_rowcol(x, y, scale, exclude_diag)
     return lse_rows(x, y, scale, exclude_diag), (lse_rows(y, x, scale, exclude_diag) if want_col else x.new_zeros(0))
