@@ -37,7 +37,9 @@ def _close(got, want, dtype, mag=1.0, extra=1.0):
 
 # -- pairwise engine -----------------------------------------------------------------------------------
 
-PW_SHAPES = [(1, 1, 3, 1, 0), (3, 17, 33, 3, 2), (1, 33, 17, 64, 3), (3, 3, 17, 33, 1), (1, 17, 1, 16, 0)]
+# d, k <= 4 in float32 / float64 run the rank-1 update path (SMALL_D / SMALL_K), 5 the tl.dot one
+PW_SHAPES = [(1, 1, 3, 1, 0), (3, 17, 33, 3, 2), (1, 33, 17, 64, 3), (3, 3, 17, 33, 1), (1, 17, 1, 16, 0),
+             (2, 9, 21, 4, 4), (1, 9, 21, 5, 5)]
 
 
 @pytest.mark.parametrize("metric", ["dot", "sqeuclidean"])
@@ -109,6 +111,14 @@ def test_pairwise_bf16_inputs(metric):
     assert lse.dtype == out.dtype == torch.float32
     _close(lse, rl, torch.float32, 10 * rl.abs().max().item())
     _close(out, ro, torch.bfloat16, extra=2.0)
+
+
+def test_narrow_widths_take_rank1_updates_outside_tensor_cores(monkeypatch):
+    assert TP._small(3, torch.float32) == (3, 4) and TP._small(4, torch.float64) == (4, 4)
+    assert TP._small(5, torch.float32) == (0, 16) and TP._small(0, torch.float32) == (0, 16)
+    assert TP._small(3, torch.bfloat16) == (0, 16)        # tensor cores take 16-bit tiles
+    monkeypatch.setattr(TP, "dot_precision", lambda dtype: "tf32")
+    assert TP._small(3, torch.float32) == (0, 16)         # and TF32 ones
 
 
 def test_precision_policy(monkeypatch):

@@ -13,6 +13,11 @@ float32 accumulation; float32 tiles use TF32 exactly when torch would for a floa
 (torch.backends.cuda.matmul.allow_tf32 / torch.set_float32_matmul_precision), else full IEEE
 fp32; float64 is always IEEE. The interpreter runs "ieee" (the only fp32 mode it implements).
 
+Narrow features outside the tensor cores (IEEE fp32 / fp64 with d <= 4, or k <= 4 value
+channels): a tl.dot over a tile padded to its 16-wide minimum costs 16 FMAs a pair there, so the
+scores and the value / gradient accumulations run as d (or k) rank-1 updates instead (SMALL_D,
+SMALL_K): 3 FMAs a pair at d = 3, which leaves the exponential units as the bound.
+
 The backward is two launches of one kernel, rows against columns and then columns against rows;
 each computes one score tile per (row block, column tile) and feeds it to every accumulator: no
 atomics, no n x m buffer.
@@ -134,6 +139,32 @@ def _mma(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _col(a, offs_w, kk: tl.constexpr):
+    """Column kk of a register tile a (rows, W) whose column indices are offs_w."""
+    return tl.sum(tl.where(offs_w[None, :] == kk, a, 0.0), 1)
+
+
+@triton.jit
+def _outer_dot(a, b, offs_w, acc, DS: tl.constexpr):
+    """acc + a @ b.T over the first DS columns of a (R, W) and b (C, W): DS rank-1 updates, each a
+    fused multiply-add as a GEMM's inner loop does it (one rounding: a product past the float
+    range overflows only if the running sum does, as in the reference's matmul, on the GPU and
+    in the interpreter alike)."""
+    for kk in tl.static_range(DS):
+        acc = tl.fma(_col(a, offs_w, kk)[:, None], _col(b, offs_w, kk)[None, :], acc)
+    return acc
+
+
+@triton.jit
+def _outer_acc(w, c, offs_w, acc, DS: tl.constexpr):
+    """acc + w @ c for w (R, C) and the first DS columns of c (C, W): one row sum per column."""
+    for kk in tl.static_range(DS):
+        part = tl.sum(w * _col(c, offs_w, kk)[None, :], 1)
+        acc += tl.where(offs_w[None, :] == kk, part[:, None], 0.0)
+    return acc
+
+
+@triton.jit
 def _dots(R, C, offs_r, offs_c, n_r, n_c, d, s_rn, s_cn, acc,
           BLOCK_D: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr):
     """acc + R[offs_r] @ C[offs_c]^T over the feature dimension in BLOCK_D chunks."""
@@ -153,10 +184,11 @@ def _dots(R, C, offs_r, offs_c, n_r, n_c, d, s_rn, s_cn, acc,
 def _lse_fwd_kernel(X, Y, RB, CB, Vv, LSE, OUT, n, m, d, k, a_hi, a_lo,
                     s_xb, s_xn, s_yb, s_yn, s_rbb, s_cbb, s_vb, s_vn, s_lb, s_ob, s_on, n_bucket, m_bucket,
                     HAS_RB: tl.constexpr, HAS_V: tl.constexpr, ONE_D: tl.constexpr, PREC: tl.constexpr,
-                    UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
+                    UPCAST: tl.constexpr, SMALL_D: tl.constexpr, SMALL_K: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
     """lse_i = LSE_j score_ij (base-2 online max / sum), out_i = sum_j softmax_ij v_j.
-    alpha (a_hi + a_lo), RB and CB arrive multiplied by log2(e)."""
+    alpha (a_hi + a_lo), RB and CB arrive multiplied by log2(e). SMALL_D / SMALL_K > 0: the
+    scores / the value sums as that many rank-1 updates instead of tl.dot."""
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     dt = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
@@ -180,7 +212,10 @@ def _lse_fwd_kernel(X, Y, RB, CB, Vv, LSE, OUT, n, m, d, k, a_hi, a_lo,
         if ONE_D:
             yt = tl.load(Y + offs_n[:, None] * s_yn + offs_d[None, :],
                          mask=(offs_n[:, None] < m) & (offs_d[None, :] < d), other=0.0)
-            t = _mma(xt, tl.trans(yt), tl.zeros((BLOCK_M, BLOCK_N), dtype=dt), PREC, UPCAST)
+            if SMALL_D > 0:
+                t = _outer_dot(xt.to(dt), yt.to(dt), offs_d, tl.zeros((BLOCK_M, BLOCK_N), dtype=dt), SMALL_D)
+            else:
+                t = _mma(xt, tl.trans(yt), tl.zeros((BLOCK_M, BLOCK_N), dtype=dt), PREC, UPCAST)
         else:
             t = _dots(X, Y, offs_m, offs_n, n, m, d, s_xn, s_yn, tl.zeros((BLOCK_M, BLOCK_N), dtype=dt),
                       BLOCK_D, PREC, UPCAST)
@@ -200,7 +235,10 @@ def _lse_fwd_kernel(X, Y, RB, CB, Vv, LSE, OUT, n, m, d, k, a_hi, a_lo,
         if HAS_V:
             v = tl.load(Vv + b * s_vb + offs_n[:, None] * s_vn + offs_k[None, :],
                         mask=(offs_n[:, None] < m) & (offs_k[None, :] < k), other=0.0)
-            acc = _mma(p.to(v.dtype), v, acc * corr[:, None], PREC, UPCAST)
+            if SMALL_K > 0:
+                acc = _outer_acc(p, v.to(dt), offs_k, acc * corr[:, None], SMALL_K)
+            else:
+                acc = _mma(p.to(v.dtype), v, acc * corr[:, None], PREC, UPCAST)
         m_i = m_new
     # l = 0: every column masked (-inf); l = NaN: a NaN score (propagates as NaN, as the reference)
     empty = l_i == 0
@@ -222,8 +260,8 @@ def _softmax_bwd_kernel(R, C, RB, CB, RA, CA, RV, CV, ACC, RSUM, ACC2, n_r, n_c,
                         s_accb, s_accn, s_rsb, s_a2b, s_a2n, n_bucket, m_bucket,
                         HAS_RB: tl.constexpr, HAS_RA: tl.constexpr, HAS_CA: tl.constexpr, HAS_V: tl.constexpr,
                         WANT_ACC2: tl.constexpr, ONE_D: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-                        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
-                        BLOCK_K: tl.constexpr):
+                        SMALL_D: tl.constexpr, SMALL_K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+                        BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
     """e = 2^score (the biases carry -lse, all in base 2); dS = e * (ra_i + ca_j + <rv_i, cv_j>);
     acc_i = sum_j dS_ij c_j, rsum_i = sum_j dS_ij, acc2_i = sum_j e_ij cv_j.
     ONE_D: d <= BLOCK_D, the column tile feeds both the score and the acc dot and acc lives in
@@ -261,7 +299,10 @@ def _softmax_bwd_kernel(R, C, RB, CB, RA, CA, RV, CV, ACC, RSUM, ACC2, n_r, n_c,
         if ONE_D:
             ct = tl.load(C + offs_c[:, None] * s_cn + offs_d[None, :],
                          mask=cmask[:, None] & (offs_d[None, :] < d), other=0.0)
-            s = _mma(rt, tl.trans(ct), tl.zeros((BLOCK_R, BLOCK_C), dtype=dt), PREC, UPCAST)
+            if SMALL_D > 0:
+                s = _outer_dot(rt.to(dt), ct.to(dt), offs_d, tl.zeros((BLOCK_R, BLOCK_C), dtype=dt), SMALL_D)
+            else:
+                s = _mma(rt, tl.trans(ct), tl.zeros((BLOCK_R, BLOCK_C), dtype=dt), PREC, UPCAST)
         else:
             s = _dots(R, C, offs_r, offs_c, n_r, n_c, d, s_rn, s_cn, tl.zeros((BLOCK_R, BLOCK_C), dtype=dt),
                       BLOCK_D, PREC, UPCAST)
@@ -277,13 +318,21 @@ def _softmax_bwd_kernel(R, C, RB, CB, RA, CA, RV, CV, ACC, RSUM, ACC2, n_r, n_c,
         if HAS_V:
             cv = tl.load(CV + b * s_cvb + offs_c[:, None] * s_cvn + offs_k[None, :],
                          mask=cmask[:, None] & (offs_k[None, :] < k), other=0.0)
-            w = _mma(rv, tl.trans(cv), w, PREC, UPCAST)
-            if WANT_ACC2:
-                acc2 = _mma(e.to(cv.dtype), cv, acc2, PREC, UPCAST)
+            if SMALL_K > 0:
+                w = _outer_dot(rv.to(dt), cv.to(dt), offs_k, w, SMALL_K)
+                if WANT_ACC2:
+                    acc2 = _outer_acc(e, cv.to(dt), offs_k, acc2, SMALL_K)
+            else:
+                w = _mma(rv, tl.trans(cv), w, PREC, UPCAST)
+                if WANT_ACC2:
+                    acc2 = _mma(e.to(cv.dtype), cv, acc2, PREC, UPCAST)
         ds = e * w
         rsum += tl.sum(ds, 1)
         if ONE_D:
-            acc = _mma(ds.to(ct.dtype), ct, acc, PREC, UPCAST)
+            if SMALL_D > 0:
+                acc = _outer_acc(ds, ct.to(dt), offs_d, acc, SMALL_D)
+            else:
+                acc = _mma(ds.to(ct.dtype), ct, acc, PREC, UPCAST)
         else:
             for d0 in range(0, d, BLOCK_D):
                 od = d0 + offs_d
@@ -395,6 +444,17 @@ def _side(r, c, scale, metric, row_bias, col_bias):
     return alpha * LOG2E, rb, (cb * LOG2E).contiguous()
 
 
+SMALL_MAX = 4   # widths (d, k) taken as rank-1 updates when the dots would run outside tensor cores
+
+
+def _small(width, dtype):
+    """(SMALL, BLOCK): the rank-1 update count and the tile width for a feature / value width,
+    or (0, the tl.dot width)."""
+    if 0 < width <= SMALL_MAX and dtype in (torch.float32, torch.float64) and dot_precision(dtype) == "ieee":
+        return width, pow2(width, lo=4)
+    return 0, pow2(width)
+
+
 def pairwise_lse_fwd(x, y, col_bias, values, scale, metric):
     B, n, d = x.shape
     m = y.shape[1]
@@ -408,6 +468,9 @@ def pairwise_lse_fwd(x, y, col_bias, values, scale, metric):
     values = None if values is None else values.to(x.dtype).contiguous()
     alpha, rb, cb = _side(x, y, scale, metric, None, col_bias)
     BLOCK_D, one_d = _width(d)
+    small_d, bd = _small(d, x.dtype)
+    small_k, bk = _small(k, x.dtype)
+    BLOCK_D = bd if small_d else BLOCK_D
     v = values if values is not None else x
     rbt = rb if rb is not None else cb
     a_hi, a_lo = split(alpha)
@@ -417,7 +480,7 @@ def pairwise_lse_fwd(x, y, col_bias, values, scale, metric):
             rbt.stride(0) if rb is not None else 0, cb.stride(0),
             v.stride(0), v.stride(1), lse.stride(0), out.stride(0), out.stride(1), bucket(n), bucket(m),
             HAS_RB=rb is not None, HAS_V=values is not None, ONE_D=one_d, PREC=dot_precision(x.dtype),
-            UPCAST=upcast(x.dtype), BLOCK_D=BLOCK_D, BLOCK_K=pow2(k))
+            UPCAST=upcast(x.dtype), SMALL_D=small_d, SMALL_K=small_k, BLOCK_D=BLOCK_D, BLOCK_K=bk)
     return lse, out
 
 
@@ -441,6 +504,9 @@ def _bwd_pass(r, c, scale, metric, row_bias, col_bias, ra, ca, rv, cv, want_acc2
     ca = None if ca is None else ca.to(at).contiguous()
     dummy = rsum
     BLOCK_D, one_d = _width(d)
+    small_d, bd = _small(d, r.dtype)
+    small_k, bk = _small(k, r.dtype)
+    BLOCK_D = bd if small_d else BLOCK_D
     a_hi, a_lo = split(alpha)
     _launch(_bwd_tuned, _softmax_bwd_kernel, nr, B, _BWD_INTERP, d <= 16,
             r, c, rb if rb is not None else dummy, cb, ra if ra is not None else dummy,
@@ -455,7 +521,7 @@ def _bwd_pass(r, c, scale, metric, row_bias, col_bias, ra, ca, rv, cv, want_acc2
             acc2.stride(1) if want_acc2 else 0, bucket(nr), bucket(nc),
             HAS_RB=rb is not None, HAS_RA=ra is not None, HAS_CA=ca is not None, HAS_V=rv is not None,
             WANT_ACC2=want_acc2, ONE_D=one_d, PREC=dot_precision(r.dtype), UPCAST=upcast(r.dtype),
-            BLOCK_D=BLOCK_D, BLOCK_K=pow2(k))
+            SMALL_D=small_d, SMALL_K=small_k, BLOCK_D=BLOCK_D, BLOCK_K=bk)
     return acc, rsum, (acc2 if want_acc2 else None)
 
 
