@@ -66,12 +66,17 @@ def test_binary_search_matches_reference(backend, n, d, Q, k):
     assert torch.equal(torch.gather(s, 1, i), v)
 
 
-def test_ties_keep_smaller_index():
-    keys = torch.ones(40, 16)
+@pytest.mark.parametrize("backend", backend_param())
+def test_ties_keep_smaller_index(backend):
+    # 70 keys: three key splits of the Triton top-k under the interpreter, merged by index order
+    keys = torch.ones(70, 16)
+    keys[3] = -1.0
     codes = L.quantize_embeddings(keys, "int8")
     for c in (codes, L.quantize_embeddings(keys, "binary")):
-        _, i = L.embedding_search(torch.ones(2, 16), c, 5)
-        assert i.tolist() == [[0, 1, 2, 3, 4]] * 2
+        _, i = L.embedding_search(torch.ones(2, 16), c, 5, backend=backend)
+        assert i.tolist() == [[0, 1, 2, 4, 5]] * 2
+        _, i = L.embedding_search(torch.ones(2, 16), c, 69, backend=backend)
+        assert i[:, -1].tolist() == [69, 69] and (i != 3).all()
 
 
 @pytest.mark.parametrize("precision", ["int8", "binary"])

@@ -6,7 +6,9 @@ n x m buffer, no atomics (column-side gradients are a second launch with rows an
   _softmax_acc_kernel     acc_i = sum_j (ra_i e^{s_ij - rl_i} + ca_j e^{s_ij - cl_j}) y_j
   _siglip_kernel          sum_j softplus(z_ij) per row, or sum_j sigmoid(z_ij) y_j and its row sum
   _hard_mine_kernel       masked arg-max / arg-min of |y_j|^2 - 2<x_i, y_j> from label vectors
-  _topk_kernel            exact streaming top-k: a (rows, k) register buffer merged with each tile
+  _topk_kernel            exact streaming top-k: a (rows, k) register buffer merged with each tile,
+                          keys split across grid axis 1 when queries are few (float scores, or
+                          int8 codes' int32 dots times key scales for the embedding search)
 
 The accumulating kernels keep their (rows, features) output in registers, as up to ACC_N
 accumulators of ACC_CHUNK features each (a span of up to 512 features: CLIP's 512 in one span),
@@ -243,10 +245,18 @@ def _hard_mine_kernel(X, NRM, LAB, PI, NI, n, d, s_x, PREC: tl.constexpr, UPCAST
 
 
 @triton.jit
-def _topk_kernel(Q, K, VALS, IDX, n, m, d, s_q, s_k, n_bucket, m_bucket, KTOP: tl.constexpr, K_PAD: tl.constexpr,
-                 PREC: tl.constexpr, UPCAST: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def _topk_kernel(Q, K, KS, VALS, IDX, n, m, d, s_q, s_k, span, s_split, n_bucket, m_bucket,
+                 KTOP: tl.constexpr, K_PAD: tl.constexpr, INT8: tl.constexpr, PREC: tl.constexpr,
+                 UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The top-k of this program's query block over keys [span * split, span * (split + 1)), split
+    = program_id(1), into VALS / IDX + split * s_split (the host merges the splits). INT8: int8
+    query and key codes, scores = exact int32 dot * KS[key] (embedding search)."""
     pid = tl.program_id(0)
+    split = tl.program_id(1)
+    VALS += split * s_split
+    IDX += split * s_split
+    k_lo = split * span
+    k_hi = tl.minimum(m, k_lo + span)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     dt = tl.float64 if Q.dtype.element_ty == tl.float64 else tl.float32
     kcols = tl.arange(0, K_PAD)
@@ -254,12 +264,23 @@ def _topk_kernel(Q, K, VALS, IDX, n, m, d, s_q, s_k, n_bucket, m_bucket, KTOP: t
     bv = tl.full((BLOCK_M, K_PAD), -float("inf"), dtype=dt)
     bi = tl.full((BLOCK_M, K_PAD), -1, dtype=tl.int64)
     filled = 0
-    for n0 in range(0, m, BLOCK_N):
+    for n0 in range(k_lo, k_hi, BLOCK_N):
         offs_n = n0 + ncols
-        s = _dots(Q, K, offs_m, offs_n, n, m, d, s_q, s_k, tl.zeros((BLOCK_M, BLOCK_N), dtype=dt),
-                  BLOCK_D, PREC, UPCAST)
+        if INT8:
+            si = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+            for d0 in range(0, d, BLOCK_D):
+                offs_d = d0 + tl.arange(0, BLOCK_D)
+                qa = tl.load(Q + offs_m[:, None] * s_q + offs_d[None, :],
+                             mask=(offs_m[:, None] < n) & (offs_d[None, :] < d), other=0)
+                kb = tl.load(K + offs_n[:, None] * s_k + offs_d[None, :],
+                             mask=(offs_n[:, None] < k_hi) & (offs_d[None, :] < d), other=0)
+                si = tl.dot(qa, tl.trans(kb), si, out_dtype=tl.int32)
+            s = si.to(tl.float32) * tl.load(KS + offs_n, mask=offs_n < k_hi, other=0.0)[None, :]
+        else:
+            s = _dots(Q, K, offs_m, offs_n, n, k_hi, d, s_q, s_k, tl.zeros((BLOCK_M, BLOCK_N), dtype=dt),
+                      BLOCK_D, PREC, UPCAST)
         # a NaN score reads as -inf (it never hides a larger score of its tile)
-        tv = tl.where((offs_n[None, :] < m) & (s == s), s, -float("inf"))
+        tv = tl.where((offs_n[None, :] < k_hi) & (s == s), s, -float("inf"))
         # skip the merge when no row of the block has a score above its current k-th value
         kth = tl.max(tl.where(kcols[None, :] == KTOP - 1, bv, -float("inf")), 1)
         need = tl.max((tl.max(tv, 1) > kth).to(tl.int32), 0) > 0
@@ -485,26 +506,57 @@ def hard_mine(x, labels):
     return pi, ni
 
 
-_TOPK_MAX = 64  # the merge is unrolled k times; larger k uses the chunked matmul + topk fallback
+TOPK_MAX = 64  # the merge is unrolled k times; larger k uses the chunked matmul + topk fallback
+
+
+def _key_span(n, m, device):
+    """Keys per program of the top-k launch. Few queries leave few query blocks (1k queries:
+    16 blocks of 64), so the keys are split until there are about four programs per SM; each
+    split keeps its own top-k and the host merges them. Spans are whole 128-key tiles (16 in the
+    interpreter, which splits whenever there are more than two tiles: the merge is tested)."""
+    if interpreting():
+        return 2 * _INTERP["BLOCK_N"]
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    splits = max(1, min(triton.cdiv(4 * sms, triton.cdiv(n, 64)), triton.cdiv(m, 4096)))
+    return triton.cdiv(triton.cdiv(m, splits), 128) * 128
+
+
+def topk_scores(q, keys, k, key_scale=None):
+    """Exact top-k of <q_i, keys_j> (or, with key_scale, of int8 codes' int32 dot * key_scale_j):
+    values (n, k) descending in the accumulation dtype, indices (n, k); ties keep the lower key
+    index; NaN and -inf scores are never selected (value -inf, index -1 where fewer than k)."""
+    q, keys = _prep(q, keys)
+    n, m, d = q.shape[0], keys.shape[0], q.shape[1]
+    at = acc_dtype(q.dtype)
+    if n == 0 or m == 0:
+        return torch.full((n, k), -float("inf"), dtype=at, device=q.device), \
+            torch.full((n, k), -1, dtype=torch.long, device=q.device)
+    keys = keys.to(q.dtype)
+    span = _key_span(n, m, q.device)
+    splits = triton.cdiv(m, span)
+    vals = torch.empty(splits, n, k, dtype=at, device=q.device)
+    idx = torch.empty(splits, n, k, dtype=torch.long, device=q.device)
+    int8 = key_scale is not None
+    ks = key_scale.float().contiguous() if int8 else vals
+    # the k-way merge runs only for key tiles that beat some row's k-th value
+    _launch(_topk_kernel, _topk_tuned, n, q, keys, ks, vals, idx, n, m, d, q.stride(0), keys.stride(0), span,
+            n * k, bucket(n), bucket(span), spans=splits, KTOP=k, K_PAD=max(16, triton.next_power_of_2(k)),
+            INT8=int8, PREC=dot_precision(q.dtype), UPCAST=upcast(q.dtype))
+    if splits == 1:
+        return vals[0], idx[0]
+    # splits in key order, each sorted with ties to the lower index: a stable descending sort of
+    # their concatenation keeps that rule; -inf slots (index -1) sort last
+    v = vals.permute(1, 0, 2).reshape(n, splits * k)
+    i = idx.permute(1, 0, 2).reshape(n, splits * k)
+    v, pos = torch.sort(v, dim=1, descending=True, stable=True)
+    return v[:, :k].contiguous(), torch.gather(i, 1, pos[:, :k])
 
 
 def topk(q, keys, k):
-    q, keys = _prep(q, keys)
-    n, m, d = q.shape[0], keys.shape[0], q.shape[1]
-    if k > _TOPK_MAX:
+    if k > TOPK_MAX:
         from hotpath.reference.contrastive import topk_chunked
         return topk_chunked(q.to(acc_dtype(q.dtype)), keys.to(acc_dtype(q.dtype)), k)
-    at = acc_dtype(q.dtype)
-    vals = torch.empty(n, k, dtype=at, device=q.device)
-    idx = torch.empty(n, k, dtype=torch.long, device=q.device)
-    if n == 0:
-        return vals, idx
-    keys = keys.to(q.dtype)
-    # the k-way merge runs only for key tiles that beat some row's k-th value
-    _launch(_topk_kernel, _topk_tuned, n, q, keys, vals, idx, n, m, d, q.stride(0), keys.stride(0),
-            bucket(n), bucket(m), KTOP=k, K_PAD=max(16, triton.next_power_of_2(k)),
-            PREC=dot_precision(q.dtype), UPCAST=upcast(q.dtype))
-    return vals, idx
+    return topk_scores(q, keys, k)
 
 
 def lse_rowcol(x, y, scale, exclude_diag):

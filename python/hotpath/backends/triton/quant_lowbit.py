@@ -14,6 +14,7 @@ import triton.language as tl
 from hotpath.quant.packing import topk_desc
 
 from . import _qgemm as Q
+from . import contrastive as _contrastive
 from ._qgemm import KEY, _x_and_policy, grouped_tile
 
 
@@ -446,6 +447,11 @@ def _merge(best, chunk_vals, offset, k):
 
 
 def embedding_search_int8(qq, qstep, keys, key_scale, k, chunk=65536):
+    """Up to k = 64 the streaming top-k kernel scores the int8 codes on the int8 tensor cores and
+    keeps its top-k in registers (no score matrix); larger k score 65,536-key chunks and merge."""
+    if k <= _contrastive.TOPK_MAX:
+        vals, idx = _contrastive.topk_scores(qq, keys, k, key_scale)
+        return vals * qstep[:, None], idx
     Q, d = qq.shape
     n = keys.shape[0]
     best = None
