@@ -2,7 +2,8 @@
 tl.dot (the pairwise engine's precision policy: pairwise.dot_precision), fused epilogues; no
 n x m buffer, no atomics (column-side gradients are a second launch with rows and columns swapped).
 
-  _lse_rows_kernel        online row log-sum-exp of scale * <x_i, y_j> (optionally j != i)
+  _lse_rows_kernel        online row log-sum-exp of scale * <x_i, y_j> (optionally j != i), and
+                          optionally each column's partials from the same tiles (CLIP's forward)
   _softmax_acc_kernel     acc_i = sum_j (ra_i e^{s_ij - rl_i} + ca_j e^{s_ij - cl_j}) y_j
   _siglip_kernel          sum_j softplus(z_ij) per row, or sum_j sigmoid(z_ij) y_j and its row sum
   _hard_mine_kernel       masked arg-max / arg-min of |y_j|^2 - 2<x_i, y_j> from label vectors
@@ -34,43 +35,16 @@ _LOG2E = tl.constexpr(LOG2E)
 
 
 @triton.jit
-def _lse_rows_kernel(X, Y, LSE, n, m, d, s_hi, s_lo, s_x, s_y, n_bucket, m_bucket,
-                     EXCL: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+def _lse_rows_kernel(X, Y, LSE, PMAX, PSUM, n, m, d, s_hi, s_lo, s_x, s_y, s_p, n_bucket, m_bucket,
+                     EXCL: tl.constexpr, COLS: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr):
+    """Online row log-sum-exp of scale * <x_i, y_j>. COLS: from the same score tiles, also each
+    column's partial base-2 max and sum over this program's row block (PMAX, PSUM row pid; the
+    host merges the row blocks), the sum relative to the finite-safe max as the rows' sums are."""
     pid = tl.program_id(0)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     dt = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
     scale2 = _scal(s_hi, s_lo, dt)  # scale * log2(e)
-    m_i = tl.full((BLOCK_M,), -float("inf"), dtype=dt)
-    l_i = tl.zeros((BLOCK_M,), dtype=dt)
-    for n0 in range(0, m, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        s = _dots(X, Y, offs_m, offs_n, n, m, d, s_x, s_y, tl.zeros((BLOCK_M, BLOCK_N), dtype=dt),
-                  BLOCK_D, PREC, UPCAST) * scale2
-        valid = offs_n[None, :] < m
-        if EXCL:
-            valid = valid & (offs_n[None, :] != offs_m[:, None])
-        s = tl.where(valid, s, -float("inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(tl.abs(m_new) == float("inf"), 0.0, m_new)
-        l_i = l_i * tl.math.exp2(m_i - m_safe) + tl.sum(tl.math.exp2(s - m_safe[:, None]), 1)
-        m_i = m_new
-    empty = l_i == 0
-    lse = tl.where(empty, -float("inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * _LN2)
-    tl.store(LSE + offs_m, lse, mask=offs_m < n)
-
-
-@triton.jit
-def _lse_rowcol_kernel(X, Y, LSE, PMAX, PSUM, n, m, d, s_hi, s_lo, s_x, s_y, s_p, n_bucket, m_bucket,
-                       EXCL: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr):
-    """_lse_rows_kernel plus, from the same score tiles, each column's partial base-2 max and
-    sum over this program's row block (PMAX, PSUM row pid; the host merges the row blocks).
-    PSUM is relative to the finite-safe max (an infinite max reads as 0), as the rows' sums."""
-    pid = tl.program_id(0)
-    offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    dt = tl.float64 if X.dtype.element_ty == tl.float64 else tl.float32
-    scale2 = _scal(s_hi, s_lo, dt)
     m_i = tl.full((BLOCK_M,), -float("inf"), dtype=dt)
     l_i = tl.zeros((BLOCK_M,), dtype=dt)
     for n0 in range(0, m, BLOCK_N):
@@ -85,11 +59,12 @@ def _lse_rowcol_kernel(X, Y, LSE, PMAX, PSUM, n, m, d, s_hi, s_lo, s_x, s_y, s_p
         m_safe = tl.where(tl.abs(m_new) == float("inf"), 0.0, m_new)
         l_i = l_i * tl.math.exp2(m_i - m_safe) + tl.sum(tl.math.exp2(s - m_safe[:, None]), 1)
         m_i = m_new
-        c_max = tl.max(s, 0)
-        c_safe = tl.where(tl.abs(c_max) == float("inf"), 0.0, c_max)
-        c_sum = tl.sum(tl.math.exp2(s - c_safe[None, :]), 0)
-        tl.store(PMAX + pid * s_p + offs_n, c_max, mask=offs_n < m)
-        tl.store(PSUM + pid * s_p + offs_n, c_sum, mask=offs_n < m)
+        if COLS:
+            c_max = tl.max(s, 0)
+            c_safe = tl.where(tl.abs(c_max) == float("inf"), 0.0, c_max)
+            c_sum = tl.sum(tl.math.exp2(s - c_safe[None, :]), 0)
+            tl.store(PMAX + pid * s_p + offs_n, c_max, mask=offs_n < m)
+            tl.store(PSUM + pid * s_p + offs_n, c_sum, mask=offs_n < m)
     empty = l_i == 0
     lse = tl.where(empty, -float("inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * _LN2)
     tl.store(LSE + offs_m, lse, mask=offs_m < n)
@@ -372,7 +347,7 @@ _lse_rows_tuned = _tune(_lse_rows_kernel)
 _ROWCOL_BM = 128
 _ROWCOL_CONFIGS = [c for c in _CONFIGS if c.kwargs["BLOCK_M"] == _ROWCOL_BM]
 _lse_rowcol_tuned = triton.autotune(configs=_ROWCOL_CONFIGS, key=_KEY,
-                                    prune_configs_by={"early_config_prune": _early_prune})(_lse_rowcol_kernel)
+                                    prune_configs_by={"early_config_prune": _early_prune})(_lse_rows_kernel)
 # column partials of the fused sweep (2 x row blocks x columns x 4 bytes) at most this; past it
 # (B ~ 100k) the columns take a second sweep instead
 ROWCOL_MAX_BYTES = 1 << 28
@@ -438,9 +413,9 @@ def lse_rows(x, y, scale, exclude_diag):
         return out
     y = y.to(x.dtype)
     s_hi, s_lo = split(float(scale) * LOG2E)
-    _launch(_lse_rows_kernel, _lse_rows_tuned, n, x, y, out, n, m, d, s_hi, s_lo, x.stride(0), y.stride(0),
-            bucket(n), bucket(m), EXCL=bool(exclude_diag), PREC=dot_precision(x.dtype), UPCAST=upcast(x.dtype),
-            BLOCK_DO=0)
+    _launch(_lse_rows_kernel, _lse_rows_tuned, n, x, y, out, out, out, n, m, d, s_hi, s_lo, x.stride(0), y.stride(0),
+            0, bucket(n), bucket(m), EXCL=bool(exclude_diag), COLS=False, PREC=dot_precision(x.dtype),
+            UPCAST=upcast(x.dtype), BLOCK_DO=0)
     return out
 
 
@@ -573,8 +548,8 @@ def lse_rowcol(x, y, scale, exclude_diag):
     pmax = torch.empty(nb, m, dtype=at, device=x.device)
     psum = torch.empty(nb, m, dtype=at, device=x.device)
     s_hi, s_lo = split(float(scale) * LOG2E)
-    _launch(_lse_rowcol_kernel, _lse_rowcol_tuned, n, x, y, lse, pmax, psum, n, m, d, s_hi, s_lo, x.stride(0),
-            y.stride(0), pmax.stride(0), bucket(n), bucket(m), EXCL=bool(exclude_diag),
+    _launch(_lse_rows_kernel, _lse_rowcol_tuned, n, x, y, lse, pmax, psum, n, m, d, s_hi, s_lo, x.stride(0),
+            y.stride(0), pmax.stride(0), bucket(n), bucket(m), EXCL=bool(exclude_diag), COLS=True,
             PREC=dot_precision(x.dtype), UPCAST=upcast(x.dtype), BLOCK_DO=0)
     return lse, _merge_partials(pmax, psum)
 
