@@ -188,6 +188,29 @@ def test_half_inputs_reach_the_kernels_as_they_are(backend, metric, half, monkey
         assert_close(g, r, half, scale=4 * max(1.0, r.abs().max().item()))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("d,k", [(1, 0), (3, 3), (16, 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_cpp_narrow_kernel_matches_reference(metric, d, k, dtype):
+    """The CUDA C++ forward (d, k <= 16), called directly: the dispatcher gives it only problems
+    past CPP_MIN_PAIRS, which no other test reaches."""
+    from hotpath import _ext
+    from hotpath.backends.cuda import pairwise as CP
+    _ext.load_extension()
+    if not CP.cuda_kernels_built():
+        pytest.skip("the extension was built without its CUDA kernels")
+    x, y, cb, v = _inputs(2, 37, 129, d, k, torch.float64)
+    cb[:, 5] = -math.inf
+    got = CP.pairwise_lse_fwd_narrow.overload(*(t.to("cuda", dtype) if t is not None else None
+                                                for t in (x, y, cb, v)), 0.3, metric)
+    lse, out = ref.pairwise_lse_fwd(x, y, cb, v, 0.3, metric)
+    mag = max(1.0, lse.abs().max().item())
+    assert_close(got[0].cpu(), lse, dtype, scale=10 * mag)
+    if k:
+        assert_close(got[1].cpu(), out, dtype, scale=10)
+
+
 def test_empty_and_nan():
     x, y, cb, v = _inputs(0, 4, 6, 3, 2, torch.float32)
     lse, out = hp.pairwise_lse(x[:0], y, values=v)

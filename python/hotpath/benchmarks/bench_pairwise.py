@@ -115,6 +115,8 @@ def run_cuda(h, quick):
     except Exception as exc:
         h.note(f"value check failed: {type(exc).__name__}: {exc}")
 
+    _cpp_vs_triton(h, x, y)
+
     # the same with values (k = 3), forward + backward: backward <= 2.5x forward
     v = torch.randn(n, 3, device=dev, generator=g)
     xg, yg, vg = x.clone().requires_grad_(), y.clone().requires_grad_(), v.clone().requires_grad_()
@@ -133,6 +135,22 @@ def run_cuda(h, quick):
             h.measure(f"torch chunked ({chunk} rows)",
                       _gpu.under_tf32(on, lambda: torch_chunked(x, y, scale, metric, chunk=chunk)))
             h.target(f"torch chunked ({chunk} rows)", 2)
+
+
+def _cpp_vs_triton(h, x, y):
+    """The two d = 3 forward kernels side by side at 10k and 100k points: where the CUDA C++
+    kernel is faster decides backends/cuda/pairwise.py's CPP_MIN_PAIRS."""
+    from hotpath.backends.cuda import pairwise as cuda_pairwise
+    from hotpath.backends.triton import pairwise as triton_pairwise
+    for n in sorted({min(10_000, x.shape[0]), x.shape[0]}):
+        h.case(f"pairwise_lse forward kernels n=m={n} d=3 (CUDA C++ vs Triton)", work=n * n, unit="pairs")
+        X, Y = x[None, :n].contiguous(), y[None, :n].contiguous()
+        cb = torch.zeros(1, n, device=x.device)
+        h.measure("Triton", lambda: triton_pairwise.pairwise_lse_fwd(X, Y, cb, None, 0.5, "dot"))
+        if cuda_pairwise.cuda_kernels_built():
+            h.measure("CUDA C++", lambda: cuda_pairwise.pairwise_lse_fwd_narrow.overload(X, Y, cb, None, 0.5, "dot"))
+        else:
+            h.skip("CUDA C++", "the extension was built without its CUDA kernels")
 
 
 def _fwd_bwd_case(h, x, y, v, at_most):
