@@ -18,12 +18,6 @@ from .. import backends
 from ..reference import contrastive as ref
 
 
-def _up(*ts):
-    """16-bit operands in float32: the products of 16-bit values are exact there, as in a
-    tensor-core dot with float32 accumulation."""
-    return tuple(t.float() if t is not None and t.dtype in (torch.float16, torch.bfloat16) else t for t in ts)
-
-
 def _stat(x, *shape):
     return x.new_empty(*shape, dtype=backends.stat_dtype(x.dtype))
 
@@ -58,7 +52,7 @@ def lse_sweep(x: Tensor, y: Tensor, scale: float, want_col: bool, exclude_diag: 
     # scale * (x @ y.T), not (scale * x) @ y.T: softmax_acc's column side scores y @ x.T, and only
     # scaling the product rounds s_ij alike on both sides (at |s| ~ 1e31 the two orders differ by
     # 1e24, and exp(s - lse) overflows)
-    x, y = _up(x, y)
+    x, y = backends.widen(x, y)
     s = _mask_diag(scale * (x @ y.T), exclude_diag)
     return _lse(s, 1), (_lse(s, 0) if want_col else x.new_zeros(0))
 
@@ -69,7 +63,7 @@ def softmax_acc(x: Tensor, y: Tensor, scale: float, ra: Optional[Tensor], rl: Op
                 ca: Optional[Tensor], cl: Optional[Tensor], exclude_diag: bool) -> Tensor:
     """acc_i = sum_j w_ij y_j, w_ij = ra_i exp(s_ij - rl_i) + ca_j exp(s_ij - cl_j) (terms optional):
     the softmax backward of row (ra, rl) and column (ca, cl) log-sum-exps, for the x side."""
-    x, y = _up(x, y)
+    x, y = backends.widen(x, y)
     s = _mask_diag(scale * (x @ y.T), exclude_diag)
     w = torch.zeros_like(s)
 
@@ -90,7 +84,7 @@ def softmax_acc(x: Tensor, y: Tensor, scale: float, ra: Optional[Tensor], rl: Op
              fake=lambda x, y, scale, bias: _stat(x, x.shape[0]))
 def siglip_rows(x: Tensor, y: Tensor, scale: float, bias: float) -> Tensor:
     """out_i = sum_j softplus(scale <x_i, y_j> + bias)."""
-    x, y = _up(x, y)
+    x, y = backends.widen(x, y)
     return torch.nn.functional.softplus(scale * x @ y.T + bias).sum(1)
 
 
@@ -98,7 +92,7 @@ def siglip_rows(x: Tensor, y: Tensor, scale: float, bias: float) -> Tensor:
              fake=lambda x, y, scale, bias: (_stat(x, x.shape[0], y.shape[1]), _stat(x, x.shape[0])))
 def siglip_acc(x: Tensor, y: Tensor, scale: float, bias: float) -> Tuple[Tensor, Tensor]:
     """(acc_i = sum_j sigmoid(z_ij) y_j, rsum_i = sum_j sigmoid(z_ij)), z = scale <x_i, y_j> + bias."""
-    x, y = _up(x, y)
+    x, y = backends.widen(x, y)
     p = torch.sigmoid(scale * x @ y.T + bias)
     return p @ y, p.sum(1)
 
@@ -110,7 +104,7 @@ def siglip_acc(x: Tensor, y: Tensor, scale: float, bias: float) -> Tuple[Tensor,
 def hard_mine(x: Tensor, labels: Tensor) -> Tuple[Tensor, Tensor]:
     """Per row: index of the farthest same-label other row and of the nearest different-label row
     by Euclidean distance (-1 where none)."""
-    return ref.hard_mine(*_up(x), labels)
+    return ref.hard_mine(*backends.widen(x), labels)
 
 
 # -- top-k -------------------------------------------------------------------------------------------
@@ -123,7 +117,7 @@ def _topk_fake(queries, keys, k):
 @backends.op("contrastive_topk", fake=_topk_fake, triton="contrastive.topk")
 def topk(queries: Tensor, keys: Tensor, k: int) -> Tuple[Tensor, Tensor]:
     """Exact top-k keys by inner product per query: values (n, k) descending, indices (n, k)."""
-    return ref.topk_chunked(*_up(queries, keys), k)
+    return ref.topk_chunked(*backends.widen(queries, keys), k)
 
 
 def _screened_fake(queries, keys, k):

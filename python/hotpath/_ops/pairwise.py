@@ -6,7 +6,6 @@ kernel is the reference (reference/pairwise.py).
 """
 from typing import Optional, Tuple
 
-import torch
 from torch import Tensor
 
 from .. import backends
@@ -19,10 +18,6 @@ def _fwd_fake(x, y, col_bias, values, scale, metric):
     return x.new_empty(x.shape[0], x.shape[1], dtype=at), x.new_empty(x.shape[0], x.shape[1], k, dtype=at)
 
 
-def _up(*ts):
-    """16-bit operands in float32 (their products are exact there, as in a tensor-core dot)."""
-    return tuple(t.float() if t is not None and t.dtype in (torch.float16, torch.bfloat16) else t for t in ts)
-
 
 @backends.op("pairwise_lse_fwd", fake=_fwd_fake, triton="pairwise.pairwise_lse_fwd", cuda="pairwise.pairwise_lse_fwd")
 def pairwise_lse_fwd(x: Tensor, y: Tensor, col_bias: Optional[Tensor], values: Optional[Tensor],
@@ -30,7 +25,7 @@ def pairwise_lse_fwd(x: Tensor, y: Tensor, col_bias: Optional[Tensor], values: O
     """x (B, n, d), y (B, m, d), col_bias (B, m), values (B, m, k) -> lse (B, n), out (B, n, k|0).
     x, y and values may be float16 / bfloat16 (kernels on the GPU read them as tensor-core tiles);
     lse and out are float32 then (float64 for float64), as are the statistics inside."""
-    x, y, values = _up(x, y, values)
+    x, y, values = backends.widen(x, y, values)
     lse, out = ref.pairwise_lse_fwd(x, y, col_bias, values, scale, metric)
     return lse, (out if out is not None else x.new_zeros(x.shape[0], x.shape[1], 0))
 
@@ -50,7 +45,7 @@ def pairwise_lse_bwd(x: Tensor, y: Tensor, col_bias: Optional[Tensor], values: O
     column pass (gy, gcol_bias, gvalues); kernels skip a pass nobody needs and leave its zeros.
     Each gradient comes back in its input's dtype."""
     dts = (x.dtype, y.dtype, None if values is None else values.dtype)
-    x, y, values = _up(x, y, values)
+    x, y, values = backends.widen(x, y, values)
     gx, gy, gc, gv = ref.pairwise_lse_bwd(x, y, col_bias, values, lse, out, grad_lse, grad_out, scale, metric)
     return (gx.to(dts[0]), gy.to(dts[1]), gc if col_bias is not None else x.new_zeros(0),
             gv.to(dts[2]) if values is not None else x.new_zeros(0))

@@ -192,6 +192,12 @@ def stat_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def widen(*tensors):
+    """16-bit tensors in float32 (others, and None, as they are): the products of 16-bit values
+    are exact there, as in a tensor-core dot with float32 accumulation."""
+    return tuple(t.float() if t is not None and t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors)
+
+
 def takes_backend(fn):
     """For public functions with a `backend=` argument: check it and run the body under it."""
     sig = inspect.signature(fn)

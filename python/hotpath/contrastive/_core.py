@@ -38,11 +38,7 @@ def cast(dtype, *ts):
 def rowdot(a, b):
     """<a_i, b_i> per row, in float32 for 16-bit rows (a 16-bit sum of d products would be off by
     about sqrt(d) of its ulps, more than the loss's tolerance)."""
-    return torch.einsum("ij,ij->i", *_up(a, b))
-
-
-def _up(*ts):
-    return tuple(t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in ts)
+    return torch.einsum("ij,ij->i", *backends.widen(a, b))
 
 
 def scale_arg(name, v, n, *, positive=False, allow_vector=True):
