@@ -336,10 +336,9 @@ def _early_prune(configs, nargs, **kw):
 _KEY = ["d", "n_bucket", "m_bucket"]
 
 
-def _tune(kernel, zero=None):
-    # kernels that add into ACC (wide d) must start every timing run from zeros
-    return triton.autotune(configs=_CONFIGS, key=_KEY, reset_to_zero=zero,
-                           prune_configs_by={"early_config_prune": _early_prune})(kernel)
+def _tune(kernel):
+    # every kernel writes each output element once, so timing runs need no reset
+    return triton.autotune(configs=_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _early_prune})(kernel)
 
 
 _lse_rows_tuned = _tune(_lse_rows_kernel)
@@ -363,7 +362,7 @@ _topk_tuned = triton.autotune(configs=_TOPK_CONFIGS, key=_KEY + ["KTOP"],
 
 def _launch(plain, tuned, n, *args, spans=1, **kw):
     """One fixed small config under the interpreter (it cannot time), autotuned on a GPU; grid
-    axis 1 runs the feature spans of the accumulating kernels."""
+    axis 1 runs the feature spans of the accumulating kernels, or the key splits of top-k."""
     if interpreting():
         plain[(triton.cdiv(n, _INTERP["BLOCK_M"]), spans)](*args, **kw, **_INTERP)
     else:
@@ -371,7 +370,7 @@ def _launch(plain, tuned, n, *args, spans=1, **kw):
 
 
 def _fixed(dtype, device, bm, bn, stages=2):
-    """One config for the kernels without autotuning (mining, top-k), fitted to shared memory."""
+    """One config for the kernel without autotuning (hard mining), fitted to shared memory."""
     if interpreting():
         return dict(_INTERP), {}
     nbytes = torch.empty(0, dtype=dtype).element_size()
