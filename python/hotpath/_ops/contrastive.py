@@ -18,10 +18,6 @@ from .. import backends
 from ..reference import contrastive as ref
 
 
-def _stat(x, *shape):
-    return x.new_empty(*shape, dtype=backends.stat_dtype(x.dtype))
-
-
 def _mask_diag(s, exclude_diag):
     if exclude_diag:
         n = min(s.shape)
@@ -42,7 +38,7 @@ def _lse(s, dim):
 # -- log-sum-exp over rows (and columns) ------------------------------------------------------------
 
 def _lse_sweep_fake(x, y, scale, want_col, exclude_diag):
-    return _stat(x, x.shape[0]), _stat(x, y.shape[0] if want_col else 0)
+    return backends.new_stat(x, x.shape[0]), backends.new_stat(x, y.shape[0] if want_col else 0)
 
 
 @backends.op("contrastive_lse_sweep", fake=_lse_sweep_fake, triton="contrastive.lse_sweep")
@@ -58,7 +54,7 @@ def lse_sweep(x: Tensor, y: Tensor, scale: float, want_col: bool, exclude_diag: 
 
 
 @backends.op("contrastive_softmax_acc", triton="contrastive.softmax_acc",
-             fake=lambda x, y, scale, ra, rl, ca, cl, exclude_diag: _stat(x, x.shape[0], y.shape[1]))
+             fake=lambda x, y, scale, ra, rl, ca, cl, exclude_diag: backends.new_stat(x, x.shape[0], y.shape[1]))
 def softmax_acc(x: Tensor, y: Tensor, scale: float, ra: Optional[Tensor], rl: Optional[Tensor],
                 ca: Optional[Tensor], cl: Optional[Tensor], exclude_diag: bool) -> Tensor:
     """acc_i = sum_j w_ij y_j, w_ij = ra_i exp(s_ij - rl_i) + ca_j exp(s_ij - cl_j) (terms optional):
@@ -81,7 +77,7 @@ def softmax_acc(x: Tensor, y: Tensor, scale: float, ra: Optional[Tensor], rl: Op
 # -- SigLIP ------------------------------------------------------------------------------------------
 
 @backends.op("contrastive_siglip_rows", triton="contrastive.siglip_rows",
-             fake=lambda x, y, scale, bias: _stat(x, x.shape[0]))
+             fake=lambda x, y, scale, bias: backends.new_stat(x, x.shape[0]))
 def siglip_rows(x: Tensor, y: Tensor, scale: float, bias: float) -> Tensor:
     """out_i = sum_j softplus(scale <x_i, y_j> + bias)."""
     x, y = backends.widen(x, y)
@@ -89,7 +85,7 @@ def siglip_rows(x: Tensor, y: Tensor, scale: float, bias: float) -> Tensor:
 
 
 @backends.op("contrastive_siglip_acc", triton="contrastive.siglip_acc",
-             fake=lambda x, y, scale, bias: (_stat(x, x.shape[0], y.shape[1]), _stat(x, x.shape[0])))
+             fake=lambda x, y, scale, bias: (backends.new_stat(x, x.shape[0], y.shape[1]), backends.new_stat(x, x.shape[0])))
 def siglip_acc(x: Tensor, y: Tensor, scale: float, bias: float) -> Tuple[Tensor, Tensor]:
     """(acc_i = sum_j sigmoid(z_ij) y_j, rsum_i = sum_j sigmoid(z_ij)), z = scale <x_i, y_j> + bias."""
     x, y = backends.widen(x, y)
@@ -111,7 +107,7 @@ def hard_mine(x: Tensor, labels: Tensor) -> Tuple[Tensor, Tensor]:
 
 def _topk_fake(queries, keys, k):
     n = queries.shape[0]
-    return _stat(queries, n, k), queries.new_empty(n, k, dtype=torch.long)
+    return backends.new_stat(queries, n, k), queries.new_empty(n, k, dtype=torch.long)
 
 
 @backends.op("contrastive_topk", fake=_topk_fake, triton="contrastive.topk")

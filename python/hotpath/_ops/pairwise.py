@@ -14,9 +14,7 @@ from ..reference import pairwise as ref
 
 def _fwd_fake(x, y, col_bias, values, scale, metric):
     k = 0 if values is None else values.shape[-1]
-    at = backends.stat_dtype(x.dtype)
-    return x.new_empty(x.shape[0], x.shape[1], dtype=at), x.new_empty(x.shape[0], x.shape[1], k, dtype=at)
-
+    return backends.new_stat(x, x.shape[0], x.shape[1]), backends.new_stat(x, x.shape[0], x.shape[1], k)
 
 
 @backends.op("pairwise_lse_fwd", fake=_fwd_fake, triton="pairwise.pairwise_lse_fwd", cuda="pairwise.pairwise_lse_fwd")

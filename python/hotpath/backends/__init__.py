@@ -192,6 +192,11 @@ def stat_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def new_stat(like, *shape):
+    """An empty tensor for an op's statistics (fake kernels): stat_dtype of like's dtype."""
+    return like.new_empty(*shape, dtype=stat_dtype(like.dtype))
+
+
 def widen(*tensors):
     """16-bit tensors in float32 (others, and None, as they are): the products of 16-bit values
     are exact there, as in a tensor-core dot with float32 accumulation."""

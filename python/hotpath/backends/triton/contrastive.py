@@ -533,6 +533,10 @@ def topk(q, keys, k):
     return topk_scores(q, keys, k)
 
 
+def _rowcol_bm():
+    return _INTERP["BLOCK_M"] if interpreting() else _ROWCOL_BM
+
+
 def lse_rowcol(x, y, scale, exclude_diag):
     """Row and column log-sum-exps from one sweep over the score tiles: each row block leaves
     every column's partial max and sum, merged here (a few passes over 2 x n / 128 x m values
@@ -541,8 +545,7 @@ def lse_rowcol(x, y, scale, exclude_diag):
     n, m, d = x.shape[0], y.shape[0], x.shape[1]
     at = acc_dtype(x.dtype)
     y = y.to(x.dtype)
-    bm = _INTERP["BLOCK_M"] if interpreting() else _ROWCOL_BM
-    nb = triton.cdiv(n, bm)
+    nb = triton.cdiv(n, _rowcol_bm())
     lse = torch.empty(n, dtype=at, device=x.device)
     pmax = torch.empty(nb, m, dtype=at, device=x.device)
     psum = torch.empty(nb, m, dtype=at, device=x.device)
@@ -569,7 +572,6 @@ def lse_sweep(x, y, scale, want_col, exclude_diag):
     column partials stay under ROWCOL_MAX_BYTES, else as the rows of the swapped pair."""
     n, m = x.shape[0], y.shape[0]
     if want_col and n > 0 and m > 0:
-        bm = _INTERP["BLOCK_M"] if interpreting() else _ROWCOL_BM
-        if 2 * triton.cdiv(n, bm) * m * acc_dtype(x.dtype).itemsize <= ROWCOL_MAX_BYTES:
+        if 2 * triton.cdiv(n, _rowcol_bm()) * m * acc_dtype(x.dtype).itemsize <= ROWCOL_MAX_BYTES:
             return lse_rowcol(x, y, scale, exclude_diag)
     return lse_rows(x, y, scale, exclude_diag), (lse_rows(y, x, scale, exclude_diag) if want_col else x.new_zeros(0))

@@ -455,6 +455,14 @@ def _small(width, dtype):
     return 0, pow2(width)
 
 
+def _tiles(d, k, dtype):
+    """(BLOCK_D, ONE_D, SMALL_D, SMALL_K, BLOCK_K) of a forward or backward launch."""
+    BLOCK_D, one_d = _width(d)
+    small_d, bd = _small(d, dtype)
+    small_k, bk = _small(k, dtype)
+    return (bd if small_d else BLOCK_D), one_d, small_d, small_k, bk
+
+
 def pairwise_lse_fwd(x, y, col_bias, values, scale, metric):
     B, n, d = x.shape
     m = y.shape[1]
@@ -467,10 +475,7 @@ def pairwise_lse_fwd(x, y, col_bias, values, scale, metric):
     x, y = x.contiguous(), y.contiguous()
     values = None if values is None else values.to(x.dtype).contiguous()
     alpha, rb, cb = _side(x, y, scale, metric, None, col_bias)
-    BLOCK_D, one_d = _width(d)
-    small_d, bd = _small(d, x.dtype)
-    small_k, bk = _small(k, x.dtype)
-    BLOCK_D = bd if small_d else BLOCK_D
+    BLOCK_D, one_d, small_d, small_k, bk = _tiles(d, k, x.dtype)
     v = values if values is not None else x
     rbt = rb if rb is not None else cb
     a_hi, a_lo = split(alpha)
@@ -503,10 +508,7 @@ def _bwd_pass(r, c, scale, metric, row_bias, col_bias, ra, ca, rv, cv, want_acc2
     ra = None if ra is None else ra.to(at).contiguous()
     ca = None if ca is None else ca.to(at).contiguous()
     dummy = rsum
-    BLOCK_D, one_d = _width(d)
-    small_d, bd = _small(d, r.dtype)
-    small_k, bk = _small(k, r.dtype)
-    BLOCK_D = bd if small_d else BLOCK_D
+    BLOCK_D, one_d, small_d, small_k, bk = _tiles(d, k, r.dtype)
     a_hi, a_lo = split(alpha)
     _launch(_bwd_tuned, _softmax_bwd_kernel, nr, B, _BWD_INTERP, d <= 16,
             r, c, rb if rb is not None else dummy, cb, ra if ra is not None else dummy,
