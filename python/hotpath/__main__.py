@@ -1,4 +1,5 @@
-"""python -m hotpath info | bench [family ...] [--quick] [--device cpu|cuda] [--out DIR] | gpucheck [--out DIR]"""
+"""python -m hotpath info | bench [family ...] [--quick] [--device cpu|cuda] [--out DIR] | gpucheck [--out DIR]
+                 | compilecheck [--target NAME ...] [--family F ...] [--small] [--out DIR]"""
 import argparse
 import sys
 
@@ -22,7 +23,18 @@ def main(argv=None):
     g.add_argument("--no-tests", action="store_true", help="benchmarks only")
     g.add_argument("--no-bench", action="store_true", help="tests only")
     g.add_argument("--tests", default=None, help="the tests folder (default: the repository's tests/)")
+    c = sub.add_parser("compilecheck", help="compile every Triton kernel for a described GPU (no GPU needed): "
+                                            "registers, spills, shared memory, tensor-core use")
+    c.add_argument("--target", action="append", default=None,
+                   help="h200 (default), a100, l4, rtx5090; repeat for several")
+    c.add_argument("--family", action="append", default=None, help="pairwise, ot, contrastive, quant (default: all)")
+    c.add_argument("--small", action="store_true", help="small problem sizes (fast; some size-dependent configs differ)")
+    c.add_argument("--out", default=None, help="folder for <target>.json records (default: a temporary folder)")
     args = parser.parse_args(argv)
+    if args.cmd == "compilecheck":
+        from hotpath import _compilecheck
+        return _compilecheck.main(targets=tuple(args.target or ["h200"]),
+                                  families=tuple(args.family or _compilecheck.FAMILIES), small=args.small, out=args.out)
     if args.cmd == "info":
         import hotpath
         print(hotpath.info())

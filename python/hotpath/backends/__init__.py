@@ -28,6 +28,7 @@ import warnings
 import torch
 
 from .._ext import load_extension
+from .triton import target
 
 KINDS = ("auto", "reference", "cpu", "triton", "cuda")
 _preference = contextvars.ContextVar("hotpath_backend", default=None)
@@ -135,7 +136,7 @@ class Op:
         if kind == "triton":
             if not triton_available():
                 raise ValueError("backend='triton' requested but triton is not installed")
-            if device.type == "cpu" and not triton_interpreting():
+            if device.type == "cpu" and not (triton_interpreting() or target.standing_in()):
                 raise ValueError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1 (the Triton interpreter)")
         fn = self.kernel(kind)
         if fn is not None:

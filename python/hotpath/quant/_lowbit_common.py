@@ -2,6 +2,7 @@
 import torch
 
 from .. import _validate as V
+from ..backends.triton.target import on_gpu
 
 
 def check_weight(weight, *, name="weight", finite=True):
@@ -21,8 +22,14 @@ def prep_x(x, K):
     V.tensor("x", x, ndims=(2,))
     if x.shape[1] != K:
         raise ValueError(f"x must have {K} features (in_features), got shape {tuple(x.shape)}")
-    if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
-        return x.contiguous()  # the GPU kernels feed bf16 / fp16 activations to the tensor cores as they are
+    return kernel_activations(x)
+
+
+def kernel_activations(x):
+    """x as the linear kernels read it: bf16 / fp16 stay as they are where a compiled GPU kernel
+    reads them (they feed the tensor cores), everything else is float32."""
+    if on_gpu(x) and x.dtype in (torch.bfloat16, torch.float16):
+        return x.contiguous()
     return x.to(torch.float32).contiguous()
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ._base import QuantConfig, register_format
-from ._lowbit_common import check_weight
+from ._lowbit_common import check_weight, kernel_activations
 from . import scales as S
 from .. import backends
 from .._ops import quant_int as ops
@@ -110,11 +110,7 @@ class _IntConfig(QuantConfig):
         out = S.lsq_fake_quantize(w.float().reshape(N, K // G, G), s.float()[..., None], z.float()[..., None], qmin, qmax)
         return out.reshape(N, K).to(w.dtype)
 
-    @staticmethod
-    def _x(x):
-        if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
-            return x.contiguous()  # the GPU kernels feed bf16 / fp16 activations to the tensor cores as they are
-        return x.to(torch.float32).contiguous()
+    _x = staticmethod(kernel_activations)
 
 
 class _Int8Range:

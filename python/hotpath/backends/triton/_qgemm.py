@@ -16,31 +16,12 @@ K loop has num_stages = 1. The formula is deliberately an upper bound (Triton ma
 fewer); the untiled Hadamard kernel that failed on an H200 (278,528 B) is
 16 * 256 * 4 + 256 * 256 * 4 = 278,528 B by it, exactly.
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-DEFAULT_SMEM = 99 * 1024   # consumer GPUs (sm_86 / sm_89 / sm_120: 99 / 100 KB opt-in); interpreter
-_LIMITS = {}
-
-
-def interpreter():
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def smem_limit(device=None):
-    """Opt-in shared memory per block of `device` (bytes); DEFAULT_SMEM off CUDA or when unknown."""
-    if device is None or interpreter() or torch.device(device).type != "cuda":
-        return DEFAULT_SMEM
-    dev = torch.device(device)
-    idx = dev.index if dev.index is not None else torch.cuda.current_device()
-    if idx not in _LIMITS:
-        props = torch.cuda.get_device_properties(idx)
-        lim = getattr(props, "shared_memory_per_block_optin", None) or getattr(props, "shared_memory_per_block", None)
-        _LIMITS[idx] = int(lim) if lim else DEFAULT_SMEM
-    return _LIMITS[idx]
+from .pairwise import dot_precision
+from .target import interpreting, on_gpu, sm_count, smem_limit  # noqa: F401 - smem_limit: hadamard, tests
 
 
 def smem_bytes(BM, BN, BK, a_bytes, b_load_bytes, num_stages, b_op_bytes=0, out_bytes=4):
@@ -63,26 +44,19 @@ def pick(configs, need, limit):
                        f"(smallest needs {need(configs[-1])} B)")
 
 
-def cuda_capability(device):
-    if interpreter() or torch.device(device).type != "cuda":
-        return (0, 0)
-    return torch.cuda.get_device_capability(device)
-
-
 # ------------------------------------------------------------------ precision policy
 def compute_dtype(x):
     """(tl dtype name of the dot operands, input_precision) for activations x.
 
     bf16 / fp16 activations feed the tensor cores as they are (fp32 accumulation). float32
-    follows torch's switch: TF32 tensor cores when torch.backends.cuda.matmul.allow_tf32 is on
-    (set_float32_matmul_precision("high" / "medium")), IEEE fp32 otherwise and in the interpreter."""
+    follows torch's switch as every Triton kernel does (pairwise.dot_precision): TF32 tensor cores
+    under set_float32_matmul_precision("high" / "medium") or allow_tf32, IEEE fp32 otherwise and in
+    the interpreter."""
     if x.dtype == torch.bfloat16:
         return "bf16", "ieee"
     if x.dtype == torch.float16:
         return "fp16", "ieee"
-    if x.is_cuda and not interpreter() and torch.backends.cuda.matmul.allow_tf32:
-        return "fp32", "tf32"
-    return "fp32", "ieee"
+    return "fp32", dot_precision(torch.float32) if on_gpu(x) else "ieee"
 
 
 # ------------------------------------------------------------------ configurations
@@ -103,7 +77,7 @@ DECODE_MAX_M = 8
 
 def gemm_configs(need, device):
     """Autotune list: GEMM_CONFIGS that fit the device's shared memory (need(cfg) -> bytes)."""
-    if interpreter():
+    if interpreting():
         return [INTERP_GEMM]
     lim = smem_limit(device)
     ok = [c for c in GEMM_CONFIGS if need(c) <= lim]
@@ -114,9 +88,9 @@ def decode_config(N, K, need, device, BK=128):
     """GEMV (M <= 8) launch: BM = 16 rows (tl.dot's minimum; the padding costs no memory traffic),
     channel blocks narrow enough and split-K deep enough that about four programs per SM stream
     the packed weight once. Returns (BM, BN, BK, num_warps, num_stages, split_k)."""
-    if interpreter():
+    if interpreting():
         return (16, 32, 64, 4, 1, 2 if K >= 256 else 1)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = sm_count(device)
     BK = min(BK, max(32, triton.next_power_of_2(K)))
     BN = 64 if N >= 64 * 4 * sms else 32
     n_blocks = triton.cdiv(N, BN)
@@ -186,7 +160,7 @@ def run_linear(kernel, tuner, fmt_args, fmt_consts, bias, x, N, K, need, step=16
         return need(fix(c))
 
     b = bias if bias is not None else x
-    if M <= DECODE_MAX_M or interpreter():
+    if M <= DECODE_MAX_M or interpreting():
         if M <= DECODE_MAX_M:
             BM, BN, BK, warps, stages, split = fix(decode_config(N, K, need_fixed, dev))
         else:
@@ -222,7 +196,7 @@ KEY = ["MB", "N", "K"]   # autotune key of the quantized GEMM / GEMV kernels
 
 def _x_and_policy(x):
     """Activations as the kernels read them (float32 / bf16 / fp16 contiguous) and (DT, PREC, bytes)."""
-    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or interpreter():
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16) or interpreting():
         x = x.float()   # the interpreter's bf16 / fp16 tl.dot is wrong: it computes in float32
     dt, prec = compute_dtype(x)
     return x.contiguous(), _TL[dt], prec, _BYTES[dt]

@@ -27,8 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .pairwise import (LN2, LOG2E, _dots, _mma, _scal, acc_dtype, bucket, dot_precision, interpreting, pow2, prune,
-                       smem_limit, split, upcast)
+from .pairwise import LN2, LOG2E, _dots, _mma, _scal, acc_dtype, bucket, dot_precision, pow2, prune, split, upcast
+from .target import interpreting, sm_count, smem_limit
 
 _LN2 = tl.constexpr(0.6931471805599453)
 _LOG2E = tl.constexpr(LOG2E)
@@ -490,7 +490,7 @@ def _key_span(n, m, device):
     interpreter, which splits whenever there are more than two tiles: the merge is tested)."""
     if interpreting():
         return 2 * _INTERP["BLOCK_N"]
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = sm_count(device)
     splits = max(1, min(triton.cdiv(4 * sms, triton.cdiv(n, 64)), triton.cdiv(m, 4096)))
     return triton.cdiv(triton.cdiv(m, splits), 128) * 128
 

@@ -25,7 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .pairwise import LOG2E, _scal, interpreting, split
+from .pairwise import LOG2E, _scal, split
+from .target import interpreting
 
 _LN2 = tl.constexpr(0.6931471805599453)
 _LOG2E = tl.constexpr(LOG2E)

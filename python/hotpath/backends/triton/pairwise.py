@@ -26,13 +26,14 @@ Tile configs (GPU) are autotuned per (d, k, n and m buckets) over a short list, 
 shared memory estimated as (BLOCK_M*BLOCK_D + stages*BLOCK_N*(BLOCK_D + BLOCK_K)) * bytes and
 filtered by the device's limit before launch (smem_need / fits below).
 """
-import os
 import warnings
 
 import numpy as np
 import torch
 import triton
 import triton.language as tl
+
+from .target import interpreting, smem_limit
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -42,10 +43,6 @@ ACC_REG_MAX = 128   # feature widths up to this keep a (rows, d) accumulator in 
 
 
 # -- policy and launch helpers (shared with contrastive.py and ot.py) ----------------------------------
-
-def interpreting():
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
 
 def dot_precision(dtype):
     """input_precision for tl.dot on tiles of this dtype (see the module docstring)."""
@@ -93,23 +90,6 @@ def bucket(v):
     while b < v and b < (1 << 20):
         b *= 4
     return b
-
-
-_SMEM = {}
-
-
-def smem_limit(device):
-    """Shared memory a block may opt into on this device (99 KB assumed if unknown)."""
-    key = str(device)
-    if key not in _SMEM:
-        lim = 99 * 1024
-        try:
-            props = triton.runtime.driver.active.utils.get_device_properties(torch.device(device).index or 0)
-            lim = int(props.get("max_shared_mem", lim))
-        except Exception:  # noqa: BLE001 - no driver (interpreter): the consumer-GPU bound
-            pass
-        _SMEM[key] = lim
-    return _SMEM[key]
 
 
 def smem_need(rows, cols, width, vals, stages, nbytes, held=True):

@@ -16,6 +16,7 @@ from hotpath.quant.packing import topk_desc
 from . import _qgemm as Q
 from . import contrastive as _contrastive
 from ._qgemm import KEY, _x_and_policy, grouped_tile
+from .target import capability, on_gpu
 
 
 # Decoders build the float32 bit pattern with integer ops (no exp2: the special-function unit's
@@ -188,7 +189,7 @@ def fp8_smem(cfg, x_bytes):
 
 def _native_fp8(device):
     # hardware fp8 <-> float conversions (and fp8 tensor cores) from sm_89 (Ada, Hopper) on
-    return Q.cuda_capability(device) >= (8, 9)
+    return capability(device) >= (8, 9)
 
 
 def fp8_linear(x, codes, scales, fmt, bias):
@@ -301,7 +302,7 @@ def fp8_dynamic_linear(x, codes, scales, bias):
     fp8_dot = _native_fp8(x.device) and hasattr(torch, "float8_e4m3fn")
     if fp8_dot:
         qdt, DT, ab = torch.float8_e4m3fn, tl.float32, 1
-    elif x.is_cuda and not Q.interpreter():
+    elif on_gpu(x):
         qdt, DT, ab = torch.bfloat16, tl.bfloat16, 2
     else:
         qdt, DT, ab = torch.float32, tl.float32, 4
