@@ -56,14 +56,14 @@ def test_every_planned_config_fits(limit, monkeypatch):
     needs = [lambda c: QI.w8a16_smem(c, 2), lambda c: QI.w8a16_smem(c, 4), lambda c: QI.w4a16_smem(c, 2),
              QI.w8a8_smem, QI.w4a8_smem, lambda c: QL.fp4_smem(c, 2), lambda c: QL.fp4_smem(c, 4),
              lambda c: QL.fp8_smem(c, 2), lambda c: QL.fp8_smem(c, 1), QL.ternary_smem]
-    monkeypatch.setattr(Q, "interpreter", lambda: False)
-    monkeypatch.setattr(Q, "smem_limit", lambda device=None: limit)
-    for need in needs:
-        cfgs = Q.gemm_configs(need, "cpu")
-        assert cfgs and all(need(c) <= limit for c in cfgs)
-        # H100 / H200 keep the largest tiles; a 99 KB consumer part drops some but not all
-        if limit >= 227 * 1024:
-            assert cfgs[0] == Q.GEMM_CONFIGS[0]
+    from hotpath.backends.triton import target as T
+    with T.stand_in(T.Target("a GPU with this limit", 90, 132, limit)):
+        for need in needs:
+            cfgs = Q.gemm_configs(need, "cpu")
+            assert cfgs and all(need(c) <= limit for c in cfgs)
+            # H100 / H200 keep the largest tiles; a 99 KB consumer part drops some but not all
+            if limit >= 227 * 1024:
+                assert cfgs[0] == Q.GEMM_CONFIGS[0]
 
 
 def test_smem_limit_defaults():
@@ -367,10 +367,12 @@ def test_device_limit_read_and_decode_plan_fits(optin, sms, monkeypatch):
     from hotpath.backends.triton import quant_lowbit as QL
     props = types.SimpleNamespace(shared_memory_per_block_optin=optin, shared_memory_per_block=49152,
                                   multi_processor_count=sms)
-    monkeypatch.setattr(Q, "interpreter", lambda: False)
-    monkeypatch.setattr(Q, "_LIMITS", {})
+    from hotpath.backends.triton import target as T
+    for mod in (T, Q):
+        monkeypatch.setattr(mod, "interpreting", lambda: False)
+    monkeypatch.setattr(T, "_SMEM", {})
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda idx: props)
-    assert Q.smem_limit("cuda:0") == optin
+    assert Q.smem_limit("cuda:0") == optin and T.sm_count("cuda:0") == sms
     for need in (lambda c: QI.w8a16_smem(c, 4), lambda c: QI.w4a16_smem(c, 2), QI.w8a8_smem,
                  lambda c: QL.fp4_smem(c, 4), lambda c: QL.fp8_smem(c, 4), QL.ternary_smem):
         for N, K in ((16384, 4096), (384, 1536), (37, 96)):

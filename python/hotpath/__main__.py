@@ -28,13 +28,14 @@ def main(argv=None):
     c.add_argument("--target", action="append", default=None,
                    help="h200 (default), a100, l4, rtx5090; repeat for several")
     c.add_argument("--family", action="append", default=None, help="pairwise, ot, contrastive, quant (default: all)")
+    c.add_argument("--case", default=None, help="only the cases whose name contains this text")
     c.add_argument("--small", action="store_true", help="small problem sizes (fast; some size-dependent configs differ)")
     c.add_argument("--out", default=None, help="folder for <target>.json records (default: a temporary folder)")
     args = parser.parse_args(argv)
     if args.cmd == "compilecheck":
         from hotpath import _compilecheck
         return _compilecheck.main(targets=tuple(args.target or ["h200"]),
-                                  families=tuple(args.family or _compilecheck.FAMILIES), small=args.small, out=args.out)
+                                  families=tuple(args.family or _compilecheck.FAMILIES), small=args.small, out=args.out, only=args.case)
     if args.cmd == "info":
         import hotpath
         print(hotpath.info())

@@ -13,10 +13,12 @@ issues time bf16). Every launch compiles its kernel (an autotuner compiles each 
 would time) and records its resources; nothing runs on a device, so the outputs are never
 computed and the numbers the API returns are meaningless.
 
-Per compiled kernel: registers per thread, local memory (spills: LOCAL / STACK bytes), shared
-memory against the target's limit, and SASS opcode counts that show whether the tensor cores
-(HMMA / HGMMA / IMMA / IGMMA / QGMMA) and the exp2 unit (MUFU.EX2) are used. Exit status 1 when a
-kernel fails to compile, spills, or needs more shared memory than the target has.
+Per compiled kernel: registers per thread, spills (ptxas -v), shared memory against the target's
+limit, and SASS opcode counts that show whether the tensor cores (HMMA / HGMMA / IMMA / IGMMA /
+QGMMA) and the exp2 unit (MUFU.EX2) are used. Exit status 1 when a kernel fails to compile, needs
+more shared memory than the target has, or when a launch has no configuration free of register
+spills (a fixed launch has one configuration; an autotuned one times its candidates on the GPU and
+drops spilling ones by their time, so those are only reported).
 
 Each target runs in its own process (Triton caches the target per kernel).
 """
@@ -146,6 +148,7 @@ class Record:
     stack: int = None
     spill_stores: int = None
     spill_loads: int = None
+    launch: int = 0          # records of one autotuned launch share it; a fixed launch has its own
     sass: dict = dataclasses.field(default_factory=dict)
     compile_s: float = 0.0
 
@@ -153,10 +156,20 @@ class Record:
 @contextlib.contextmanager
 def compile_only(t, records, case_name):
     """Inside: launches compile their kernel for target t and record it; nothing runs."""
+    from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
 
-    orig = JITFunction.run
+    orig, orig_tune = JITFunction.run, Autotuner.run
     seen = {}
+    launch = [0, None]   # launches so far, the autotuned one in progress
+
+    def tune(self, *args, **kw):
+        launch[0] += 1
+        outer, launch[1] = launch[1], launch[1] or launch[0]
+        try:
+            return orig_tune(self, *args, **kw)
+        finally:
+            launch[1] = outer
 
     def run(self, *args, grid, warmup, **kw):
         t0 = time.time()
@@ -166,9 +179,11 @@ def compile_only(t, records, case_name):
         key = getattr(kernel, "hash", None) or id(kernel)
         if key not in seen:
             md = kernel.metadata
-            params = {k: v for k, v in kw.items() if k.isupper() and isinstance(v, (int, bool, str))}
+            params = {k: (v if isinstance(v, (int, bool, float, str)) else str(v)) for k, v in kw.items() if k.isupper()}
+            if launch[1] is None:
+                launch[0] += 1
             rec = Record(case_name[0], self.__name__, params, md.num_warps, md.num_stages, md.shared,
-                         compile_s=round(time.time() - t0, 2))
+                         compile_s=round(time.time() - t0, 2), launch=launch[1] or launch[0])
             r = resources(kernel.asm["cubin"])
             rec.regs, rec.local, rec.stack, rec.sass = r["regs"], r["local"], r["stack"], r["sass"]
             sp = spills(log.getvalue())
@@ -178,11 +193,11 @@ def compile_only(t, records, case_name):
             records.append(rec)
         return kernel
 
-    JITFunction.run = run
+    JITFunction.run, Autotuner.run = run, tune
     try:
         yield
     finally:
-        JITFunction.run = orig
+        JITFunction.run, Autotuner.run = orig, orig_tune
 
 
 # ---------------------------------------------------------------- the cases (benchmark sizes)
@@ -311,8 +326,8 @@ def _cases(family, small):
     return cases
 
 
-def run_target(name, families=FAMILIES, small=False, log=print):
-    """Compile every case of `families` for TARGETS[name]; (records, failures)."""
+def run_target(name, families=FAMILIES, small=False, log=print, only=None):
+    """Compile every case of `families` for TARGETS[name]; (records, failures, notes)."""
     os.environ["TRITON_INTERPRET"] = "0"
     import torch
     import triton
@@ -326,8 +341,10 @@ def run_target(name, families=FAMILIES, small=False, log=print):
     with T.stand_in(t), backends.prefer("triton"), compile_only(t, records, case):
         for fam in families:
             for cname, fn in _cases(fam, small):
+                if only and only not in cname:
+                    continue
                 case[0] = f"{fam}: {cname}"
-                for prec in (("highest", "high") if "fp32" in cname or fam in ("pairwise", "ot") else ("highest",)):
+                for prec in ("highest", "high"):   # float32 dots in IEEE fp32, then TF32
                     before = len(records)
                     t0 = time.time()
                     torch.set_float32_matmul_precision(prec)
@@ -343,13 +360,40 @@ def run_target(name, families=FAMILIES, small=False, log=print):
                         torch.set_float32_matmul_precision("highest")
                     log(f"[{t.name}] {case[0]} (fp32 matmul precision {prec}): {len(records) - before} new kernels, "
                         f"{time.time() - t0:.1f} s" + (f"; stopped: {err}" if err else ""))
+    notes = []
+    for (case_name, kernel, spec), recs in groups(records).items():
+        spilled = [r for r in recs if spills_of(r)]
+        if spilled and len(spilled) == len(recs):
+            # no configuration the launcher would run is free of spills (a fixed launch has one)
+            failures.append(f"{case_name}: {kernel} {dict(spec)}: every configuration spills: "
+                            + "; ".join(_describe(r) for r in spilled))
+        elif spilled:
+            notes.append(f"{case_name}: {kernel} {dict(spec)}: the autotuner also compiles spilling "
+                         + "; ".join(_describe(r) for r in spilled))
+        for r in recs:
+            if r.shared > t.smem:
+                failures.append(f"{case_name}: {kernel} {r.params} needs {r.shared} B shared memory > {t.smem} B")
+    return records, failures, notes
+
+
+def spills_of(r):
+    return r.spill_stores if r.spill_stores is not None else (r.local or 0)
+
+
+def _describe(r):
+    tiles = {k: v for k, v in r.params.items() if k.startswith("BLOCK") or k in ("BM", "BN", "BK")}
+    return f"{tiles} w{r.num_warps} s{r.num_stages}: {spills_of(r)} B ({r.regs} regs)"
+
+
+def groups(records):
+    """{(case, kernel, specialization): [records]}: the configurations one launch chose among
+    (one for a fixed launch; the specialization: every constexpr but the tile sizes)."""
+    out = {}
     for r in records:
-        if r.spill_stores or (r.spill_stores is None and r.local):
-            failures.append(f"{r.case}: {r.kernel} {r.params} warps={r.num_warps} stages={r.num_stages} spills "
-                            f"{r.spill_stores} B stores / {r.spill_loads} B loads ({r.regs} registers)")
-        if r.shared > t.smem:
-            failures.append(f"{r.case}: {r.kernel} {r.params} needs {r.shared} B shared memory > {t.smem} B")
-    return records, failures
+        spec = tuple((k, v) for k, v in r.params.items()
+                     if not (k.startswith("BLOCK") or k in ("BM", "BN", "BK", "GROUP_M")))
+        out.setdefault((r.case, r.kernel, spec + (("launch", r.launch),)), []).append(r)
+    return out
 
 
 def _is_compile_error(exc):
@@ -369,7 +413,7 @@ def table(records, t):
     return "\n".join(rows)
 
 
-def main(targets=("h200",), families=FAMILIES, small=False, out=None):
+def main(targets=("h200",), families=FAMILIES, small=False, out=None, only=None):
     """Each target in a child process; prints the tables; 0 when everything compiled within bounds."""
     from hotpath.backends.triton import target as T
     bad = [x for x in targets if x not in T.TARGETS]
@@ -382,7 +426,8 @@ def main(targets=("h200",), families=FAMILIES, small=False, out=None):
         out_dir = out or tempfile.mkdtemp(prefix="hotpath-compilecheck-")
         os.makedirs(out_dir, exist_ok=True)
         path = os.path.join(out_dir, f"{name}.json")
-        cmd = [sys.executable, "-m", "hotpath._compilecheck", name, path, ",".join(families)] + (["small"] if small else [])
+        cmd = [sys.executable, "-m", "hotpath._compilecheck", name, path, ",".join(families), "small" if small else "full",
+               only or ""]
         # a fresh Triton cache: every kernel goes through ptxas, whose -v log gives the spills
         env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DUMP_PTXAS_LOG="1",
                    TRITON_CACHE_DIR=tempfile.mkdtemp(prefix="hotpath-compilecheck-cache-"))
@@ -397,23 +442,30 @@ def main(targets=("h200",), families=FAMILIES, small=False, out=None):
         recs = [Record(**r) for r in res["records"]]
         print(f"\n## {t.name}: {len(recs)} compiled kernel configurations (triton {triton.__version__})\n")
         print(table(recs, t))
+        if res["notes"]:
+            print(f"\n{len(res['notes'])} launch(es) on {t.name} whose autotuning candidates include spilling "
+                  "configurations (a spill-free one exists; compile time only):")
+            for n_ in res["notes"]:
+                print("  - " + n_)
         if res["failures"]:
             status = 1
             print(f"\n{len(res['failures'])} problem(s) on {t.name}:")
             for f_ in res["failures"]:
                 print("  - " + f_)
         else:
-            print(f"\n{t.name}: every kernel compiled, no spills, shared memory within {t.smem} B")
+            print(f"\n{t.name}: every kernel compiled; every launch has a spill-free configuration; "
+                  f"shared memory within {t.smem} B")
         print(f"(record: {path})")
     return status
 
 
-def _child(name, path, families, small):
-    records, failures = run_target(name, families, small, log=lambda s: print(s, flush=True))
+def _child(name, path, families, small, only):
+    records, failures, notes = run_target(name, families, small, log=lambda s: print(s, flush=True), only=only)
     with open(path, "w") as f:
-        json.dump({"records": [dataclasses.asdict(r) for r in records], "failures": failures}, f, indent=1)
+        json.dump({"records": [dataclasses.asdict(r) for r in records], "failures": failures, "notes": notes}, f,
+                  indent=1)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(_child(sys.argv[1], sys.argv[2], sys.argv[3].split(","), len(sys.argv) > 4 and sys.argv[4] == "small"))
+    sys.exit(_child(sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4] == "small", sys.argv[5] or None))

@@ -27,7 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .pairwise import LN2, LOG2E, _dots, _mma, _scal, acc_dtype, bucket, dot_precision, pow2, prune, split, upcast
+from .pairwise import (LN2, LOG2E, _dots, _mma, _scal, acc_dtype, bucket, dot_precision, pow2, prune, split,
+                       tune_key, upcast)
 from .target import interpreting, sm_count, smem_limit
 
 _LN2 = tl.constexpr(0.6931471805599453)
@@ -333,19 +334,21 @@ def _early_prune(configs, nargs, **kw):
     return _fitting(x.element_size(), bdo, nacc, smem_limit(x.device)) or [_CONFIGS[-1]]
 
 
-_KEY = ["d", "n_bucket", "m_bucket"]
+# per specialization (precision, pass flags, accumulator count): see pairwise._KEY
+_KEY = ["d", "n_bucket", "m_bucket", "PREC", "EXCL", "COLS", "HAS_R", "HAS_C", "GRAD", "NACC", "INT8"]
 
 
 def _tune(kernel):
     # every kernel writes each output element once, so timing runs need no reset
-    return triton.autotune(configs=_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _early_prune})(kernel)
+    return triton.autotune(configs=_CONFIGS, key=tune_key(kernel, _KEY),
+                           prune_configs_by={"early_config_prune": _early_prune})(kernel)
 
 
 _lse_rows_tuned = _tune(_lse_rows_kernel)
 # the fused row + column sweep: one row-block height, so the host knows the partials' shape
 _ROWCOL_BM = 128
 _ROWCOL_CONFIGS = [c for c in _CONFIGS if c.kwargs["BLOCK_M"] == _ROWCOL_BM]
-_lse_rowcol_tuned = triton.autotune(configs=_ROWCOL_CONFIGS, key=_KEY,
+_lse_rowcol_tuned = triton.autotune(configs=_ROWCOL_CONFIGS, key=tune_key(_lse_rows_kernel, _KEY),
                                     prune_configs_by={"early_config_prune": _early_prune})(_lse_rows_kernel)
 # column partials of the fused sweep (2 x row blocks x columns x 4 bytes) at most this; past it
 # (B ~ 100k) the columns take a second sweep instead
@@ -356,7 +359,7 @@ _siglip_tuned = _tune(_siglip_kernel)
 # elements; 32-row blocks re-read 1M x 384 keys 300 times at Q = 10k); the merge runs rarely
 _TOPK_CONFIGS = [_cfg(64, 128, 64, 8, 2), _cfg(128, 64, 64, 8, 2), _cfg(128, 128, 32, 8, 2), _cfg(64, 64, 64, 4, 3),
                  _cfg(32, 128, 64, 8, 2)]
-_topk_tuned = triton.autotune(configs=_TOPK_CONFIGS, key=_KEY + ["KTOP"],
+_topk_tuned = triton.autotune(configs=_TOPK_CONFIGS, key=tune_key(_topk_kernel, _KEY + ["KTOP"]),
                               prune_configs_by={"early_config_prune": _early_prune})(_topk_kernel)
 
 

@@ -50,8 +50,11 @@ def _fwht_kernel(x_ptr, s_ptr, y_ptr, M, K, norm, BLOCK: tl.constexpr, LOG2B: tl
     tl.store(y_ptr + rows[:, None] * K + cols[None, :], y, mask=rmask[:, None])
 
 
-# (BM, BJ, BI, num_warps, num_stages), best-first; BJ / BI are capped at the Hadamard block
+# (BM, BJ, BI, num_warps, num_stages), best-first; BJ / BI are capped at the Hadamard block.
+# 16-bit inputs run tensor-core dots. float32 / float64 dots are FMAs whose operand rows stay in
+# registers: compiled for sm_90, (64, 64, 64) spills 27 KB a thread in float32, (32, 64, 32) none.
 FWHT_CONFIGS = [(64, 64, 64, 4, 3), (64, 64, 32, 4, 2), (32, 32, 32, 4, 2), (16, 32, 16, 4, 1)]
+FWHT_FMA_CONFIGS = [(32, 64, 32, 4, 2), (32, 32, 32, 4, 2), (16, 32, 16, 4, 1)]
 
 
 def fwht_smem(cfg, block, elem_bytes):
@@ -63,7 +66,8 @@ def fwht_smem(cfg, block, elem_bytes):
 
 
 def fwht_config(block, elem_bytes, limit):
-    cfgs = [(bm, min(bj, block), min(bi, block), w, s) for bm, bj, bi, w, s in FWHT_CONFIGS]
+    base = FWHT_CONFIGS if elem_bytes == 2 else FWHT_FMA_CONFIGS
+    cfgs = [(bm, min(bj, block), min(bi, block), w, s) for bm, bj, bi, w, s in base]
     return Q.pick(cfgs, lambda c: fwht_smem(c, block, elem_bytes), limit)
 
 

@@ -99,10 +99,40 @@ def smem_need(rows, cols, width, vals, stages, nbytes, held=True):
     return (row_part + stages * cols * (width + vals)) * nbytes
 
 
-def prune(configs, need, limit):
-    """Configs whose estimate `need(cfg)` fits `limit`; the smallest one if none does."""
-    ok = [c for c in configs if need(c) <= limit]
-    return ok or [min(configs, key=need)]
+def prune(configs, need, limit, regs=None):
+    """Configs whose shared-memory estimate `need(cfg)` fits `limit` and, with regs = (fits, size),
+    whose registers fit (`fits(cfg)`); else the fitting one with the smallest `size(cfg)`, else
+    the one needing the least shared memory."""
+    fit = [c for c in configs if need(c) <= limit]
+    if regs is None:
+        return fit or [min(configs, key=need)]
+    ok = [c for c in fit if regs[0](c)]
+    return ok or ([min(fit, key=regs[1])] if fit else [min(configs, key=need)])
+
+
+# Registers. Compiled for sm_90 (`python -m hotpath compilecheck`), the engine's kernels spill once
+# a thread holds more score-tile elements (rows * cols / threads) than these; a tl.dot outside the
+# tensor cores (IEEE fp32 / fp64 FMAs) also keeps operand rows per thread, so there the bound is on
+# elements * BLOCK_D. Measured: d = 64 IEEE backward spills at 16 elements (1 KB), not at 8.
+FWD_ELEMS, BWD_ELEMS = 64, 32
+FMA_FWD, FMA_BWD = 2048, 512
+
+
+def score_elems(c, rows, cols):
+    return c.kwargs[rows] * c.kwargs[cols] / (32 * c.num_warps)
+
+
+def reg_rule(rows, cols, kw, dtype, bwd):
+    """(fits, size) for prune(): the register bounds above for this launch's path."""
+    fma = kw["PREC"] == "ieee" and dtype in (torch.float32, torch.float64) and not kw.get("SMALL_D")
+    cap, fma_cap = (BWD_ELEMS, FMA_BWD) if bwd else (FWD_ELEMS, FMA_FWD)
+
+    def size(c):
+        return score_elems(c, rows, cols)
+
+    def fits(c):
+        return size(c) <= cap and (not fma or size(c) * kw["BLOCK_D"] <= fma_cap)
+    return fits, size
 
 
 @triton.jit
@@ -357,7 +387,8 @@ def _fwd_need(cfg, nbytes, kw):
 
 def _fwd_prune(configs, nargs, **kw):
     x = nargs["X"]
-    return prune(configs, lambda c: _fwd_need(c, x.element_size(), kw), smem_limit(x.device))
+    return prune(configs, lambda c: _fwd_need(c, x.element_size(), kw), smem_limit(x.device),
+                 reg_rule("BLOCK_M", "BLOCK_N", kw, x.dtype, bwd=False))
 
 
 def _bwd_prune(configs, nargs, **kw):
@@ -369,23 +400,34 @@ def _bwd_prune(configs, nargs, **kw):
         # the row tile, buffered column + column-value tiles, and the (rows, BLOCK_D) acc operand
         return smem_need(c.kwargs["BLOCK_R"], c.kwargs["BLOCK_C"], BD, BK, c.num_stages, r.element_size(),
                          kw["ONE_D"])
-    return prune(configs, need, smem_limit(r.device))
+    return prune(configs, need, smem_limit(r.device), reg_rule("BLOCK_R", "BLOCK_C", kw, r.dtype, bwd=True))
 
 
 def _bwd_cfg(bm, bn, w, s):
     return triton.Config({"BLOCK_R": bm, "BLOCK_C": bn}, num_warps=w, num_stages=s)
 
 
-_BWD_CONFIGS_NARROW = [_bwd_cfg(128, 64, 4, 2), _bwd_cfg(64, 64, 4, 3), _bwd_cfg(128, 128, 8, 2)]
-_BWD_CONFIGS_WIDE = [_bwd_cfg(64, 64, 4, 2), _bwd_cfg(128, 64, 8, 2), _bwd_cfg(64, 128, 8, 2), _bwd_cfg(64, 32, 4, 2)]
-_KEY = ["d", "k", "n_bucket", "m_bucket"]
+# at most BWD_ELEMS score elements per thread; the last two (8 elements) serve IEEE fp32 / fp64 at d = 64
+_BWD_CONFIGS_NARROW = [_bwd_cfg(128, 64, 8, 2), _bwd_cfg(64, 64, 4, 3), _bwd_cfg(64, 128, 8, 2)]
+_BWD_CONFIGS_WIDE = [_bwd_cfg(64, 64, 4, 2), _bwd_cfg(128, 64, 8, 2), _bwd_cfg(64, 128, 8, 2), _bwd_cfg(64, 32, 4, 2),
+                     _bwd_cfg(64, 32, 8, 2), _bwd_cfg(32, 32, 4, 2)]
+# every specialization tunes on its own: the precision switch (IEEE / TF32) can change between
+# calls and the row / column passes of the backward differ (an autotuner caches per key)
+_KEY = ["d", "k", "n_bucket", "m_bucket", "PREC", "SMALL_D", "SMALL_K", "HAS_RB", "HAS_V", "HAS_RA", "HAS_CA",
+        "WANT_ACC2", "ONE_D"]
+
+
+def tune_key(kernel, names):
+    """The autotune key: those of `names` that are arguments of `kernel` (Triton rejects others)."""
+    return [k for k in names if k in kernel.arg_names]
+
 
 _fwd_tuned = {
-    narrow: triton.autotune(configs=cfgs, key=_KEY,
+    narrow: triton.autotune(configs=cfgs, key=tune_key(_lse_fwd_kernel, _KEY),
                             prune_configs_by={"early_config_prune": _fwd_prune})(_lse_fwd_kernel)
     for narrow, cfgs in ((True, _CONFIGS_NARROW), (False, _CONFIGS_WIDE))}
 _bwd_tuned = {
-    narrow: triton.autotune(configs=cfgs, key=_KEY, reset_to_zero=["ACC"],   # wide d adds into ACC
+    narrow: triton.autotune(configs=cfgs, key=tune_key(_softmax_bwd_kernel, _KEY), reset_to_zero=["ACC"],   # wide d adds into ACC
                             prune_configs_by={"early_config_prune": _bwd_prune})(_softmax_bwd_kernel)
     for narrow, cfgs in ((True, _BWD_CONFIGS_NARROW), (False, _BWD_CONFIGS_WIDE))}
 
