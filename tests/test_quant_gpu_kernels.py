@@ -380,3 +380,31 @@ def test_device_limit_read_and_decode_plan_fits(optin, sms, monkeypatch):
             assert need(cfg[:5]) <= optin
             BN, split = cfg[1], cfg[5]
             assert split >= 1 and cfg[2] < 2 * max(32, K) and (split == 1 or K // split >= cfg[2])
+
+
+@needs_triton
+@pytest.mark.skipif(GPU_MODE, reason="forces the interpreter's launch plan; on a GPU the FMA tiles run through autotuning")
+@pytest.mark.parametrize("cfg", [Int8WeightOnly(), Int4WeightOnly(group_size=64), FP8WeightOnly(), MXFP4(),
+                                 NVFP4(hadamard=False)], ids=lambda c: type(c).__name__)
+def test_fma_tiles_match_reference(cfg, monkeypatch):
+    """float32 activations under IEEE precision take smaller tiles on a GPU (FMA_GEMM_CONFIGS,
+    FMA_DECODE_BK: the tensor-core ones spill there). Here every such tile shape, and the decode
+    K step, runs through the interpreter against the reference."""
+    from hotpath.backends.triton import _qgemm as Q
+    K, N = 192, 80
+    bufs, b = _buffers(cfg, N, K)
+    for tile in Q.FMA_GEMM_CONFIGS:
+        monkeypatch.setattr(Q, "INTERP_GEMM", tile)
+        x = torch.randn(21, K, device=DEV)
+        torch.testing.assert_close(cfg.linear(x, bufs, b, backend="triton"), cfg.linear(x, bufs, b, backend="reference"),
+                                   atol=2e-5 * K ** 0.5, rtol=1e-5)
+    # the decode branch as on a GPU (M <= 8): the plan's K step is FMA_DECODE_BK for these activations
+    from hotpath.backends.triton import target as T
+    for mod in (Q, T):
+        monkeypatch.setattr(mod, "interpreting", lambda: False)
+    steps = []
+    monkeypatch.setattr(Q, "decode_config", lambda N_, K_, need, dev, BK=128: steps.append(BK) or (16, 32, BK, 4, 1, 2))
+    x = torch.randn(3, K, device=DEV)
+    torch.testing.assert_close(cfg.linear(x, bufs, b, backend="triton"), cfg.linear(x, bufs, b, backend="reference"),
+                               atol=2e-5 * K ** 0.5, rtol=1e-5)
+    assert steps == [Q.FMA_DECODE_BK]

@@ -70,17 +70,24 @@ GEMM_CONFIGS = [
     (64, 64, 64, 4, 3),
     (32, 64, 64, 4, 2),
 ]
+# float32 activations under IEEE precision run the dots as FMAs, which keep each thread's operand
+# rows over the whole K step in registers: compiled for sm_90 (`python -m hotpath compilecheck`)
+# every configuration above spills there (7-17 KB a thread), so those launches take these (the
+# last one, with Int4's fixed K step of 64, is the one that does not spill for it)
+FMA_GEMM_CONFIGS = [(32, 64, 32, 4, 2), (64, 32, 32, 8, 2), (32, 32, 32, 8, 2)]
+FMA_DECODE_BK = 32
 # the one configuration the interpreter runs (small tiles: odd test shapes stay cheap)
 INTERP_GEMM = (16, 32, 64, 4, 1)
 DECODE_MAX_M = 8
 
 
-def gemm_configs(need, device):
-    """Autotune list: GEMM_CONFIGS that fit the device's shared memory (need(cfg) -> bytes)."""
+def gemm_configs(need, device, fma=False):
+    """Autotune list: GEMM_CONFIGS (FMA_GEMM_CONFIGS for FMA dots) that fit the device's shared
+    memory (need(cfg) -> bytes)."""
     if interpreting():
         return [INTERP_GEMM]
     lim = smem_limit(device)
-    ok = [c for c in GEMM_CONFIGS if need(c) <= lim]
+    ok = [c for c in (FMA_GEMM_CONFIGS if fma else GEMM_CONFIGS) if need(c) <= lim]
     return ok or [pick([INTERP_GEMM], need, lim)]
 
 
@@ -115,7 +122,7 @@ def autotuned(kernel, key):
         if k not in cache:
             cfgs = [triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w, num_stages=s)
                     for bm, bn, bk, w, s in configs]
-            cache[k] = triton.autotune(cfgs, key=key)(kernel)
+            cache[k] = triton.autotune(cfgs, key=[n for n in key if n in kernel.arg_names])(kernel)
         return cache[k]
     return get
 
@@ -152,6 +159,7 @@ def run_linear(kernel, tuner, fmt_args, fmt_consts, bias, x, N, K, need, step=16
     fixed_bk: the K step the format's layout imposes (it replaces BK of every configuration)."""
     M = x.shape[0]
     dev = x.device
+    fma = fmt_consts.get("DT") is tl.float32 and fmt_consts.get("PREC") == "ieee"
 
     def fix(c):
         return c if fixed_bk is None else (c[0], c[1], fixed_bk) + tuple(c[3:])
@@ -162,7 +170,8 @@ def run_linear(kernel, tuner, fmt_args, fmt_consts, bias, x, N, K, need, step=16
     b = bias if bias is not None else x
     if M <= DECODE_MAX_M or interpreting():
         if M <= DECODE_MAX_M:
-            BM, BN, BK, warps, stages, split = fix(decode_config(N, K, need_fixed, dev))
+            BM, BN, BK, warps, stages, split = fix(decode_config(N, K, need_fixed, dev,
+                                                                 BK=FMA_DECODE_BK if fma else 128))
         else:
             BM, BN, BK, warps, stages = pick([fix(INTERP_GEMM)], need, smem_limit(dev))
             split = 1
@@ -178,7 +187,7 @@ def run_linear(kernel, tuner, fmt_args, fmt_consts, bias, x, N, K, need, step=16
             return y[0]
         out = y.sum(0)
         return out if bias is None else out + bias
-    cfgs = [fix(c) for c in gemm_configs(need_fixed, dev)]
+    cfgs = [fix(c) for c in gemm_configs(need_fixed, dev, fma)]
     tuned = tuner(tuple(dict.fromkeys(cfgs)))
     y = torch.empty(1, M, N, dtype=torch.float32, device=dev)
 
@@ -191,7 +200,7 @@ def run_linear(kernel, tuner, fmt_args, fmt_consts, bias, x, N, K, need, step=16
 # ------------------------------------------------------------------ activations
 _TL = {"bf16": tl.bfloat16, "fp16": tl.float16, "fp32": tl.float32}
 _BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
-KEY = ["MB", "N", "K"]   # autotune key of the quantized GEMM / GEMV kernels
+KEY = ["MB", "N", "K", "PREC"]   # autotune key of the quantized GEMM / GEMV kernels (those they take)
 
 
 def _x_and_policy(x):

@@ -294,6 +294,12 @@ def _cfg(bm, bn, bd, w, s):
 # 512-feature span (64 x 512 over 8 warps, 32 x 512 over 4)
 _CONFIGS = [_cfg(128, 64, 64, 8, 2), _cfg(64, 128, 64, 8, 2), _cfg(128, 128, 64, 8, 2), _cfg(64, 64, 64, 4, 3),
             _cfg(128, 64, 32, 8, 3), _cfg(64, 64, 32, 4, 2), _cfg(64, 64, 64, 8, 2), _cfg(32, 64, 64, 4, 2)]
+# Dots outside the tensor cores (IEEE fp32 / fp64: FMAs) keep each thread's operand rows in
+# registers: compiled for sm_90 (`python -m hotpath compilecheck`) the tiles above spill kilobytes
+# there (40 KB a thread for the d = 512 accumulators). Those launches run these tiles instead, with
+# FMA_CHUNK-wide accumulators.
+_FMA_CONFIGS = [_cfg(32, 32, 32, 4, 2), _cfg(64, 32, 32, 8, 2), _cfg(32, 64, 32, 8, 2), _cfg(128, 32, 32, 8, 2)]
+FMA_CHUNK = 32
 _INTERP = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_D": 16}   # several tiles and chunks even at tiny sizes
 
 # Output features per accumulator (a tl.dot N tile) and accumulators per program: a span of 512.
@@ -312,17 +318,35 @@ def _need(c, nbytes, bdo):
     return (c.num_stages * (bm + bn) * bd + bn * bdo) * nbytes
 
 
-def _regs_ok(c, bdo, nacc):
-    return c.kwargs["BLOCK_M"] * bdo * nacc <= _ACC_PER_WARP * c.num_warps
+def _regs_ok(c, bdo, nacc, nbytes, dtype):
+    # 4-byte (TF32) operands of the accumulating dot take twice the registers of 16-bit ones; an
+    # FMA dot holds its operand rows over the whole BLOCK_N reduction. Compiled for sm_90: 64 x 512
+    # TF32 accumulators over 8 warps spill, 64 x 256 do not; FMA ones spill at 32 x 128 with
+    # BLOCK_N = 32 over 4 warps or 64 over 8, not at 32 x 64
+    weight = c.kwargs["BLOCK_N"] / 4 if fma(dtype) else (2 if nbytes >= 4 else 1)
+    return c.kwargs["BLOCK_M"] * bdo * nacc * weight <= _ACC_PER_WARP * c.num_warps
 
 
-def _fitting(nbytes, bdo, nacc, limit):
+def fma(dtype):
+    """True where this dtype's dots run as FMAs (IEEE fp32 / fp64), not on the tensor cores."""
+    return dtype in (torch.float32, torch.float64) and dot_precision(dtype) == "ieee"
+
+
+def _path_configs(configs, dtype):
+    """The tensor-core tiles, or _FMA_CONFIGS for FMA launches (both sit in every autotuner's list)."""
+    want = fma(dtype)
+    return [c for c in configs if (c in _FMA_CONFIGS) == want] or configs
+
+
+def _fitting(nbytes, bdo, nacc, limit, dtype=torch.bfloat16):
     """The configs an accumulating kernel may run: within shared memory and registers."""
-    return [c for c in _CONFIGS if _need(c, nbytes, bdo) <= limit and _regs_ok(c, bdo, nacc)]
+    return [c for c in _path_configs(_CONFIGS + _FMA_CONFIGS, dtype)
+            if _need(c, nbytes, bdo) <= limit and _regs_ok(c, bdo, nacc, nbytes, dtype)]
 
 
 def _early_prune(configs, nargs, **kw):
     x = nargs["X"] if "X" in nargs else nargs["Q"]
+    configs = _path_configs(configs, x.dtype)
     if "KTOP" in kw:   # top-k: the score tile and the (rows, K_PAD) values + int64 indices in registers
         regs = lambda c: c.kwargs["BLOCK_M"] * (c.kwargs["BLOCK_N"] + 3 * kw["K_PAD"])  # noqa: E731
         ok = [c for c in configs if regs(c) <= _ACC_PER_WARP * c.num_warps]
@@ -331,7 +355,7 @@ def _early_prune(configs, nargs, **kw):
     if not acc:
         return prune(configs, lambda c: _need(c, x.element_size(), 0), smem_limit(x.device))
     bdo, nacc = kw["BLOCK_DO"], kw["NACC"]
-    return _fitting(x.element_size(), bdo, nacc, smem_limit(x.device)) or [_CONFIGS[-1]]
+    return _fitting(x.element_size(), bdo, nacc, smem_limit(x.device), x.dtype) or configs[-1:]
 
 
 # per specialization (precision, pass flags, accumulator count): see pairwise._KEY
@@ -340,14 +364,14 @@ _KEY = ["d", "n_bucket", "m_bucket", "PREC", "EXCL", "COLS", "HAS_R", "HAS_C", "
 
 def _tune(kernel):
     # every kernel writes each output element once, so timing runs need no reset
-    return triton.autotune(configs=_CONFIGS, key=tune_key(kernel, _KEY),
+    return triton.autotune(configs=_CONFIGS + _FMA_CONFIGS, key=tune_key(kernel, _KEY),
                            prune_configs_by={"early_config_prune": _early_prune})(kernel)
 
 
 _lse_rows_tuned = _tune(_lse_rows_kernel)
 # the fused row + column sweep: one row-block height, so the host knows the partials' shape
 _ROWCOL_BM = 128
-_ROWCOL_CONFIGS = [c for c in _CONFIGS if c.kwargs["BLOCK_M"] == _ROWCOL_BM]
+_ROWCOL_CONFIGS = [c for c in _CONFIGS + _FMA_CONFIGS if c.kwargs["BLOCK_M"] == _ROWCOL_BM]
 _lse_rowcol_tuned = triton.autotune(configs=_ROWCOL_CONFIGS, key=tune_key(_lse_rows_kernel, _KEY),
                                     prune_configs_by={"early_config_prune": _early_prune})(_lse_rows_kernel)
 # column partials of the fused sweep (2 x row blocks x columns x 4 bytes) at most this; past it
@@ -359,7 +383,7 @@ _siglip_tuned = _tune(_siglip_kernel)
 # elements; 32-row blocks re-read 1M x 384 keys 300 times at Q = 10k); the merge runs rarely
 _TOPK_CONFIGS = [_cfg(64, 128, 64, 8, 2), _cfg(128, 64, 64, 8, 2), _cfg(128, 128, 32, 8, 2), _cfg(64, 64, 64, 4, 3),
                  _cfg(32, 128, 64, 8, 2)]
-_topk_tuned = triton.autotune(configs=_TOPK_CONFIGS, key=tune_key(_topk_kernel, _KEY + ["KTOP"]),
+_topk_tuned = triton.autotune(configs=_TOPK_CONFIGS + _FMA_CONFIGS, key=tune_key(_topk_kernel, _KEY + ["KTOP"]),
                               prune_configs_by={"early_config_prune": _early_prune})(_topk_kernel)
 
 
@@ -377,25 +401,26 @@ def _fixed(dtype, device, bm, bn, stages=2):
     if interpreting():
         return dict(_INTERP), {}
     nbytes = torch.empty(0, dtype=dtype).element_size()
-    for bd in (64, 32, 16):
+    for bd in ((32, 16) if fma(dtype) else (64, 32, 16)):   # FMA dots: see _FMA_CONFIGS
         if stages * (bm + bn) * bd * nbytes <= smem_limit(device):
             break
-    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd}, {"num_warps": 8 if bm * bn >= 8192 else 4,
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd}, {"num_warps": 8 if bm * bn >= 8192 or fma(dtype) else 4,
                                                            "num_stages": stages}
 
 
-def _acc_width(d, nbytes=4, device=None):
+def _acc_width(d, dtype=torch.float32, device=None):
     """(BLOCK_DO, NACC, spans) of an accumulating launch: narrow features in one padded
-    accumulator; wider ones in NACC chunks of ACC_CHUNK per program and spans programs per row
-    block. NACC shrinks (more spans) until some config fits the device's shared memory and the
-    registers."""
-    chunk = 16 if interpreting() else ACC_CHUNK
+    accumulator; wider ones in NACC chunks of ACC_CHUNK (FMA_CHUNK for FMA dots) per program and
+    spans programs per row block. NACC shrinks (more spans) until some config fits the device's
+    shared memory and the registers."""
+    chunk = 16 if interpreting() else (FMA_CHUNK if fma(dtype) else ACC_CHUNK)
+    nbytes = torch.empty(0, dtype=dtype).element_size()
     D = pow2(d)
     if D <= chunk:
         return D, 1, 1
     nacc = min(ACC_N, triton.cdiv(d, chunk))
     if not interpreting():
-        while nacc > 1 and not _fitting(nbytes, chunk, nacc, smem_limit(device)):
+        while nacc > 1 and not _fitting(nbytes, chunk, nacc, smem_limit(device), dtype):
             nacc -= 1
     return chunk, nacc, triton.cdiv(d, chunk * nacc)
 
@@ -431,7 +456,7 @@ def softmax_acc(x, y, scale, ra, rl, ca, cl, exclude_diag):
     acc = torch.empty(n, d, dtype=at, device=x.device)   # every element written once
     y = y.to(x.dtype)
     dummy = acc.new_zeros(1)
-    bdo, nacc, spans = _acc_width(d, x.element_size(), x.device)
+    bdo, nacc, spans = _acc_width(d, x.dtype, x.device)
     s_hi, s_lo = split(float(scale) * LOG2E)
     _launch(_softmax_acc_kernel, _softmax_acc_tuned, n,
             x, y, ra if has_r else dummy, rl if has_r else dummy, ca if has_c else dummy,
@@ -450,7 +475,7 @@ def _siglip(x, y, scale, bias, grad):
     if n == 0 or m == 0:
         return rs, acc
     y = y.to(x.dtype)
-    bdo, nacc, spans = _acc_width(d, x.element_size(), x.device) if grad and d > 0 else (16, 1, 1)
+    bdo, nacc, spans = _acc_width(d, x.dtype, x.device) if grad and d > 0 else (16, 1, 1)
     s_hi, s_lo = split(scale)
     b_hi, b_lo = split(bias)
     _launch(_siglip_kernel, _siglip_tuned, n, x, y, rs, acc if grad else rs, n, m, d, s_hi, s_lo, b_hi, b_lo,
