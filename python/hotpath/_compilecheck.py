@@ -406,6 +406,29 @@ def _is_compile_error(exc):
     return mod.startswith("triton") or "CompilationError" in type(exc).__name__ or "PTXAS" in str(exc).upper()
 
 
+def summary(records, t):
+    """Markdown rows: one per launch (the configurations it compiled, how many spill-free, the
+    registers, the largest shared memory, the units its SASS uses)."""
+    rows = [f"| case | kernel | specialization | configs (spill-free) | registers | max spill B | "
+            f"max shared KB (limit {t.smem // 1024}) | units |", "|---|---|---|---|---|---|---|---|"]
+    shown = ("PREC", "DT", "NACC", "GRAD", "COLS", "EXCL", "HAS_V", "WANT_ACC2", "SMALL_D", "SMALL_K", "INT8",
+             "FP8_DOT", "NV", "KTOP", "INVERSE", "F64")
+    for (case, kernel, spec), recs in groups(records).items():
+        sp = ", ".join(f"{k}={v}" for k, v in spec if k in shown)
+        regs = sorted({r.regs for r in recs if r.regs is not None})
+        units = set()
+        for r in recs:
+            units |= {u for u in ("HGMMA", "HMMA", "IGMMA", "IMMA", "QGMMA", "MUFU.EX2") if u in r.sass}
+            if not ({"HGMMA", "HMMA", "IGMMA", "IMMA", "QGMMA"} & set(r.sass)) and (r.sass.get("FFMA", 0) > 64
+                                                                                  or "DFMA" in r.sass):
+                units.add("FMA dots")
+        free = sum(1 for r in recs if not spills_of(r))
+        rng = f"{regs[0]}-{regs[-1]}" if len(regs) > 1 else (str(regs[0]) if regs else "?")
+        rows.append(f"| {case} | {kernel} | {sp} | {len(recs)} ({free}) | {rng} | {max(map(spills_of, recs))} | "
+                    f"{max(r.shared for r in recs) / 1024:.0f} | {', '.join(sorted(units))} |")
+    return "\n".join(rows)
+
+
 def table(records, t):
     """Markdown rows: one per compiled kernel configuration."""
     rows = ["| case | kernel | params | warps | stages | regs | spill stores B | shared B (limit %d) | SASS |" % t.smem,
@@ -446,7 +469,9 @@ def main(targets=("h200",), families=FAMILIES, small=False, out=None, only=None)
         t = T.TARGETS[name]
         recs = [Record(**r) for r in res["records"]]
         print(f"\n## {t.name}: {len(recs)} compiled kernel configurations (triton {triton.__version__})\n")
-        print(table(recs, t))
+        print(summary(recs, t))
+        with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
+            f.write(f"# {t.name}, triton {triton.__version__}: every compiled configuration\n\n{table(recs, t)}\n")
         if res["notes"]:
             print(f"\n{len(res['notes'])} launch(es) on {t.name} whose autotuning candidates include spilling "
                   "configurations (a spill-free one exists; compile time only):")
@@ -460,7 +485,7 @@ def main(targets=("h200",), families=FAMILIES, small=False, out=None, only=None)
         else:
             print(f"\n{t.name}: every kernel compiled; every launch has a spill-free configuration; "
                   f"shared memory within {t.smem} B")
-        print(f"(record: {path})")
+        print(f"(every configuration: {os.path.join(out_dir, name + '.md')}; record: {path})")
     return status
 
 

@@ -123,15 +123,22 @@ def score_elems(c, rows, cols):
 
 
 def reg_rule(rows, cols, kw, dtype, bwd):
-    """(fits, size) for prune(): the register bounds above for this launch's path."""
+    """(fits, size) for prune(): the register bounds above for this launch's path. A forward with
+    k > SMALL_MAX values adds its value dot, (rows, BLOCK_K) accumulators reduced over the columns
+    (compiled: d = k = 64 IEEE spills at 64 x 32 over 4 warps, 24 B, not at 32 x 32)."""
     fma = kw["PREC"] == "ieee" and dtype in (torch.float32, torch.float64) and not kw.get("SMALL_D")
     cap, fma_cap = (BWD_ELEMS, FMA_BWD) if bwd else (FWD_ELEMS, FMA_FWD)
+    kv = kw["BLOCK_K"] if kw.get("HAS_V") and not kw.get("SMALL_K") and not bwd else 0
 
     def size(c):
         return score_elems(c, rows, cols)
 
-    def fits(c):
-        return size(c) <= cap and (not fma or size(c) * kw["BLOCK_D"] <= fma_cap)
+    def fma_cost(c):
+        values = c.kwargs[rows] * kv / (32 * c.num_warps) * c.kwargs[cols]
+        return size(c) * kw["BLOCK_D"] + values
+
+    def fits(c):   # with a value dot the two dots' operands compete: half the budget
+        return size(c) <= cap and (not fma or fma_cost(c) <= (fma_cap // 2 if kv else fma_cap))
     return fits, size
 
 
@@ -370,7 +377,8 @@ def _cfg(bm, bn, w, s):
 # (rows, cols, warps, stages); d <= 16 is exp-bound (wide tiles), d >= 32 is dot-bound
 _CONFIGS_NARROW = [_cfg(128, 64, 4, 3), _cfg(128, 128, 8, 3), _cfg(64, 64, 4, 3)]
 # (64, 32, 4, 2) keeps d = 128 fp32 under 99 KB (68 KB); the larger ones are for Hopper's 227 KB
-_CONFIGS_WIDE = [_cfg(128, 64, 8, 2), _cfg(64, 64, 4, 3), _cfg(128, 128, 8, 2), _cfg(64, 128, 4, 2), _cfg(64, 32, 4, 2)]
+_CONFIGS_WIDE = [_cfg(128, 64, 8, 2), _cfg(64, 64, 4, 3), _cfg(128, 128, 8, 2), _cfg(64, 128, 4, 2), _cfg(64, 32, 4, 2),
+                 _cfg(32, 32, 4, 2)]
 _INTERP = {"BLOCK_M": 16, "BLOCK_N": 16}   # one small config: several tiles even at n, m = 33
 
 
