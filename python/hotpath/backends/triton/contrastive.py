@@ -348,7 +348,9 @@ def _early_prune(configs, nargs, **kw):
     x = nargs["X"] if "X" in nargs else nargs["Q"]
     configs = _path_configs(configs, x.dtype)
     if "KTOP" in kw:   # top-k: the score tile and the (rows, K_PAD) values + int64 indices in registers
-        regs = lambda c: c.kwargs["BLOCK_M"] * (c.kwargs["BLOCK_N"] + 3 * kw["K_PAD"])  # noqa: E731
+        # (5 words per kept entry: the value, the int64 index and the merge's temporaries; compiled
+        # with Triton 3.6, K_PAD = 64 spilled at 32 x 128 over 8 warps under 3 words)
+        regs = lambda c: c.kwargs["BLOCK_M"] * (c.kwargs["BLOCK_N"] + 5 * kw["K_PAD"])  # noqa: E731
         ok = [c for c in configs if regs(c) <= _ACC_PER_WARP * c.num_warps]
         return prune(ok or configs[-1:], lambda c: _need(c, x.element_size(), 0), smem_limit(x.device))
     acc = "NACC" in kw and kw.get("GRAD", True) and (kw.get("HAS_R", True) or kw.get("HAS_C", True))
@@ -382,7 +384,7 @@ _siglip_tuned = _tune(_siglip_kernel)
 # top-k reads each key tile once per query block: taller blocks cut the key traffic (Q N d / BLOCK_M
 # elements; 32-row blocks re-read 1M x 384 keys 300 times at Q = 10k); the merge runs rarely
 _TOPK_CONFIGS = [_cfg(64, 128, 64, 8, 2), _cfg(128, 64, 64, 8, 2), _cfg(128, 128, 32, 8, 2), _cfg(64, 64, 64, 4, 3),
-                 _cfg(32, 128, 64, 8, 2)]
+                 _cfg(32, 128, 64, 8, 2), _cfg(32, 64, 64, 8, 2)]
 _topk_tuned = triton.autotune(configs=_TOPK_CONFIGS + _FMA_CONFIGS, key=tune_key(_topk_kernel, _KEY + ["KTOP"]),
                               prune_configs_by={"early_config_prune": _early_prune})(_topk_kernel)
 
@@ -404,7 +406,8 @@ def _fixed(dtype, device, bm, bn, stages=2):
     for bd in ((32, 16) if fma(dtype) else (64, 32, 16)):   # FMA dots: see _FMA_CONFIGS
         if stages * (bm + bn) * bd * nbytes <= smem_limit(device):
             break
-    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd}, {"num_warps": 8 if bm * bn >= 8192 or fma(dtype) else 4,
+    # 4-byte operands (FMA or TF32 dots): 8 warps (compiled with Triton 3.6, TF32 spilled at 4)
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd}, {"num_warps": 8 if bm * bn >= 8192 or nbytes >= 4 else 4,
                                                            "num_stages": stages}
 
 
