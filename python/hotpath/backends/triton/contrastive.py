@@ -348,8 +348,8 @@ def _early_prune(configs, nargs, **kw):
     x = nargs["X"] if "X" in nargs else nargs["Q"]
     configs = _path_configs(configs, x.dtype)
     if "KTOP" in kw:   # top-k: the score tile and the (rows, K_PAD) values + int64 indices in registers
-        # (5 words per kept entry: the value, the int64 index and the merge's temporaries; compiled
-        # with Triton 3.6, K_PAD = 64 spilled at 32 x 128 over 8 warps under 3 words)
+        # (5 words per kept entry: the value, the int64 index and the merge's temporaries. With
+        # K_PAD = 64 every tile still spills under Triton 3.6, not 3.9: docs/gpu.md)
         regs = lambda c: c.kwargs["BLOCK_M"] * (c.kwargs["BLOCK_N"] + 5 * kw["K_PAD"])  # noqa: E731
         ok = [c for c in configs if regs(c) <= _ACC_PER_WARP * c.num_warps]
         return prune(ok or configs[-1:], lambda c: _need(c, x.element_size(), 0), smem_limit(x.device))
