@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .pairwise import dot_precision
+from .pairwise import dot_precision, tune_key
 from .target import interpreting, on_gpu, sm_count, smem_limit  # noqa: F401 - smem_limit: hadamard, tests
 
 
@@ -122,7 +122,7 @@ def autotuned(kernel, key):
         if k not in cache:
             cfgs = [triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w, num_stages=s)
                     for bm, bn, bk, w, s in configs]
-            cache[k] = triton.autotune(cfgs, key=[n for n in key if n in kernel.arg_names])(kernel)
+            cache[k] = triton.autotune(cfgs, key=tune_key(kernel, key))(kernel)
         return cache[k]
     return get
 
