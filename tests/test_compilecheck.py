@@ -38,24 +38,25 @@ def h200(tmp_path_factory):
 
 def test_kernels_compile_for_sm90_within_bounds(h200):
     """Every launch compiles, fits 227 KB of shared memory and has a configuration free of
-    register spills, in IEEE fp32, TF32 and bf16."""
+    register spills, in float32 (3xTF32, TF32, IEEE) and bf16."""
     for key, (rc, res) in h200.items():
         assert rc == 0 and not res["failures"], (key, res["failures"])
         assert res["records"], key
 
 
 def test_precision_reaches_the_right_units(h200):
-    """bf16 and TF32 dots compile to tensor-core instructions (Hopper's warpgroup HGMMA, or HMMA
-    where a tile is too small for a warpgroup), IEEE fp32 ones to FMAs, the online softmax to the
-    exp2 unit."""
+    """bf16, TF32 and 3xTF32 dots compile to tensor-core instructions (Hopper's warpgroup HGMMA,
+    or HMMA where a tile is too small for a warpgroup), IEEE fp32 ones to FMAs, the online softmax
+    to the exp2 unit."""
     def tensor_cores(s):
         return "HGMMA" in s or "HMMA" in s
     _, res = h200[("pairwise", "dot d=64 fwd+bwd")]
     by_prec = {}
     for r in res["records"]:
         by_prec.setdefault(r["params"]["PREC"], []).append(r["sass"])
-    assert all(tensor_cores(s) and "MUFU.EX2" in s for s in by_prec["tf32"])
-    assert any("HGMMA" in s for s in by_prec["tf32"])
+    for prec in ("tf32", "tf32x3"):
+        assert all(tensor_cores(s) and "MUFU.EX2" in s for s in by_prec[prec])
+        assert any("HGMMA" in s for s in by_prec[prec])
     assert all(not tensor_cores(s) and s.get("FFMA", 0) > 500 for s in by_prec["ieee"])
     _, res = h200[("contrastive", "SigLipLoss d=512")]
     bf16 = [r for r in res["records"] if "bf16" in r["case"]]

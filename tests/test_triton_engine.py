@@ -117,8 +117,10 @@ def test_narrow_widths_take_rank1_updates_outside_tensor_cores(monkeypatch):
     assert TP._small(3, torch.float32) == (3, 4) and TP._small(4, torch.float64) == (4, 4)
     assert TP._small(5, torch.float32) == (0, 16) and TP._small(0, torch.float32) == (0, 16)
     assert TP._small(3, torch.bfloat16) == (0, 16)        # tensor cores take 16-bit tiles
+    monkeypatch.setattr(TP, "dot_precision", lambda dtype: "tf32x3")
+    assert TP._small(3, torch.float32) == (3, 4)          # 3 FMAs a pair beat three padded MMAs
     monkeypatch.setattr(TP, "dot_precision", lambda dtype: "tf32")
-    assert TP._small(3, torch.float32) == (0, 16)         # and TF32 ones
+    assert TP._small(3, torch.float32) == (0, 16)         # TF32 tiles take the tensor cores
 
 
 def test_precision_policy(monkeypatch):
@@ -130,11 +132,43 @@ def test_precision_policy(monkeypatch):
     old = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("highest")
-        assert TP.dot_precision(torch.float32) == "ieee"
+        assert TP.dot_precision(torch.float32) == "tf32x3"   # float32-accurate, on the tensor cores
+        monkeypatch.setenv("HOTPATH_FP32_DOT", "ieee")
+        assert TP.dot_precision(torch.float32) == "ieee"     # the opt-out: FMA dots
         torch.set_float32_matmul_precision("high")
         assert TP.dot_precision(torch.float32) == "tf32"
     finally:
         torch.set_float32_matmul_precision(old)
+
+
+def _tf32(x):
+    """float32 -> the nearest TF32 value (10 stored mantissa bits, ties away from zero: cvt.rna)."""
+    return ((x.contiguous().view(torch.int32) + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+@pytest.mark.parametrize("B,d,scale,unit", [(512, 512, 100.0, True), (1024, 64, 0.5, False)])
+def test_3xtf32_keeps_float32_accuracy(B, d, scale, unit):
+    """Why full precision maps to "tf32x3": each float32 operand split into a TF32 high part and a
+    TF32 remainder, three tensor-core products (exact in fp32) summed in fp32, gives log-sum-exps
+    within the float32 tolerance of the float64 reference (a CLIP batch at logit scale 100, a
+    d = 64 kernel), where one TF32 product is ~500x off. Emulated here; the GPU test mode runs the
+    kernels themselves."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(B, d, generator=g, dtype=torch.float64), torch.randn(B, d, generator=g, dtype=torch.float64)
+    if unit:
+        x, y = x / x.norm(dim=1, keepdim=True), y / y.norm(dim=1, keepdim=True)
+    want = torch.logsumexp(scale * (x @ y.T), 1)
+    xf, yf = x.float(), y.float()
+    xh, yh = _tf32(xf), _tf32(yf)
+    three = (xh @ _tf32(yf - yh).T + _tf32(xf - xh) @ yh.T) + xh @ yh.T
+
+    def err(s):
+        return (torch.logsumexp(scale * s.double(), 1) - want).abs().max().item()
+
+    mag = want.abs().max().item()
+    _close(torch.logsumexp(scale * three.double(), 1), want, torch.float32, mag)
+    assert err(three) <= 4 * err(xf @ yf.T)
+    assert err(xh @ yh.T) > 100 * err(three)
 
 
 def test_scalars_keep_float64():

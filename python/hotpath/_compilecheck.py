@@ -8,7 +8,7 @@ speed issues, an A100, consumer Ada and Blackwell cards.
 How: a compile-only Triton driver stands in for the CUDA one and `target.stand_in(...)` makes the
 launchers read the target's shared memory, SM count and compute capability, so that they pick the
 configurations they would pick on that GPU. The public API then runs at the benchmarks' problem
-sizes on CPU tensors with backend="triton" (float32 under IEEE and TF32, bf16 where the speed
+sizes on CPU tensors with backend="triton" (float32 under 3xTF32, TF32 and IEEE, bf16 where the speed
 issues time bf16). Every launch compiles its kernel (an autotuner compiles each configuration it
 would time) and records its resources; nothing runs on a device, so the outputs are never
 computed and the numbers the API returns are meaningless.
@@ -346,10 +346,14 @@ def run_target(name, families=FAMILIES, small=False, log=print, only=None):
                 if only and only not in cname:
                     continue
                 case[0] = f"{fam}: {cname}"
-                for prec in ("highest", "high"):   # float32 dots in IEEE fp32, then TF32
+                # float32 dots in 3xTF32 (torch's default precision), TF32, and IEEE FMAs (the opt-out)
+                for prec, fp32_dot in (("highest", ""), ("high", ""), ("highest", "ieee")):
                     before = len(records)
                     t0 = time.time()
                     torch.set_float32_matmul_precision(prec)
+                    os.environ["HOTPATH_FP32_DOT"] = fp32_dot
+                    if fp32_dot:
+                        prec += f", HOTPATH_FP32_DOT={fp32_dot}"
                     try:
                         fn()
                         err = None
@@ -360,6 +364,7 @@ def run_target(name, families=FAMILIES, small=False, log=print, only=None):
                             log(traceback.format_exc(limit=-3))
                     finally:
                         torch.set_float32_matmul_precision("highest")
+                        os.environ.pop("HOTPATH_FP32_DOT", None)
                     log(f"[{t.name}] {case[0]} (fp32 matmul precision {prec}): {len(records) - before} new kernels, "
                         f"{time.time() - t0:.1f} s" + (f"; stopped: {err}" if err else ""))
     notes = []

@@ -27,8 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .pairwise import (LN2, LOG2E, _dots, _mma, _scal, acc_dtype, bucket, dot_precision, pow2, prune, split,
-                       tune_key, upcast)
+from .pairwise import (LN2, LOG2E, _dots, _mma, _scal, acc_dtype, bucket, dot_precision, pow2, prune,
+                       score_elems, split, tune_key, upcast)
 from .target import interpreting, sm_count, smem_limit
 
 _LN2 = tl.constexpr(0.6931471805599453)
@@ -238,7 +238,8 @@ def _topk_kernel(Q, K, KS, VALS, IDX, n, m, d, s_q, s_k, span, s_split, n_bucket
     kcols = tl.arange(0, K_PAD)
     ncols = tl.arange(0, BLOCK_N)
     bv = tl.full((BLOCK_M, K_PAD), -float("inf"), dtype=dt)
-    bi = tl.full((BLOCK_M, K_PAD), -1, dtype=tl.int64)
+    # key indices as int32 (the launcher refuses 2^31 keys): half the registers of int64 ones
+    bi = tl.full((BLOCK_M, K_PAD), -1, dtype=tl.int32)
     filled = 0
     for n0 in range(k_lo, k_hi, BLOCK_N):
         offs_n = n0 + ncols
@@ -262,14 +263,14 @@ def _topk_kernel(Q, K, KS, VALS, IDX, n, m, d, s_q, s_k, span, s_split, n_bucket
         need = tl.max((tl.max(tv, 1) > kth).to(tl.int32), 0) > 0
         if need | (filled < KTOP):
             nv = tl.full((BLOCK_M, K_PAD), -float("inf"), dtype=dt)
-            nidx = tl.full((BLOCK_M, K_PAD), -1, dtype=tl.int64)
+            nidx = tl.full((BLOCK_M, K_PAD), -1, dtype=tl.int32)
             for r in tl.static_range(KTOP):
                 mb, ab = tl.max(bv, 1, return_indices=True)
                 mt, at = tl.max(tv, 1, return_indices=True)
                 take_b = mb >= mt  # ties: the buffer holds earlier keys
                 idx_b = tl.sum(tl.where(kcols[None, :] == ab[:, None], bi, 0), 1)
                 val = tl.where(take_b, mb, mt)
-                idx = tl.where(take_b, idx_b, (n0 + at).to(tl.int64))
+                idx = tl.where(take_b, idx_b, (n0 + at).to(tl.int32))
                 idx = tl.where(val == -float("inf"), -1, idx)
                 nv = tl.where(kcols[None, :] == r, val[:, None], nv)
                 nidx = tl.where(kcols[None, :] == r, idx[:, None], nidx)
@@ -280,7 +281,7 @@ def _topk_kernel(Q, K, KS, VALS, IDX, n, m, d, s_q, s_k, span, s_split, n_bucket
         filled += BLOCK_N
     mask = (offs_m[:, None] < n) & (kcols[None, :] < KTOP)
     tl.store(VALS + offs_m[:, None] * KTOP + kcols[None, :], bv, mask=mask)
-    tl.store(IDX + offs_m[:, None] * KTOP + kcols[None, :], bi, mask=mask)
+    tl.store(IDX + offs_m[:, None] * KTOP + kcols[None, :], bi.to(tl.int64), mask=mask)
 
 
 # -- configs -----------------------------------------------------------------------------------------
@@ -323,7 +324,16 @@ def _regs_ok(c, bdo, nacc, nbytes, dtype):
     # FMA dot holds its operand rows over the whole BLOCK_N reduction. Compiled for sm_90: 64 x 512
     # TF32 accumulators over 8 warps spill, 64 x 256 do not; FMA ones spill at 32 x 128 with
     # BLOCK_N = 32 over 4 warps or 64 over 8, not at 32 x 64
-    weight = c.kwargs["BLOCK_N"] / 4 if fma(dtype) else (2 if nbytes >= 4 else 1)
+    # 3xTF32 also holds each operand's high and low parts: 64 x 256 accumulators spill 1.5 KB, and
+    # of 64 x 128 ones only the 64 x 64 score tile over 8 warps is spill-free (64 x 128 / 8 warps
+    # spill 616 B, 32 x 64 / 4 warps 468 B)
+    x3 = nbytes >= 4 and not fma(dtype) and dot_precision(dtype) == "tf32x3"
+    if x3 and (c.num_warps < 8 or score_elems(c, "BLOCK_M", "BLOCK_N") > 16):
+        return False
+    if fma(dtype):
+        weight = c.kwargs["BLOCK_N"] / 4
+    else:
+        weight = (4 if x3 else 2) if nbytes >= 4 else 1
     return c.kwargs["BLOCK_M"] * bdo * nacc * weight <= _ACC_PER_WARP * c.num_warps
 
 
@@ -536,6 +546,8 @@ def topk_scores(q, keys, k, key_scale=None):
     if n == 0 or m == 0:
         return torch.full((n, k), -float("inf"), dtype=at, device=q.device), \
             torch.full((n, k), -1, dtype=torch.long, device=q.device)
+    if m >= 2 ** 31:   # the kernel's key indices are int32
+        raise ValueError(f"keys: at most 2**31 - 1 rows a call, got {m}; search the keys in parts")
     keys = keys.to(q.dtype)
     span = _key_span(n, m, q.device)
     splits = triton.cdiv(m, span)

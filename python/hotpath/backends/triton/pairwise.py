@@ -10,13 +10,19 @@ and accumulators are float32 (float64 for float64 inputs) whatever the input dty
 
 Precision policy (dot_precision): bf16 / fp16 tiles go to the tensor cores as they are, with
 float32 accumulation; float32 tiles use TF32 exactly when torch would for a float32 matmul
-(torch.backends.cuda.matmul.allow_tf32 / torch.set_float32_matmul_precision), else full IEEE
-fp32; float64 is always IEEE. The interpreter runs "ieee" (the only fp32 mode it implements).
+(torch.backends.cuda.matmul.allow_tf32 / torch.set_float32_matmul_precision). Otherwise float32
+must keep float32 accuracy, and gets it on the tensor cores too: "tf32x3" splits each operand into
+a TF32 high part and a TF32 remainder and sums three exact products in fp32 (~2^-21 relative a
+product: the error of an fp32 FMA dot, tests/test_triton_engine.py), where Hopper and Ampere run
+TF32 at ~8x their fp32 FMA rate; IEEE FMA dots also spill registers on any tile large enough to
+feed the GPU (docs/gpu.md). HOTPATH_FP32_DOT=ieee restores FMA dots. float64 is always IEEE. The
+interpreter runs "ieee" (the only fp32 mode it implements).
 
-Narrow features outside the tensor cores (IEEE fp32 / fp64 with d <= 4, or k <= 4 value
-channels): a tl.dot over a tile padded to its 16-wide minimum costs 16 FMAs a pair there, so the
-scores and the value / gradient accumulations run as d (or k) rank-1 updates instead (SMALL_D,
-SMALL_K): 3 FMAs a pair at d = 3, which leaves the exponential units as the bound.
+Narrow features outside the tensor cores (fp32 / fp64 with d <= 4, or k <= 4 value channels,
+unless TF32 is asked for): a tl.dot over a tile padded to its 16-wide minimum costs 16 FMAs (or
+three padded MMAs) a pair there, so the scores and the value / gradient accumulations run as d
+(or k) rank-1 updates instead (SMALL_D, SMALL_K): 3 FMAs a pair at d = 3, which leaves the
+exponential units as the bound.
 
 The backward is two launches of one kernel, rows against columns and then columns against rows;
 each computes one score tile per (row block, column tile) and feeds it to every accumulator: no
@@ -26,6 +32,7 @@ Tile configs (GPU) are autotuned per (d, k, n and m buckets) over a short list, 
 shared memory estimated as (BLOCK_M*BLOCK_D + stages*BLOCK_N*(BLOCK_D + BLOCK_K)) * bytes and
 filtered by the device's limit before launch (smem_need / fits below).
 """
+import os
 import warnings
 
 import numpy as np
@@ -51,12 +58,13 @@ def dot_precision(dtype):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fp32p = getattr(torch.backends.cuda.matmul, "fp32_precision", "none")
-        if fp32p == "tf32":
-            return "tf32"
-        if fp32p == "ieee":
-            return "ieee"
-        tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
-    return "tf32" if tf32 else "ieee"
+        if fp32p in ("tf32", "ieee"):
+            tf32 = fp32p == "tf32"
+        else:
+            tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
+    if tf32:
+        return "tf32"
+    return "ieee" if os.environ.get("HOTPATH_FP32_DOT", "").lower() == "ieee" else "tf32x3"
 
 
 def upcast(dtype):
@@ -114,7 +122,7 @@ def prune(configs, need, limit, regs=None):
 # a thread holds more score-tile elements (rows * cols / threads) than these; a tl.dot outside the
 # tensor cores (IEEE fp32 / fp64 FMAs) also keeps operand rows per thread, so there the bound is on
 # elements * BLOCK_D. Measured: d = 64 IEEE backward spills at 16 elements (1 KB), not at 8.
-FWD_ELEMS, BWD_ELEMS = 64, 32
+FWD_ELEMS, BWD_ELEMS, X3_BWD_ELEMS = 64, 32, 16
 FMA_FWD, FMA_BWD = 2048, 512
 
 
@@ -128,6 +136,11 @@ def reg_rule(rows, cols, kw, dtype, bwd):
     (compiled: d = k = 64 IEEE spills at 64 x 32 over 4 warps, 24 B, not at 32 x 32)."""
     fma = kw["PREC"] == "ieee" and dtype in (torch.float32, torch.float64) and not kw.get("SMALL_D")
     cap, fma_cap = (BWD_ELEMS, FMA_BWD) if bwd else (FWD_ELEMS, FMA_FWD)
+    if bwd and kw["PREC"] == "tf32x3" and not kw.get("SMALL_D"):
+        # the backward's two 3xTF32 dots hold both operands' high and low parts: d = 64 compiled
+        # for sm_90 spills 0.1-0.5 KB at 32 elements a thread (64 x 64 over 4 warps, 64 x 128
+        # over 8), none at 16
+        cap = X3_BWD_ELEMS
     kv = kw["BLOCK_K"] if kw.get("HAS_V") and not kw.get("SMALL_K") and not bwd else 0
 
     def size(c):
@@ -480,7 +493,7 @@ SMALL_MAX = 4   # widths (d, k) taken as rank-1 updates when the dots would run 
 def _small(width, dtype):
     """(SMALL, BLOCK): the rank-1 update count and the tile width for a feature / value width,
     or (0, the tl.dot width)."""
-    if 0 < width <= SMALL_MAX and dtype in (torch.float32, torch.float64) and dot_precision(dtype) == "ieee":
+    if 0 < width <= SMALL_MAX and dtype in (torch.float32, torch.float64) and dot_precision(dtype) != "tf32":
         return width, pow2(width, lo=4)
     return 0, pow2(width)
 
