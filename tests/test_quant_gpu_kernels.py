@@ -387,13 +387,14 @@ def test_device_limit_read_and_decode_plan_fits(optin, sms, monkeypatch):
 @pytest.mark.parametrize("cfg", [Int8WeightOnly(), Int4WeightOnly(group_size=64), FP8WeightOnly(), MXFP4(),
                                  NVFP4(hadamard=False)], ids=lambda c: type(c).__name__)
 def test_fma_tiles_match_reference(cfg, monkeypatch):
-    """float32 activations under IEEE precision take smaller tiles on a GPU (FMA_GEMM_CONFIGS,
-    FMA_DECODE_BK: the tensor-core ones spill there). Here every such tile shape, and the decode
-    K step, runs through the interpreter against the reference."""
+    """float32 activations take their own tiles on a GPU (IEEE: FMA_GEMM_CONFIGS, FMA_DECODE_BK;
+    3xTF32: X3_GEMM_CONFIGS; the bf16 ones spill there). Here every such tile shape, and the
+    decode K step, runs through the interpreter against the reference."""
     from hotpath.backends.triton import _qgemm as Q
     K, N = 192, 80
     bufs, b = _buffers(cfg, N, K)
-    for tile in Q.FMA_GEMM_CONFIGS:
+    monkeypatch.setattr(Q, "smem_limit", lambda dev: 227 * 1024)   # the 3xTF32 tiles are an H100 / H200's
+    for tile in Q.FMA_GEMM_CONFIGS + Q.X3_GEMM_CONFIGS:
         monkeypatch.setattr(Q, "INTERP_GEMM", tile)
         x = torch.randn(21, K, device=DEV)
         torch.testing.assert_close(cfg.linear(x, bufs, b, backend="triton"), cfg.linear(x, bufs, b, backend="reference"),

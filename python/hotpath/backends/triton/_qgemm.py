@@ -75,19 +75,23 @@ GEMM_CONFIGS = [
 # every configuration above spills there (7-17 KB a thread), so those launches take these (the
 # last one, with Int4's fixed K step of 64, is the one that does not spill for it)
 FMA_GEMM_CONFIGS = [(32, 64, 32, 4, 2), (64, 32, 32, 8, 2), (32, 32, 32, 8, 2)]
+# float32 activations under 3xTF32 hold both operands' high and low parts: compiled for sm_90, 64
+# accumulator elements a thread spill 36-680 B (128 x 64 over 4 warps, 128 x 128 over 8), 32 do not
+X3_GEMM_CONFIGS = [(128, 64, 64, 8, 3), (64, 128, 64, 8, 3), (64, 64, 64, 4, 3), (32, 64, 64, 4, 2)]
 FMA_DECODE_BK = 32
 # the one configuration the interpreter runs (small tiles: odd test shapes stay cheap)
 INTERP_GEMM = (16, 32, 64, 4, 1)
 DECODE_MAX_M = 8
 
 
-def gemm_configs(need, device, fma=False):
-    """Autotune list: GEMM_CONFIGS (FMA_GEMM_CONFIGS for FMA dots) that fit the device's shared
-    memory (need(cfg) -> bytes)."""
+def gemm_configs(need, device, path="tc"):
+    """Autotune list: GEMM_CONFIGS (FMA_GEMM_CONFIGS for FMA dots, path "fma"; X3_GEMM_CONFIGS for
+    3xTF32 ones, "x3") that fit the device's shared memory (need(cfg) -> bytes)."""
     if interpreting():
         return [INTERP_GEMM]
     lim = smem_limit(device)
-    ok = [c for c in (FMA_GEMM_CONFIGS if fma else GEMM_CONFIGS) if need(c) <= lim]
+    base = {"tc": GEMM_CONFIGS, "fma": FMA_GEMM_CONFIGS, "x3": X3_GEMM_CONFIGS}[path]
+    ok = [c for c in base if need(c) <= lim]
     return ok or [pick([INTERP_GEMM], need, lim)]
 
 
@@ -159,7 +163,9 @@ def run_linear(kernel, tuner, fmt_args, fmt_consts, bias, x, N, K, need, step=16
     fixed_bk: the K step the format's layout imposes (it replaces BK of every configuration)."""
     M = x.shape[0]
     dev = x.device
-    fma = fmt_consts.get("DT") is tl.float32 and fmt_consts.get("PREC") == "ieee"
+    fp32 = fmt_consts.get("DT") is tl.float32
+    fma = fp32 and fmt_consts.get("PREC") == "ieee"
+    path = "fma" if fma else ("x3" if fp32 and fmt_consts.get("PREC") == "tf32x3" else "tc")
 
     def fix(c):
         return c if fixed_bk is None else (c[0], c[1], fixed_bk) + tuple(c[3:])
@@ -187,7 +193,7 @@ def run_linear(kernel, tuner, fmt_args, fmt_consts, bias, x, N, K, need, step=16
             return y[0]
         out = y.sum(0)
         return out if bias is None else out + bias
-    cfgs = [fix(c) for c in gemm_configs(need_fixed, dev, fma)]
+    cfgs = [fix(c) for c in gemm_configs(need_fixed, dev, path)]
     tuned = tuner(tuple(dict.fromkeys(cfgs)))
     y = torch.empty(1, M, N, dtype=torch.float32, device=dev)
 

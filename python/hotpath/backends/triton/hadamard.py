@@ -1,9 +1,10 @@
 """Triton blockwise random Hadamard transform, tiled so every launch fits the shared memory of any
 GPU: one program per (row tile, output column chunk of one Hadamard block). The Sylvester matrix
 is never stored: each (BI, BJ) piece of it is generated in registers (H_ij = (-1)^popcount(i & j))
-and multiplied with tl.dot (IEEE fp32 / fp64: the rotation must match the CPU kernel to float
-rounding), accumulating over the block's input chunks; the random signs are applied before
-(forward) or after (inverse).
+and multiplied with tl.dot, accumulating over the block's input chunks; the random signs are
+applied before (forward) or after (inverse). float32 dots keep float32 accuracy (IEEE or 3xTF32 by
+the precision policy, never plain TF32: the rotation must match the CPU kernel to float rounding);
+float64 is IEEE.
 
 The former kernel held the whole (block, block) matrix and a (16, block) row tile in shared
 memory: 278,528 B for block = 256 in float32, over the 227 KB of an H100 / H200 (seen on an H200). Now a
@@ -17,11 +18,13 @@ import triton
 import triton.language as tl
 
 from . import _qgemm as Q
+from .pairwise import dot_precision
 
 
 @triton.jit
 def _fwht_kernel(x_ptr, s_ptr, y_ptr, M, K, norm, BLOCK: tl.constexpr, LOG2B: tl.constexpr,
-                 BM: tl.constexpr, BJ: tl.constexpr, BI: tl.constexpr, INVERSE: tl.constexpr, F64: tl.constexpr):
+                 BM: tl.constexpr, BJ: tl.constexpr, BI: tl.constexpr, INVERSE: tl.constexpr, F64: tl.constexpr,
+                 PREC: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_j = tl.program_id(1)
     rows = pid_m * BM + tl.arange(0, BM)
@@ -42,7 +45,7 @@ def _fwht_kernel(x_ptr, s_ptr, y_ptr, M, K, norm, BLOCK: tl.constexpr, LOG2B: tl
         for b in tl.static_range(LOG2B):
             par = par ^ ((a >> b) & 1)
         H = (1 - 2 * par).to(x.dtype)
-        acc += tl.dot(x, H, input_precision="ieee")
+        acc += tl.dot(x, H, input_precision=PREC)
     y = acc * norm
     cols = blk0 + jl
     if INVERSE:
@@ -51,8 +54,9 @@ def _fwht_kernel(x_ptr, s_ptr, y_ptr, M, K, norm, BLOCK: tl.constexpr, LOG2B: tl
 
 
 # (BM, BJ, BI, num_warps, num_stages), best-first; BJ / BI are capped at the Hadamard block.
-# 16-bit inputs run tensor-core dots. float32 / float64 dots are FMAs whose operand rows stay in
-# registers: compiled for sm_90, (64, 64, 64) spills 27 KB a thread in float32, (32, 64, 32) none.
+# 16-bit and 3xTF32 inputs run tensor-core dots. IEEE float32 / float64 dots are FMAs whose operand
+# rows stay in registers: compiled for sm_90, (64, 64, 64) spills 27 KB a thread in float32,
+# (32, 64, 32) none.
 FWHT_CONFIGS = [(64, 64, 64, 4, 3), (64, 64, 32, 4, 2), (32, 32, 32, 4, 2), (16, 32, 16, 4, 1)]
 FWHT_FMA_CONFIGS = [(32, 64, 32, 4, 2), (32, 32, 32, 4, 2), (16, 32, 16, 4, 1)]
 
@@ -65,8 +69,8 @@ def fwht_smem(cfg, block, elem_bytes):
     return Q.smem_bytes(BM, BJ, BI, elem_bytes, 0, stages, b_op_bytes=elem_bytes, out_bytes=elem_bytes)
 
 
-def fwht_config(block, elem_bytes, limit):
-    base = FWHT_CONFIGS if elem_bytes == 2 else FWHT_FMA_CONFIGS
+def fwht_config(block, elem_bytes, limit, prec="ieee"):
+    base = FWHT_FMA_CONFIGS if elem_bytes >= 4 and prec == "ieee" else FWHT_CONFIGS
     cfgs = [(bm, min(bj, block), min(bi, block), w, s) for bm, bj, bi, w, s in base]
     return Q.pick(cfgs, lambda c: fwht_smem(c, block, elem_bytes), limit)
 
@@ -78,9 +82,11 @@ def fwht(x, signs, block, inverse):
     y = torch.empty_like(x)
     if M == 0 or K == 0:
         return y
-    BM, BJ, BI, warps, stages = fwht_config(block, x.element_size(), Q.smem_limit(x.device))
+    prec = dot_precision(x.dtype)
+    prec = "tf32x3" if prec == "tf32" else prec   # float32 accuracy even where TF32 is allowed
+    BM, BJ, BI, warps, stages = fwht_config(block, x.element_size(), Q.smem_limit(x.device), prec)
     grid = (triton.cdiv(M, BM), K // BJ)
     _fwht_kernel[grid](x, signs, y, M, K, 1.0 / math.sqrt(block), BLOCK=block, LOG2B=int(math.log2(block)),
-                       BM=BM, BJ=BJ, BI=BI, INVERSE=bool(inverse), F64=x.dtype == torch.float64,
+                       BM=BM, BJ=BJ, BI=BI, INVERSE=bool(inverse), F64=x.dtype == torch.float64, PREC=prec,
                        num_warps=warps, num_stages=stages)
     return y

@@ -142,6 +142,8 @@ def reg_rule(rows, cols, kw, dtype, bwd):
         # over 8), none at 16
         cap = X3_BWD_ELEMS
     kv = kw["BLOCK_K"] if kw.get("HAS_V") and not kw.get("SMALL_K") and not bwd else 0
+    if kv and kw["PREC"] == "tf32x3":
+        cap = FWD_ELEMS // 2   # 3xTF32 with its value dot: d = k = 64 spills at 64 elements a thread
 
     def size(c):
         return score_elems(c, rows, cols)
