@@ -44,7 +44,9 @@ def under_tf32(on, fn):
 
 
 def precision_label(on):
-    return "TF32" if on else "fp32, no TF32"
+    # under full precision the peers' float32 GEMMs are IEEE and hotpath's dots 3xTF32, both at
+    # float32 accuracy (README, "Precision policy")
+    return "TF32" if on else "fp32, no TF32 (hotpath 3xTF32)"
 
 
 def import_peer(*names):
@@ -124,7 +126,7 @@ def quant_problem(h, seed=0):
 def quant_format_cases(h, name, cfg, p, gemv_target=None, gemm_target=None, bandwidth=None, int_mm=False):
     """One format's GEMV and GEMM cases. hotpath is fed bf16 activations, as served models feed
     it (the weight tiles are dequantized to bf16 for the tensor cores), and float32 activations
-    for the record (IEEE fp32 dots unless TF32 is allowed); the baselines are bf16 and float32
+    for the record (3xTF32 dots unless TF32 is allowed); the baselines are bf16 and float32
     (no TF32) F.linear, and torch._int_mm on random int8 operands (the int8 GEMM alone)."""
     import torch.nn.functional as F
     w, x1, xm = p["w"], p["x1"], p["xm"]

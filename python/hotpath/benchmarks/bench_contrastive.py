@@ -151,7 +151,7 @@ def run_cuda(h, quick):
     # CLIP / SigLIP: bf16 <= 0.7x open_clip's time, float32 <= 1.0x, memory <= 5%
     B = _gpu.sz(h, 16_384 if quick else 32_768)
     for dtype, speed in ((torch.bfloat16, 1 / 0.7), (torch.float32, 1.0)):
-        tag = "bf16" if dtype == torch.bfloat16 else "fp32, no TF32"
+        tag = "bf16" if dtype == torch.bfloat16 else _gpu.precision_label(False)
         img, txt = unit(B, d, dtype).requires_grad_(), unit(B, d, dtype).requires_grad_()
         scale = torch.tensor(100.0, device=dev, requires_grad=True)
         s, b = torch.tensor(10.0, device=dev, requires_grad=True), torch.tensor(-10.0, device=dev, requires_grad=True)
@@ -211,7 +211,7 @@ def run_cuda(h, quick):
     q32, keys32 = unit(nq, dk), unit(nk, dk)
     for dtype in (torch.float32, torch.bfloat16):
         q, keys = q32.to(dtype), keys32.to(dtype)
-        tag = "bf16" if dtype == torch.bfloat16 else "fp32, no TF32"
+        tag = "bf16" if dtype == torch.bfloat16 else _gpu.precision_label(False)
         h.case(f"topk_similarity Q={nq} N={nk} d={dk} k={k} {tag}", work=nq * nk, unit="pairs")
         h.measure("hotpath", _gpu.under_tf32(False, lambda: C.topk_similarity(q, keys, k)))
         h.measure("torch matmul+topk", _gpu.under_tf32(False, lambda: torch.topk(q @ keys.T, k, dim=1)))

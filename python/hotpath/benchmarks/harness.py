@@ -331,7 +331,7 @@ def main(names, quick=False, out="bench-results", device=None):
     if h.cuda:
         from ._gpu import tf32_state
         print(f"GPU: {torch.cuda.get_device_name(device)}, TF32 for float32 matmuls: {tf32_state()} "
-              "(cases marked 'fp32, no TF32' / 'TF32' set it themselves)")
+              "(cases marked 'fp32, no TF32 ...' / 'TF32' set it themselves)")
     crashed = []
     for n in names:
         print(f"\n## {n}", flush=True)
