@@ -54,11 +54,13 @@ def _fwht_kernel(x_ptr, s_ptr, y_ptr, M, K, norm, BLOCK: tl.constexpr, LOG2B: tl
 
 
 # (BM, BJ, BI, num_warps, num_stages), best-first; BJ / BI are capped at the Hadamard block.
-# 16-bit and 3xTF32 inputs run tensor-core dots. IEEE float32 / float64 dots are FMAs whose operand
-# rows stay in registers: compiled for sm_90, (64, 64, 64) spills 27 KB a thread in float32,
-# (32, 64, 32) none.
+# 16-bit inputs run tensor-core dots. IEEE float32 / float64 dots are FMAs whose operand rows stay
+# in registers: compiled for sm_90, (64, 64, 64) spills 27 KB a thread in float32, (32, 64, 32)
+# none. 3xTF32 (tensor cores, both operands split in registers): (64, 64, 64) spills 3-5 KB,
+# (64, 64, 32) over 8 warps 0.4-1.1 KB, (32, 64, 32) none.
 FWHT_CONFIGS = [(64, 64, 64, 4, 3), (64, 64, 32, 4, 2), (32, 32, 32, 4, 2), (16, 32, 16, 4, 1)]
 FWHT_FMA_CONFIGS = [(32, 64, 32, 4, 2), (32, 32, 32, 4, 2), (16, 32, 16, 4, 1)]
+FWHT_X3_CONFIGS = [(32, 64, 32, 4, 2), (32, 32, 32, 4, 2), (16, 32, 16, 4, 1)]
 
 
 def fwht_smem(cfg, block, elem_bytes):
@@ -70,7 +72,7 @@ def fwht_smem(cfg, block, elem_bytes):
 
 
 def fwht_config(block, elem_bytes, limit, prec="ieee"):
-    base = FWHT_FMA_CONFIGS if elem_bytes >= 4 and prec == "ieee" else FWHT_CONFIGS
+    base = FWHT_CONFIGS if elem_bytes < 4 else (FWHT_FMA_CONFIGS if prec == "ieee" else FWHT_X3_CONFIGS)
     cfgs = [(bm, min(bj, block), min(bi, block), w, s) for bm, bj, bi, w, s in base]
     return Q.pick(cfgs, lambda c: fwht_smem(c, block, elem_bytes), limit)
 
