@@ -129,10 +129,15 @@ def test_precision_policy(monkeypatch):
     if not GPU_MODE:
         assert TP.dot_precision(torch.float32) == "ieee"   # the interpreter's only fp32 mode
     monkeypatch.setattr(TP, "interpreting", lambda: False)
+    arch = [(9, 0)]
+    monkeypatch.setattr(TP, "capability", lambda device: arch[0])
     old = torch.get_float32_matmul_precision()
     try:
         torch.set_float32_matmul_precision("highest")
-        assert TP.dot_precision(torch.float32) == "tf32x3"   # float32-accurate, on the tensor cores
+        assert TP.dot_precision(torch.float32) == "tf32x3"   # float32-accurate, on Hopper's tensor cores
+        arch[0] = (8, 0)
+        assert TP.dot_precision(torch.float32) == "ieee"     # mma.sync GPUs: FMA dots (3xTF32 tiles spill)
+        arch[0] = (9, 0)
         monkeypatch.setenv("HOTPATH_FP32_DOT", "ieee")
         assert TP.dot_precision(torch.float32) == "ieee"     # the opt-out: FMA dots
         torch.set_float32_matmul_precision("high")

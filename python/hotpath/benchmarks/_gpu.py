@@ -44,9 +44,16 @@ def under_tf32(on, fn):
 
 
 def precision_label(on):
-    # under full precision the peers' float32 GEMMs are IEEE and hotpath's dots 3xTF32, both at
-    # float32 accuracy (README, "Precision policy")
-    return "TF32" if on else "fp32, no TF32 (hotpath 3xTF32)"
+    """The case's float32 precision; under full precision the peers' GEMMs are IEEE and hotpath's
+    dots 3xTF32 on Hopper, both at float32 accuracy (README, "Precision policy")."""
+    if on:
+        return "TF32"
+    try:
+        from hotpath.backends.triton.pairwise import full_fp32
+        ours = "3xTF32" if full_fp32() == "tf32x3" else "IEEE"
+    except Exception:   # no triton / no GPU: the label only
+        return "fp32, no TF32"
+    return f"fp32, no TF32 (hotpath {ours})"
 
 
 def import_peer(*names):

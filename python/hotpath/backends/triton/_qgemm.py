@@ -56,7 +56,7 @@ def compute_dtype(x):
         return "bf16", "ieee"
     if x.dtype == torch.float16:
         return "fp16", "ieee"
-    return "fp32", dot_precision(torch.float32) if on_gpu(x) else "ieee"
+    return "fp32", dot_precision(torch.float32, x.device) if on_gpu(x) else "ieee"
 
 
 # ------------------------------------------------------------------ configurations

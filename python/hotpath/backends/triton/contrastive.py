@@ -29,7 +29,7 @@ import triton.language as tl
 
 from .pairwise import (LN2, LOG2E, _dots, _mma, _scal, acc_dtype, bucket, dot_precision, pow2, prune,
                        score_elems, split, tune_key, upcast)
-from .target import interpreting, sm_count, smem_limit
+from .target import capability, interpreting, sm_count, smem_limit
 
 _LN2 = tl.constexpr(0.6931471805599453)
 _LOG2E = tl.constexpr(LOG2E)
@@ -327,7 +327,9 @@ def _regs_ok(c, bdo, nacc, nbytes, dtype):
     # 3xTF32 also holds each operand's high and low parts: 64 x 256 accumulators spill 1.5 KB, and
     # of 64 x 128 ones only the 64 x 64 score tile over 8 warps is spill-free (64 x 128 / 8 warps
     # spill 616 B, 32 x 64 / 4 warps 468 B)
-    x3 = nbytes >= 4 and not fma(dtype) and dot_precision(dtype) == "tf32x3"
+    # TF32 through mma.sync (before Hopper) keeps its fragments in registers as 3xTF32 does on
+    # Hopper: compiled for sm_80, 64 x 256 TF32 accumulators spill 2.4 KB
+    x3 = nbytes >= 4 and not fma(dtype) and (dot_precision(dtype) == "tf32x3" or 0 < capability("cuda")[0] < 9)
     if x3 and (c.num_warps < 8 or score_elems(c, "BLOCK_M", "BLOCK_N") > 16):
         return False
     if fma(dtype):

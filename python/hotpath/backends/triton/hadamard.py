@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from . import _qgemm as Q
-from .pairwise import dot_precision
+from .pairwise import dot_precision, full_fp32
 
 
 @triton.jit
@@ -84,8 +84,8 @@ def fwht(x, signs, block, inverse):
     y = torch.empty_like(x)
     if M == 0 or K == 0:
         return y
-    prec = dot_precision(x.dtype)
-    prec = "tf32x3" if prec == "tf32" else prec   # float32 accuracy even where TF32 is allowed
+    prec = dot_precision(x.dtype, x.device)
+    prec = full_fp32(x.device) if prec == "tf32" else prec   # float32 accuracy even where TF32 is allowed
     BM, BJ, BI, warps, stages = fwht_config(block, x.element_size(), Q.smem_limit(x.device), prec)
     grid = (triton.cdiv(M, BM), K // BJ)
     _fwht_kernel[grid](x, signs, y, M, K, 1.0 / math.sqrt(block), BLOCK=block, LOG2B=int(math.log2(block)),

@@ -11,11 +11,11 @@ and accumulators are float32 (float64 for float64 inputs) whatever the input dty
 Precision policy (dot_precision): bf16 / fp16 tiles go to the tensor cores as they are, with
 float32 accumulation; float32 tiles use TF32 exactly when torch would for a float32 matmul
 (torch.backends.cuda.matmul.allow_tf32 / torch.set_float32_matmul_precision). Otherwise float32
-must keep float32 accuracy, and gets it on the tensor cores too: "tf32x3" splits each operand into
-a TF32 high part and a TF32 remainder and sums three exact products in fp32 (~2^-21 relative a
-product: the error of an fp32 FMA dot, tests/test_triton_engine.py), where Hopper and Ampere run
-TF32 at ~8x their fp32 FMA rate; IEEE FMA dots also spill registers on any tile large enough to
-feed the GPU (docs/gpu.md). HOTPATH_FP32_DOT=ieee restores FMA dots. float64 is always IEEE. The
+must keep float32 accuracy, and on Hopper gets it on the tensor cores too: "tf32x3" splits each
+operand into a TF32 high part and a TF32 remainder and sums three exact products in fp32 (~2^-21
+relative a product: the error of an fp32 FMA dot, tests/test_triton_engine.py), and Hopper runs
+TF32 at ~8x its fp32 FMA rate; IEEE FMA dots also spill registers on any tile large enough to feed
+the GPU (docs/gpu.md). Other GPUs, and HOTPATH_FP32_DOT=ieee, run IEEE FMA dots. float64 is always IEEE. The
 interpreter runs "ieee" (the only fp32 mode it implements).
 
 Narrow features outside the tensor cores (fp32 / fp64 with d <= 4, or k <= 4 value channels,
@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .target import interpreting, smem_limit
+from .target import capability, interpreting, smem_limit
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -51,8 +51,9 @@ ACC_REG_MAX = 128   # feature widths up to this keep a (rows, d) accumulator in 
 
 # -- policy and launch helpers (shared with contrastive.py and ot.py) ----------------------------------
 
-def dot_precision(dtype):
-    """input_precision for tl.dot on tiles of this dtype (see the module docstring)."""
+def dot_precision(dtype, device=None):
+    """input_precision for tl.dot on tiles of this dtype on `device` (default: the current CUDA
+    device; see the module docstring)."""
     if dtype != torch.float32 or interpreting():
         return "ieee"
     with warnings.catch_warnings():
@@ -62,9 +63,17 @@ def dot_precision(dtype):
             tf32 = fp32p == "tf32"
         else:
             tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
-    if tf32:
-        return "tf32"
-    return "ieee" if os.environ.get("HOTPATH_FP32_DOT", "").lower() == "ieee" else "tf32x3"
+    return "tf32" if tf32 else full_fp32(device)
+
+
+def full_fp32(device=None):
+    """input_precision of float32 dots at float32 accuracy on a GPU: "tf32x3" or "ieee"."""
+    if os.environ.get("HOTPATH_FP32_DOT", "").lower() == "ieee":
+        return "ieee"
+    # 3xTF32 where Hopper's warpgroup MMA reads the split operands from shared memory. With
+    # mma.sync (sm_80 / sm_89 / sm_120) they sit in registers and the score tiles spill 0.6-9 KB
+    # (compiled for sm_80): IEEE FMA dots there. Blackwell (sm_100) is not compile-checked yet.
+    return "tf32x3" if capability(device if device is not None else "cuda")[0] == 9 else "ieee"
 
 
 def upcast(dtype):
