@@ -153,8 +153,8 @@ def _tf32(x):
 
 @pytest.mark.parametrize("B,d,scale,unit", [(512, 512, 100.0, True), (1024, 64, 0.5, False)])
 def test_3xtf32_keeps_float32_accuracy(B, d, scale, unit):
-    """Why full precision maps to "tf32x3": each float32 operand split into a TF32 high part and a
-    TF32 remainder, three tensor-core products (exact in fp32) summed in fp32, gives log-sum-exps
+    """Why full precision maps to "tf32x3" on Hopper: each float32 operand split into a TF32 high
+    part and a TF32 remainder, three tensor-core products (exact in fp32) summed in fp32, gives log-sum-exps
     within the float32 tolerance of the float64 reference (a CLIP batch at logit scale 100, a
     d = 64 kernel), where one TF32 product is ~500x off. Emulated here; the GPU test mode runs the
     kernels themselves."""

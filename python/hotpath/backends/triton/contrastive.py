@@ -324,11 +324,10 @@ def _regs_ok(c, bdo, nacc, nbytes, dtype):
     # FMA dot holds its operand rows over the whole BLOCK_N reduction. Compiled for sm_90: 64 x 512
     # TF32 accumulators over 8 warps spill, 64 x 256 do not; FMA ones spill at 32 x 128 with
     # BLOCK_N = 32 over 4 warps or 64 over 8, not at 32 x 64
-    # 3xTF32 also holds each operand's high and low parts: 64 x 256 accumulators spill 1.5 KB, and
+    # 3xTF32 also holds each operand's high and low parts: 64 x 256 accumulators spill 1-2 KB, and
     # of 64 x 128 ones only the 64 x 64 score tile over 8 warps is spill-free (64 x 128 / 8 warps
-    # spill 616 B, 32 x 64 / 4 warps 468 B)
-    # TF32 through mma.sync (before Hopper) keeps its fragments in registers as 3xTF32 does on
-    # Hopper: compiled for sm_80, 64 x 256 TF32 accumulators spill 2.4 KB
+    # spill 616 B, 32 x 64 / 4 warps 468 B). TF32 through mma.sync (before Hopper) keeps its
+    # fragments in registers too: compiled for sm_80, 64 x 256 TF32 accumulators spill 2.4 KB.
     x3 = nbytes >= 4 and not fma(dtype) and (dot_precision(dtype) == "tf32x3" or 0 < capability("cuda")[0] < 9)
     if x3 and (c.num_warps < 8 or score_elems(c, "BLOCK_M", "BLOCK_N") > 16):
         return False

@@ -15,8 +15,8 @@ must keep float32 accuracy, and on Hopper gets it on the tensor cores too: "tf32
 operand into a TF32 high part and a TF32 remainder and sums three exact products in fp32 (~2^-21
 relative a product: the error of an fp32 FMA dot, tests/test_triton_engine.py), and Hopper runs
 TF32 at ~8x its fp32 FMA rate; IEEE FMA dots also spill registers on any tile large enough to feed
-the GPU (docs/gpu.md). Other GPUs, and HOTPATH_FP32_DOT=ieee, run IEEE FMA dots. float64 is always IEEE. The
-interpreter runs "ieee" (the only fp32 mode it implements).
+the GPU (docs/gpu.md). Other GPUs, and HOTPATH_FP32_DOT=ieee, run IEEE FMA dots (full_fp32).
+float64 is always IEEE. The interpreter runs "ieee" (the only fp32 mode it implements).
 
 Narrow features outside the tensor cores (fp32 / fp64 with d <= 4, or k <= 4 value channels,
 unless TF32 is asked for): a tl.dot over a tile padded to its 16-wide minimum costs 16 FMAs (or
