@@ -509,6 +509,12 @@ def _small(width, dtype):
     return 0, pow2(width)
 
 
+def _prec(dtype, small_d, small_k, k):
+    """PREC of a launch: unread where every product is a rank-1 FMA update (SMALL_D with no value
+    dot), so it is "ieee" there and 3xTF32 / IEEE share one compiled kernel and autotuning."""
+    return "ieee" if small_d and (k == 0 or small_k) else dot_precision(dtype)
+
+
 def _tiles(d, k, dtype):
     """(BLOCK_D, ONE_D, SMALL_D, SMALL_K, BLOCK_K) of a forward or backward launch."""
     BLOCK_D, one_d = _width(d)
@@ -538,7 +544,7 @@ def pairwise_lse_fwd(x, y, col_bias, values, scale, metric):
             x.stride(0), x.stride(1), y.stride(0), y.stride(1),
             rbt.stride(0) if rb is not None else 0, cb.stride(0),
             v.stride(0), v.stride(1), lse.stride(0), out.stride(0), out.stride(1), bucket(n), bucket(m),
-            HAS_RB=rb is not None, HAS_V=values is not None, ONE_D=one_d, PREC=dot_precision(x.dtype),
+            HAS_RB=rb is not None, HAS_V=values is not None, ONE_D=one_d, PREC=_prec(x.dtype, small_d, small_k, k),
             UPCAST=upcast(x.dtype), SMALL_D=small_d, SMALL_K=small_k, BLOCK_D=BLOCK_D, BLOCK_K=bk)
     return lse, out
 
@@ -576,7 +582,7 @@ def _bwd_pass(r, c, scale, metric, row_bias, col_bias, ra, ca, rv, cv, want_acc2
             acc.stride(0), acc.stride(1), rsum.stride(0), acc2.stride(0) if want_acc2 else 0,
             acc2.stride(1) if want_acc2 else 0, bucket(nr), bucket(nc),
             HAS_RB=rb is not None, HAS_RA=ra is not None, HAS_CA=ca is not None, HAS_V=rv is not None,
-            WANT_ACC2=want_acc2, ONE_D=one_d, PREC=dot_precision(r.dtype), UPCAST=upcast(r.dtype),
+            WANT_ACC2=want_acc2, ONE_D=one_d, PREC=_prec(r.dtype, small_d, small_k, k), UPCAST=upcast(r.dtype),
             SMALL_D=small_d, SMALL_K=small_k, BLOCK_D=BLOCK_D, BLOCK_K=bk)
     return acc, rsum, (acc2 if want_acc2 else None)
 
