@@ -328,13 +328,14 @@ def _regs_ok(c, bdo, nacc, nbytes, dtype):
     # of 64 x 128 ones only the 64 x 64 score tile over 8 warps is spill-free (64 x 128 / 8 warps
     # spill 616 B, 32 x 64 / 4 warps 468 B). TF32 through mma.sync (before Hopper) keeps its
     # fragments in registers too: compiled for sm_80, 64 x 256 TF32 accumulators spill 2.4 KB.
-    x3 = nbytes >= 4 and not fma(dtype) and (dot_precision(dtype) == "tf32x3" or 0 < capability("cuda")[0] < 9)
-    if x3 and (c.num_warps < 8 or score_elems(c, "BLOCK_M", "BLOCK_N") > 16):
-        return False
     if fma(dtype):
         weight = c.kwargs["BLOCK_N"] / 4
+    elif nbytes >= 4 and (dot_precision(dtype) == "tf32x3" or 0 < capability("cuda")[0] < 9):
+        if c.num_warps < 8 or score_elems(c, "BLOCK_M", "BLOCK_N") > 16:
+            return False
+        weight = 4
     else:
-        weight = (4 if x3 else 2) if nbytes >= 4 else 1
+        weight = 2 if nbytes >= 4 else 1
     return c.kwargs["BLOCK_M"] * bdo * nacc * weight <= _ACC_PER_WARP * c.num_warps
 
 
@@ -358,9 +359,9 @@ def _fitting(nbytes, bdo, nacc, limit, dtype=torch.bfloat16):
 def _early_prune(configs, nargs, **kw):
     x = nargs["X"] if "X" in nargs else nargs["Q"]
     configs = _path_configs(configs, x.dtype)
-    if "KTOP" in kw:   # top-k: the score tile and the (rows, K_PAD) values + int64 indices in registers
-        # (5 words per kept entry: the value, the int64 index and the merge's temporaries. With
-        # K_PAD = 64 every tile still spills under Triton 3.6, not 3.9: docs/gpu.md)
+    if "KTOP" in kw:   # top-k: the score tile and the (rows, K_PAD) values + int32 indices in registers
+        # (5 words per kept entry: the value, the index and the merge's temporaries. With K_PAD = 64
+        # under Triton 3.6 only 32 x 128 over 8 warps is spill-free among those kept: docs/gpu.md)
         regs = lambda c: c.kwargs["BLOCK_M"] * (c.kwargs["BLOCK_N"] + 5 * kw["K_PAD"])  # noqa: E731
         ok = [c for c in configs if regs(c) <= _ACC_PER_WARP * c.num_warps]
         return prune(ok or configs[-1:], lambda c: _need(c, x.element_size(), 0), smem_limit(x.device))
