@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from conftest import GPU_MODE, HAS_TRITON
 import hotpath as hp
-from hotpath.quant import (MXFP4, NVFP4, FP8WeightOnly, Int4Dynamic, Int4WeightOnly, Int8Dynamic, Int8WeightOnly,
+from hotpath.quant import (MXFP4, NVFP4, FP8Dynamic, FP8WeightOnly, Int4Dynamic, Int4WeightOnly, Int8Dynamic, Int8WeightOnly,
                            QuantLinear, Ternary, quantize_)
 from hotpath.reference import quant_int as ref_int
 from hotpath.reference import quant_lowbit as ref_low
@@ -165,20 +165,114 @@ def test_nvfp4_issue_shape_scaled_down(hadamard):
 @pytest.mark.parametrize("cfg", [Int8WeightOnly(), Int4WeightOnly(group_size=64), FP8WeightOnly(), MXFP4(), NVFP4(hadamard=False)],
                          ids=lambda c: type(c).__name__)
 def test_bf16_activations_on_tensor_cores(cfg):
-    from hotpath.backends.triton import quant_int as QI
-    from hotpath.backends.triton import quant_lowbit as QL
     K, N, M = 256, 64, 33
     bufs, b = _buffers(cfg, N, K)
     x = torch.randn(M, K, device=DEV).bfloat16()
-    fn = {Int8WeightOnly: lambda: QI.int8_weight_only_linear(x, bufs["qweight"], bufs["scale"], b),
-          Int4WeightOnly: lambda: QI.int4_weight_only_linear(x, bufs["qweight"], bufs["scale"], bufs["zero"], b),
-          FP8WeightOnly: lambda: QL.fp8_linear(x, bufs["codes"], bufs["scales"], "e4m3", b)}.get(type(cfg))
-    if fn is None:
-        fn = lambda: QL.fp4_linear(x, bufs["packed"], bufs["scales"], cfg.scale_kind, cfg.block, bufs["tensor_scale"], b)  # noqa: E731
-    y = fn()
+    y = _launch(cfg, x, bufs, b)
     r = cfg.linear(x.float(), bufs, b, backend="reference")
     # weights are exact in bf16 except int4's (code - zero) * scale; the activations are bf16 already
-    torch.testing.assert_close(y, r, atol=2e-2, rtol=2e-2)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), r, atol=2e-2, rtol=2e-2)
+
+
+def _launch(cfg, x, bufs, b):
+    """The format's Triton launcher called directly (x reaches it as it is, 16-bit included)."""
+    from hotpath.backends.triton import quant_int as QI
+    from hotpath.backends.triton import quant_lowbit as QL
+    if isinstance(cfg, Int8WeightOnly):
+        return QI.int8_weight_only_linear(x, bufs["qweight"], bufs["scale"], b)
+    if isinstance(cfg, Int8Dynamic):
+        return QI.int8_dynamic_linear(x, bufs["qweight"], bufs["scale"], bufs["colsum"], b)
+    if isinstance(cfg, Int4WeightOnly):
+        return QI.int4_weight_only_linear(x, bufs["qweight"], bufs["scale"], bufs["zero"], b)
+    if isinstance(cfg, Int4Dynamic):
+        return QI.int4_dynamic_linear(x, bufs["qweight"], bufs["scale"], bufs["zero"], b)
+    if isinstance(cfg, FP8Dynamic):   # before FP8WeightOnly, its base class
+        return QL.fp8_dynamic_linear(x, bufs["codes"], bufs["scales"], b)
+    if isinstance(cfg, FP8WeightOnly):
+        return QL.fp8_linear(x, bufs["codes"], bufs["scales"], cfg.fmt, b)
+    if isinstance(cfg, Ternary):
+        return QL.ternary_linear(x, bufs["pos"], bufs["neg"], bufs["wscale"], b)
+    return QL.fp4_linear(x, bufs["packed"], bufs["scales"], cfg.scale_kind, cfg.block, bufs["tensor_scale"], b)
+
+
+# ------------------------------------------------------------------ output contract (_ops/linear_out.py)
+EVERY_FORMAT = [Int8WeightOnly(), Int8Dynamic(), Int4WeightOnly(group_size=32, symmetric=False),
+                Int4Dynamic(group_size=32), FP8WeightOnly(), FP8Dynamic(), MXFP4(), NVFP4(hadamard=False), Ternary()]
+
+
+@needs_triton
+@pytest.mark.parametrize("cfg", EVERY_FORMAT, ids=lambda c: type(c).__name__)
+@pytest.mark.parametrize("M", [1, 17])
+def test_kernel_epilogue_makes_nan_rows(cfg, M):
+    """A row of x holding inf or NaN is a NaN row of the kernel's own output (no pass over y
+    after it), through split-K decode (M = 1, K = 256: two splits) and the tiled GEMM; every
+    other row is finite and equal to the reference."""
+    K, N = 256, 40
+    bufs, b = _buffers(cfg, N, K)
+    x = torch.randn(M, K, device=DEV)
+    x[0, 5] = float("inf")
+    if M > 1:
+        x[3, 7] = -float("inf")
+        x[9, 0] = float("nan")
+    y = _launch(cfg, x, bufs, b)
+    bad = torch.zeros(M, dtype=torch.bool)
+    bad[[0] + ([3, 9] if M > 1 else [])] = True
+    assert torch.isnan(y[bad.to(y.device)]).all()
+    ok = (~bad).to(y.device)
+    if ok.any():
+        r = cfg.linear(x[ok], bufs, b, backend="reference")
+        assert torch.isfinite(y[ok]).all()
+        torch.testing.assert_close(y[ok], r, atol=2e-5 * K ** 0.5, rtol=1e-5)
+
+
+@needs_triton
+@pytest.mark.parametrize("cfg", EVERY_FORMAT, ids=lambda c: type(c).__name__)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M", [1, 17])
+def test_16bit_activations_give_16bit_outputs(cfg, dtype, M):
+    """16-bit activations get a 16-bit y from the kernel (one rounding of the float32 tile, no
+    float32 copy to cast back), from the Triton launchers and from the reference alike; the
+    fake implementation agrees."""
+    K, N = 128, 24
+    bufs, b = _buffers(cfg, N, K)
+    x = torch.randn(M, K, device=DEV).to(dtype)
+    y = _launch(cfg, x, bufs, b)
+    r = cfg.linear(x.float(), bufs, b, backend="reference")
+    assert y.dtype == dtype and y.shape == (M, N)
+    torch.testing.assert_close(y.float(), r, atol=3e-2, rtol=2e-2)
+    op, args = _op_and_args(cfg, bufs)
+    ref = op.with_backend("reference", x, *args, b)
+    assert ref.dtype == dtype
+    torch.testing.assert_close(ref.float(), r, atol=3e-2, rtol=1e-2)
+    if GPU_MODE:
+        torch.library.opcheck(op.overload, (x, *args, b))
+    else:   # the C++ CPU kernels take float32 x only: check the fake implementation alone
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            assert op.overload(x, *args, b).dtype == dtype
+
+
+def _op_and_args(cfg, bufs):
+    """The format's custom op and its buffer arguments (between x and the bias)."""
+    from hotpath._ops import quant_fp8 as OF
+    from hotpath._ops import quant_int as OI
+    from hotpath._ops import quant_lowbit as OL
+    if isinstance(cfg, Int8WeightOnly):
+        return OI.int8_weight_only_linear, (bufs["qweight"], bufs["scale"])
+    if isinstance(cfg, Int8Dynamic):
+        return OI.int8_dynamic_linear, (bufs["qweight"], bufs["scale"], bufs["colsum"])
+    if isinstance(cfg, Int4WeightOnly):
+        return OI.int4_weight_only_linear, (bufs["qweight"], bufs["scale"], bufs["zero"])
+    if isinstance(cfg, Int4Dynamic):
+        return OI.int4_dynamic_linear, (bufs["qweight"], bufs["scale"], bufs["zero"])
+    if isinstance(cfg, FP8Dynamic):
+        return OF.fp8_dynamic_linear, (bufs["codes"], bufs["scales"])
+    if isinstance(cfg, FP8WeightOnly):
+        return OL.fp8_linear, (bufs["codes"], bufs["scales"], cfg.fmt)
+    if isinstance(cfg, Ternary):
+        return OL.ternary_linear, (bufs["pos"], bufs["neg"], bufs["wscale"])
+    return OL.fp4_linear, (bufs["packed"], bufs["scales"], cfg.scale_kind, cfg.block, bufs["tensor_scale"])
 
 
 # ------------------------------------------------------------------ FP8Dynamic
@@ -409,3 +503,58 @@ def test_fma_tiles_match_reference(cfg, monkeypatch):
     torch.testing.assert_close(cfg.linear(x, bufs, b, backend="triton"), cfg.linear(x, bufs, b, backend="reference"),
                                atol=2e-5 * K ** 0.5, rtol=1e-5)
     assert steps == [Q.FMA_DECODE_BK]
+
+
+# ------------------------------------------------------------------ prefill strategy "dequant"
+WEIGHT_ONLY = [Int8WeightOnly(), Int4WeightOnly(group_size=32, symmetric=False), Int4WeightOnly(group_size=64),
+               FP8WeightOnly(), FP8WeightOnly(fmt="e5m2"), MXFP4(), NVFP4(hadamard=False)]
+
+
+@needs_triton
+@pytest.mark.parametrize("cfg", WEIGHT_ONLY, ids=lambda c: f"{type(c).__name__}-{getattr(c, 'group_size', getattr(c, 'fmt', ''))}")
+@pytest.mark.parametrize("K", [160, 256])
+def test_dequant_prefill_matches_reference(cfg, K, monkeypatch):
+    """The "dequant" prefill strategy (weight decoded by one launch, then F.linear): the decoded
+    weight equals the format's dequantize_weight exactly, the layer output equals the reference,
+    non-finite rows are NaN rows, and 16-bit activations give a 16-bit y. K = 160 leaves a partial
+    last block (int4: K % 64 == 32)."""
+    from hotpath.backends.triton import _qgemm as Q
+    if K % (cfg.block if isinstance(cfg, (MXFP4, NVFP4)) else getattr(cfg, "group_size", 1)):
+        pytest.skip("K must be divisible by the format's block / group")
+    monkeypatch.setenv("HOTPATH_QUANT_PREFILL", "dequant")
+    N, M = 40, 17
+    bufs, b = _buffers(cfg, N, K)
+    seen = []
+    real = Q.dequantize
+    monkeypatch.setattr(Q, "dequantize", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    x = torch.randn(M, K, device=DEV)
+    x[4, 3] = float("inf")
+    y = _launch(cfg, x, bufs, b)
+    assert len(seen) == 1, "the dequant strategy did not run"
+    assert torch.equal(seen[0].cpu(), cfg.dequantize_weight(bufs).float().cpu())
+    assert torch.isnan(y[4]).all()
+    keep = torch.arange(M, device=DEV) != 4
+    r = cfg.linear(x[keep], bufs, b, backend="reference")
+    torch.testing.assert_close(y[keep], r, atol=2e-5 * K ** 0.5, rtol=1e-5)
+    yb = _launch(cfg, x[keep].bfloat16(), bufs, b)
+    assert yb.dtype == torch.bfloat16
+    torch.testing.assert_close(yb.float(), r, atol=3e-2, rtol=2e-2)
+
+
+def test_prefill_strategy_choice(monkeypatch):
+    from hotpath.backends.triton import _qgemm as Q
+    monkeypatch.setattr(Q, "interpreting", lambda: False)
+    xb, xf = torch.empty(0, dtype=torch.bfloat16), torch.empty(0)
+    monkeypatch.delenv("HOTPATH_QUANT_PREFILL", raising=False)
+    assert Q.prefill_strategy(Q.DEQUANT_MIN_M, xb) == "dequant"
+    assert Q.prefill_strategy(Q.DEQUANT_MIN_M - 1, xb) == "fused"
+    assert Q.prefill_strategy(4096, xf) == "fused"        # float32: the fused 3xTF32 / TF32 dots
+    assert Q.prefill_strategy(1, xb) == "fused"
+    monkeypatch.setenv("HOTPATH_QUANT_PREFILL", "dequant")
+    assert Q.prefill_strategy(16, xf) == "dequant"
+    assert Q.prefill_strategy(Q.DECODE_MAX_M, xf) == "fused"   # decode always streams the packed weight
+    monkeypatch.setenv("HOTPATH_QUANT_PREFILL", "fused")
+    assert Q.prefill_strategy(4096, xb) == "fused"
+    monkeypatch.setenv("HOTPATH_QUANT_PREFILL", "cublas")
+    with pytest.raises(ValueError, match="HOTPATH_QUANT_PREFILL"):
+        Q.prefill_strategy(4096, xb)

@@ -154,6 +154,20 @@ class Record:
 
 
 @contextlib.contextmanager
+def _env(name, value):
+    """os.environ[name] = value inside ("auto" and None: unset), restored after."""
+    old = os.environ.pop(name, None)
+    if value not in (None, "auto"):
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+        if old is not None:
+            os.environ[name] = old
+
+
+@contextlib.contextmanager
 def compile_only(t, records, case_name):
     """Inside: launches compile their kernel for target t and record it; nothing runs."""
     from triton.runtime.autotuner import Autotuner
@@ -316,7 +330,10 @@ def _cases(family, small):
             qb = cfg.quantize_weight(w)
             for m in (1, 8, M):
                 for dt in (torch.bfloat16, torch.float32):
-                    cfg.linear(torch.randn(m, K, dtype=dt), qb, None)
+                    # both prefill strategies of the weight-only formats (the dynamic ones have one)
+                    for mode in (("fused", "dequant") if m == M and dt == torch.bfloat16 else ("auto",)):
+                        with _env("HOTPATH_QUANT_PREFILL", mode):
+                            cfg.linear(torch.randn(m, K, dtype=dt), qb, None)
 
         def search():
             keys = torch.randn(n_(1_000_000, 4096), 384)
@@ -351,11 +368,11 @@ def run_target(name, families=FAMILIES, small=False, log=print, only=None):
                     before = len(records)
                     t0 = time.time()
                     torch.set_float32_matmul_precision(prec)
-                    os.environ["HOTPATH_FP32_DOT"] = fp32_dot
                     if fp32_dot:
                         prec += f", HOTPATH_FP32_DOT={fp32_dot}"
                     try:
-                        fn()
+                        with _env("HOTPATH_FP32_DOT", fp32_dot or None):
+                            fn()
                         err = None
                     except Exception as exc:  # noqa: BLE001 - a compile error, or garbage outputs downstream
                         err = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
@@ -364,7 +381,6 @@ def run_target(name, families=FAMILIES, small=False, log=print, only=None):
                             log(traceback.format_exc(limit=-3))
                     finally:
                         torch.set_float32_matmul_precision("highest")
-                        os.environ.pop("HOTPATH_FP32_DOT", None)
                     log(f"[{t.name}] {case[0]} (fp32 matmul precision {prec}): {len(records) - before} new kernels, "
                         f"{time.time() - t0:.1f} s" + (f"; stopped: {err}" if err else ""))
     notes = []

@@ -1,5 +1,6 @@
 """Ops of the low-bit float / ternary formats, the Hadamard transform and quantized embedding
-search. Inputs arrive validated, contiguous, float32 (fwht: float32/64). Kernels: C++
+search. Inputs arrive validated and contiguous; x is float32 (bf16 / fp16 on CUDA; fwht: float32/64),
+and the linear ops return y as _ops/linear_out.py says. Kernels: C++
 (csrc/cpu/quant_lowbit.cpp, hadamard.cpp, embedding_search.cpp), Triton
 (backends/triton/quant_lowbit.py, hadamard.py); the default kernel is the reference.
 """
@@ -10,15 +11,9 @@ from torch import Tensor
 
 from .. import backends
 from ..reference import quant_lowbit as ref
+from .linear_out import fake, finish
 
-
-def _f32(y):
-    return y.to(torch.float32).contiguous()
-
-
-def _linear_fake(x, w, *rest):
-    """(M, N) float32 with N = the rows of the first weight buffer."""
-    return x.new_empty(x.shape[0], w.shape[0], dtype=torch.float32)
+_linear_fake = fake(lambda w, *rest: w.shape[0])   # N = the rows of the first weight buffer
 
 
 # ---------------- Hadamard ----------------
@@ -33,7 +28,7 @@ def fwht(x: Tensor, signs: Tensor, block: int, inverse: bool) -> Tensor:
 @backends.op("fp4_linear", triton="quant_lowbit.fp4_linear", fake=_linear_fake)
 def fp4_linear(x: Tensor, packed: Tensor, scales: Tensor, scale_kind: int, block: int, tensor_scale: Tensor,
                bias: Optional[Tensor]) -> Tensor:
-    return _f32(ref.fp4_linear(x, packed, scales, scale_kind, block, tensor_scale, bias))
+    return finish(x, ref.fp4_linear(x, packed, scales, scale_kind, block, tensor_scale, bias))
 
 
 @backends.op("fp4_dequantize", fake=lambda packed, scales, scale_kind, block, tensor_scale, K: packed.new_empty(
@@ -46,14 +41,14 @@ def fp4_dequantize(packed: Tensor, scales: Tensor, scale_kind: int, block: int, 
 
 @backends.op("fp8_linear", triton="quant_lowbit.fp8_linear", fake=_linear_fake)
 def fp8_linear(x: Tensor, codes: Tensor, scales: Tensor, fmt: str, bias: Optional[Tensor]) -> Tensor:
-    return _f32(ref.fp8_linear(x, codes, scales, fmt, bias))
+    return finish(x, ref.fp8_linear(x, codes, scales, fmt, bias))
 
 
 # ---------------- Ternary ----------------
 
 @backends.op("ternary_linear", triton="quant_lowbit.ternary_linear", fake=_linear_fake)
 def ternary_linear(x: Tensor, pos: Tensor, neg: Tensor, wscale: Tensor, bias: Optional[Tensor]) -> Tensor:
-    return _f32(ref.ternary_linear(x, pos, neg, wscale, bias))
+    return finish(x, ref.ternary_linear(x, pos, neg, wscale, bias))
 
 
 # ---------------- embedding search ----------------

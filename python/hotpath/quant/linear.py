@@ -7,14 +7,16 @@ from torch import Tensor, nn
 from ._base import QuantConfig, config_from_dict
 from .gptq import gptq_converter
 from .. import backends
+from .._ops.linear_out import row_flag
 
 
 def _nan_rows(x, y):
     """NaN rule of the quantized layers: an input row holding NaN or +-inf gives a NaN output row,
-    for every format and backend. Per element, kernels differ there: an asymmetric format's kernel
-    that factors out the zero point computes inf - inf, the plain product +-inf. No host sync."""
-    bad = ~torch.isfinite(x).all(1, keepdim=True)
-    return torch.where(bad, torch.full_like(y, float("nan")), y)
+    for every format and backend (_ops/linear_out.py). Every kernel but the C++ CPU ones applies it
+    in its epilogue; their float32 output gets the same row flag here. No host sync."""
+    if y.device.type != "cpu":
+        return y
+    return y + row_flag(x)[:, None].to(y.dtype)
 
 
 class _QuantLinearFn(backends.Function):

@@ -16,12 +16,15 @@ K loop has num_stages = 1. The formula is deliberately an upper bound (Triton ma
 fewer); the untiled Hadamard kernel that failed on an H200 (278,528 B) is
 16 * 256 * 4 + 256 * 256 * 4 = 278,528 B by it, exactly.
 """
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 from .pairwise import dot_precision, tune_key
 from .target import interpreting, on_gpu, sm_count, smem_limit  # noqa: F401 - smem_limit: hadamard, tests
+from ..._ops.linear_out import out_dtype, row_flag  # noqa: F401 - out_dtype: the launchers
 
 
 def smem_bytes(BM, BN, BK, a_bytes, b_load_bytes, num_stages, b_op_bytes=0, out_bytes=4):
@@ -150,14 +153,66 @@ def grouped_tile(pid, M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.cons
     return pid_m, pid_n
 
 
+@triton.jit
+def store_tile(Y, B, RF, y, rm, rn, M, N, HAS_BIAS: tl.constexpr, HAS_RF: tl.constexpr):
+    """The epilogue every quantized-linear kernel ends with: y (BM, BN) float32, + bias[n], + the
+    row flag RF[m] (0, or NaN for a non-finite row of x: _ops/linear_out.py), stored into split
+    program_id(1) of Y in Y's dtype (one rounding to bf16 / fp16 there)."""
+    mmask = rm < M
+    nmask = rn < N
+    if HAS_BIAS:
+        y += tl.load(B + rn, mask=nmask, other=0.0)[None, :]
+    if HAS_RF:
+        y += tl.load(RF + rm, mask=mmask, other=0.0)[:, None]
+    tl.store(Y + tl.program_id(1) * M * N + rm[:, None] * N + rn[None, :], y, mask=mmask[:, None] & nmask[None, :])
+
+
+# Prefill strategy of the weight-only formats. "fused": the dequantizing GEMM kernels here.
+# "dequant": the weight decoded into an (N, K) scratch in the activations' dtype by one
+# memory-bound launch, then cuBLAS (F.linear). At M = 4096, K = 4096, N = 16384 the GEMM is
+# compute-bound: the scratch costs about 45 us of HBM traffic next to a 740 us bf16 GEMM, and
+# cuBLAS's tiles are what the fused kernels would have to match. The fused kernels read 4x fewer
+# weight bytes, which is what counts while M is small. DEQUANT_MIN_M is an estimate until a GPU
+# run measures both (`bench quant --device cuda` prints the two side by side);
+# HOTPATH_QUANT_PREFILL=fused / dequant forces one (for M > DECODE_MAX_M).
+DEQUANT_MIN_M = 1024
+PREFILL_MODES = ("auto", "fused", "dequant")
+
+
+def prefill_strategy(M, x):
+    mode = os.environ.get("HOTPATH_QUANT_PREFILL", "auto") or "auto"
+    if mode not in PREFILL_MODES:
+        raise ValueError(f"HOTPATH_QUANT_PREFILL must be one of {PREFILL_MODES}, got {mode!r}")
+    if M <= DECODE_MAX_M:
+        return "fused"
+    if mode != "auto":
+        return mode
+    sixteen = x.dtype in (torch.bfloat16, torch.float16)
+    return "dequant" if sixteen and M >= DEQUANT_MIN_M and not interpreting() else "fused"
+
+
+def dequantize(kernel, args, N, K, dtype, BN=64, BK=128, **consts):
+    """(N, K) weight in `dtype` from a format's dequantization kernel
+    kernel(*args, OUT, N, K, **consts, BN=, BK=), one program per (BN, BK) block."""
+    out = torch.empty(N, K, dtype=dtype, device=args[0].device)
+    if N and K:
+        kernel[(triton.cdiv(N, BN), triton.cdiv(K, BK))](*args, out, N, K, **consts, BN=BN, BK=BK)
+    return out
+
+
 def run_linear(kernel, tuner, fmt_args, fmt_consts, bias, x, N, K, need, step=16, fixed_bk=None, split_ok=True,
-               extra=()):
+               extra=(), out_dtype=torch.float32, flag_rows_of=None, dequant=None):
     """Launch a quantized-linear kernel with the calling convention
 
-        kernel(*fmt_args, B, Y, M, N, K, K_SPLIT, MB, *extra, HAS_BIAS=, **fmt_consts, BM=, BN=, BK=, GROUP_M=)
+        kernel(*fmt_args, B, RF, Y, M, N, K, K_SPLIT, MB, *extra, HAS_BIAS=, HAS_RF=, **fmt_consts,
+               BM=, BN=, BK=, GROUP_M=)
 
-    Y is (SPLIT, M, N) float32: split s of the K range [s * K_SPLIT, (s + 1) * K_SPLIT) writes
-    Y[s]; the splits are summed here (deterministic, no atomics) and the bias added after.
+    ending in store_tile. Y is (SPLIT, M, N): split s of the K range [s * K_SPLIT, (s + 1) *
+    K_SPLIT) writes Y[s]; with one split Y is the output itself, in out_dtype (_ops/linear_out.py),
+    else float32 partials summed here (deterministic, no atomics) before the bias and the cast.
+    flag_rows_of: the activations whose non-finite rows make NaN rows (RF = linear_out.row_flag);
+    None where the format's per-token scale is NaN there already.
+    dequant: dtype -> the (N, K) weight (weight-only formats), for the "dequant" prefill strategy.
     Decode (M <= DECODE_MAX_M) and the interpreter get one planned configuration; prefill GEMMs
     are autotuned over the configurations that fit the device's shared memory (need(cfg)).
     fixed_bk: the K step the format's layout imposes (it replaces BK of every configuration)."""
@@ -166,6 +221,12 @@ def run_linear(kernel, tuner, fmt_args, fmt_consts, bias, x, N, K, need, step=16
     fp32 = fmt_consts.get("DT") is tl.float32
     fma = fp32 and fmt_consts.get("PREC") == "ieee"
     path = "fma" if fma else ("x3" if fp32 and fmt_consts.get("PREC") == "tf32x3" else "tc")
+    rf = row_flag(flag_rows_of) if flag_rows_of is not None else None
+    if dequant is not None and prefill_strategy(M, x) == "dequant":
+        # a NaN row of x is a NaN row of the GEMM: the flag goes on x (M x K), not on y
+        xs = x if rf is None else x + rf[:, None].to(x.dtype)
+        y = torch.nn.functional.linear(xs, dequant(x.dtype), None if bias is None else bias.to(x.dtype))
+        return y.to(out_dtype)
 
     def fix(c):
         return c if fixed_bk is None else (c[0], c[1], fixed_bk) + tuple(c[3:])
@@ -173,7 +234,18 @@ def run_linear(kernel, tuner, fmt_args, fmt_consts, bias, x, N, K, need, step=16
     def need_fixed(c):
         return need(fix(c))
 
-    b = bias if bias is not None else x
+    def launch(kern, grid, split, k_split, **meta):
+        # the interpreter stores float32 (its bf16 / fp16 stores are not the GPU's rounding)
+        direct = split == 1 and not interpreting()
+        y = torch.empty(split, M, N, dtype=out_dtype if direct else torch.float32, device=dev)
+        kern[grid](*fmt_args, bias if bias is not None else x, rf if rf is not None else x, y, M, N, K, k_split,
+                   m_bucket(M), *extra, HAS_BIAS=bias is not None and split == 1, HAS_RF=rf is not None,
+                   **fmt_consts, GROUP_M=8, **meta)
+        if split == 1:
+            return y[0] if direct else y[0].to(out_dtype)
+        out = y.sum(0)
+        return (out if bias is None else out + bias).to(out_dtype)
+
     if M <= DECODE_MAX_M or interpreting():
         if M <= DECODE_MAX_M:
             BM, BN, BK, warps, stages, split = fix(decode_config(N, K, need_fixed, dev,
@@ -185,22 +257,14 @@ def run_linear(kernel, tuner, fmt_args, fmt_consts, bias, x, N, K, need, step=16
             split = 1
         k_split = triton.cdiv(triton.cdiv(K, split), max(BK, step)) * max(BK, step)
         split = triton.cdiv(K, k_split)
-        y = torch.empty(split, M, N, dtype=torch.float32, device=dev)
         grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN), split)
-        kernel[grid](*fmt_args, b, y, M, N, K, k_split, m_bucket(M), *extra, HAS_BIAS=bias is not None and split == 1,
-                     **fmt_consts, BM=BM, BN=BN, BK=BK, GROUP_M=8, num_warps=warps, num_stages=stages)
-        if split == 1:
-            return y[0]
-        out = y.sum(0)
-        return out if bias is None else out + bias
+        return launch(kernel, grid, split, k_split, BM=BM, BN=BN, BK=BK, num_warps=warps, num_stages=stages)
     cfgs = [fix(c) for c in gemm_configs(need_fixed, dev, path)]
     tuned = tuner(tuple(dict.fromkeys(cfgs)))
-    y = torch.empty(1, M, N, dtype=torch.float32, device=dev)
 
     def grid(meta):
         return (triton.cdiv(M, meta["BM"]) * triton.cdiv(N, meta["BN"]), 1)
-    tuned[grid](*fmt_args, b, y, M, N, K, K, m_bucket(M), *extra, HAS_BIAS=bias is not None, **fmt_consts, GROUP_M=8)
-    return y[0]
+    return launch(tuned, grid, 1, K)
 
 
 # ------------------------------------------------------------------ activations

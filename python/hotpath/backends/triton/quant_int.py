@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from . import _qgemm as Q
-from ._qgemm import KEY, _x_and_policy, grouped_tile
+from ._qgemm import KEY, _x_and_policy, grouped_tile, store_tile
 
 
 # ------------------------------------------------------------------ activation quantization
@@ -89,7 +89,7 @@ def quantize_activations(x):
 
 # ------------------------------------------------------------------ W8A16
 @triton.jit
-def _w8a16_kernel(X, W, S, B, Y, M, N, K, K_SPLIT, MB, HAS_BIAS: tl.constexpr, DT: tl.constexpr,
+def _w8a16_kernel(X, W, S, B, RF, Y, M, N, K, K_SPLIT, MB, HAS_BIAS: tl.constexpr, HAS_RF: tl.constexpr, DT: tl.constexpr,
                   PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
     split = tl.program_id(1)
@@ -106,12 +106,20 @@ def _w8a16_kernel(X, W, S, B, Y, M, N, K, K_SPLIT, MB, HAS_BIAS: tl.constexpr, D
         w = tl.load(W + offs_n[None, :] * K + offs_k[:, None], mask=nmask[None, :] & kmask[:, None], other=0)
         acc = tl.dot(x.to(DT), w.to(DT), acc, input_precision=PREC)
     y = acc * tl.load(S + offs_n, mask=nmask, other=0.0)[None, :]
-    if HAS_BIAS:
-        y += tl.load(B + offs_n, mask=nmask, other=0.0)[None, :]
-    tl.store(Y + split * M * N + offs_m[:, None] * N + offs_n[None, :], y, mask=mmask[:, None] & nmask[None, :])
+    store_tile(Y, B, RF, y, offs_m, offs_n, M, N, HAS_BIAS, HAS_RF)
 
 
 _w8a16_tuner = Q.autotuned(_w8a16_kernel, KEY)
+
+
+@triton.jit
+def _w8_dequant_kernel(W, S, OUT, N, K, BN: tl.constexpr, BK: tl.constexpr):
+    rn = tl.program_id(0) * BN + tl.arange(0, BN)
+    rk = tl.program_id(1) * BK + tl.arange(0, BK)
+    m = (rn < N)[:, None] & (rk < K)[None, :]
+    c = tl.load(W + rn[:, None] * K + rk[None, :], mask=m, other=0)
+    s = tl.load(S + rn, mask=rn < N, other=0.0)
+    tl.store(OUT + rn[:, None] * K + rk[None, :], c.to(tl.float32) * s[:, None], mask=m)
 
 
 def w8a16_smem(cfg, x_bytes):
@@ -123,16 +131,19 @@ def int8_weight_only_linear(x, qweight, scale, bias):
     M, K = x.shape
     N = qweight.shape[0]
     if M == 0 or N == 0:
-        return torch.zeros(M, N, dtype=torch.float32, device=x.device)
+        return torch.zeros(M, N, dtype=Q.out_dtype(x), device=x.device)
+    od = Q.out_dtype(x)
     x, DT, PREC, xb = _x_and_policy(x)
     b = bias.contiguous().float() if bias is not None else None
-    return Q.run_linear(_w8a16_kernel, _w8a16_tuner, (x, qweight.contiguous(), scale.contiguous()),
-                        dict(DT=DT, PREC=PREC), b, x, N, K, lambda c: w8a16_smem(c, xb))
+    w, s = qweight.contiguous(), scale.contiguous()
+    return Q.run_linear(_w8a16_kernel, _w8a16_tuner, (x, w, s), dict(DT=DT, PREC=PREC), b, x, N, K,
+                        lambda c: w8a16_smem(c, xb), out_dtype=od, flag_rows_of=x,
+                        dequant=lambda dt: Q.dequantize(_w8_dequant_kernel, (w, s), N, K, dt))
 
 
 # ------------------------------------------------------------------ W8A8
 @triton.jit
-def _w8a8_kernel(Qx, SX, W, S, B, Y, M, N, K, K_SPLIT, MB, K4, HAS_BIAS: tl.constexpr,
+def _w8a8_kernel(Qx, SX, W, S, B, RF, Y, M, N, K, K_SPLIT, MB, K4, HAS_BIAS: tl.constexpr, HAS_RF: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
     offs_m = pid_m * BM + tl.arange(0, BM)
@@ -153,9 +164,7 @@ def _w8a8_kernel(Qx, SX, W, S, B, Y, M, N, K, K_SPLIT, MB, K4, HAS_BIAS: tl.cons
     sx = tl.load(SX + offs_m, mask=mmask, other=1.0)
     sw = tl.load(S + offs_n, mask=nmask, other=0.0)
     y = acc.to(tl.float32) * (sx[:, None] * sw[None, :])
-    if HAS_BIAS:
-        y += tl.load(B + offs_n, mask=nmask, other=0.0)[None, :]
-    tl.store(Y + offs_m[:, None] * N + offs_n[None, :], y, mask=mmask[:, None] & nmask[None, :])
+    store_tile(Y, B, RF, y, offs_m, offs_n, M, N, HAS_BIAS, HAS_RF)
 
 
 _w8a8_tuner = Q.autotuned(_w8a8_kernel, KEY)
@@ -170,17 +179,18 @@ def int8_dynamic_linear(x, qweight, scale, colsum, bias):
     M, K = x.shape
     N = scale.shape[0]
     if M == 0 or N == 0:
-        return torch.zeros(M, N, dtype=torch.float32, device=x.device)
+        return torch.zeros(M, N, dtype=Q.out_dtype(x), device=x.device)
     q, sx = quantize_activations(x.float().contiguous())
     b = bias.contiguous().float() if bias is not None else None
     # int8 tensor-core dots need K steps of 32
     return Q.run_linear(_w8a8_kernel, _w8a8_tuner, (q, sx, qweight.contiguous(), scale.contiguous()), {},
-                        b, q, N, K, w8a8_smem, step=32, split_ok=False, extra=(qweight.shape[1],))
+                        b, q, N, K, w8a8_smem, step=32, split_ok=False, extra=(qweight.shape[1],),
+                        out_dtype=Q.out_dtype(x))
 
 
 # ------------------------------------------------------------------ W4A16
 @triton.jit
-def _w4a16_kernel(X, W, S, Z, B, Y, M, N, K, K_SPLIT, MB, G, NG, s_wn, HAS_BIAS: tl.constexpr,
+def _w4a16_kernel(X, W, S, Z, B, RF, Y, M, N, K, K_SPLIT, MB, G, NG, s_wn, HAS_BIAS: tl.constexpr, HAS_RF: tl.constexpr,
                   DT: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                   GROUP_M: tl.constexpr):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
@@ -193,28 +203,47 @@ def _w4a16_kernel(X, W, S, Z, B, Y, M, N, K, K_SPLIT, MB, G, NG, s_wn, HAS_BIAS:
     k_end = tl.minimum(K, (split + 1) * K_SPLIT)
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(split * K_SPLIT, k_end, 64):   # BK == 64: one 32-byte run per channel
-        byte = tl.load(W + offs_n[:, None] * s_wn + k0 // 2 + j[None, :], mask=nmask[:, None], other=0)
-        g_lo = k0 // G
-        g_hi = tl.minimum((k0 + 32) // G, NG - 1)   # past K (K % 64 == 32) x_hi is masked to 0
-        s_lo = tl.load(S + offs_n * NG + g_lo, mask=nmask, other=0.0)
-        z_lo = tl.load(Z + offs_n * NG + g_lo, mask=nmask, other=0).to(tl.float32)
-        s_hi = tl.load(S + offs_n * NG + g_hi, mask=nmask, other=0.0)
-        z_hi = tl.load(Z + offs_n * NG + g_hi, mask=nmask, other=0).to(tl.float32)
-        w_lo = (((byte & 15).to(tl.float32) - z_lo[:, None]) * s_lo[:, None]).to(DT)
-        w_hi = (((byte >> 4).to(tl.float32) - z_hi[:, None]) * s_hi[:, None]).to(DT)
+        w_lo, w_hi = _w4_tile(W, S, Z, offs_n, nmask, k0, G, NG, s_wn)
         k_lo = k0 + j
         k_hi = k0 + 32 + j
         x_lo = tl.load(X + offs_m[:, None] * K + k_lo[None, :], mask=mmask[:, None] & (k_lo[None, :] < k_end), other=0.0)
         x_hi = tl.load(X + offs_m[:, None] * K + k_hi[None, :], mask=mmask[:, None] & (k_hi[None, :] < k_end), other=0.0)
-        acc = tl.dot(x_lo.to(DT), tl.trans(w_lo), acc, input_precision=PREC)
-        acc = tl.dot(x_hi.to(DT), tl.trans(w_hi), acc, input_precision=PREC)
+        acc = tl.dot(x_lo.to(DT), tl.trans(w_lo.to(DT)), acc, input_precision=PREC)
+        acc = tl.dot(x_hi.to(DT), tl.trans(w_hi.to(DT)), acc, input_precision=PREC)
     y = acc
-    if HAS_BIAS:
-        y += tl.load(B + offs_n, mask=nmask, other=0.0)[None, :]
-    tl.store(Y + split * M * N + offs_m[:, None] * N + offs_n[None, :], y, mask=mmask[:, None] & nmask[None, :])
+    store_tile(Y, B, RF, y, offs_m, offs_n, M, N, HAS_BIAS, HAS_RF)
 
 
 _w4a16_tuner = Q.autotuned(_w4a16_kernel, KEY)
+
+
+@triton.jit
+def _w4_tile(W, S, Z, rn, nmask, k0, G, NG, s_wn):
+    """Channels rn at k0 + j and k0 + 32 + j (j < 32, k0 % 64 == 0) of the W4A16 row layout, as
+    float32 (code - zero) * scale: (w_lo, w_hi), each (BN, 32). One 32-byte load per channel."""
+    j = tl.arange(0, 32)
+    byte = tl.load(W + rn[:, None] * s_wn + k0 // 2 + j[None, :], mask=nmask[:, None], other=0)
+    g_lo = k0 // G
+    g_hi = tl.minimum((k0 + 32) // G, NG - 1)   # past K (K % 64 == 32) the high half is not used
+    s_lo = tl.load(S + rn * NG + g_lo, mask=nmask, other=0.0)
+    z_lo = tl.load(Z + rn * NG + g_lo, mask=nmask, other=0).to(tl.float32)
+    s_hi = tl.load(S + rn * NG + g_hi, mask=nmask, other=0.0)
+    z_hi = tl.load(Z + rn * NG + g_hi, mask=nmask, other=0).to(tl.float32)
+    w_lo = ((byte & 15).to(tl.float32) - z_lo[:, None]) * s_lo[:, None]
+    w_hi = ((byte >> 4).to(tl.float32) - z_hi[:, None]) * s_hi[:, None]
+    return w_lo, w_hi
+
+
+@triton.jit
+def _w4_dequant_kernel(W, S, Z, G, NG, s_wn, OUT, N, K, BN: tl.constexpr, BK: tl.constexpr):
+    # BK == 64: one 32-byte run per channel
+    rn = tl.program_id(0) * BN + tl.arange(0, BN)
+    k0 = tl.program_id(1) * 64
+    nmask = rn < N
+    j = tl.arange(0, 32)
+    w_lo, w_hi = _w4_tile(W, S, Z, rn, nmask, k0, G, NG, s_wn)
+    tl.store(OUT + rn[:, None] * K + (k0 + j)[None, :], w_lo, mask=nmask[:, None] & ((k0 + j) < K)[None, :])
+    tl.store(OUT + rn[:, None] * K + (k0 + 32 + j)[None, :], w_hi, mask=nmask[:, None] & ((k0 + 32 + j) < K)[None, :])
 
 
 def w4a16_smem(cfg, x_bytes):
@@ -226,18 +255,21 @@ def int4_weight_only_linear(x, qweight, scale, zero, bias):
     M, K = x.shape
     N, ng = scale.shape
     if M == 0 or N == 0:
-        return torch.zeros(M, N, dtype=torch.float32, device=x.device)
+        return torch.zeros(M, N, dtype=Q.out_dtype(x), device=x.device)
+    od = Q.out_dtype(x)
     x, DT, PREC, xb = _x_and_policy(x)
-    w = qweight.contiguous()
+    w, s, z = qweight.contiguous(), scale.contiguous(), zero.contiguous()
     b = bias.contiguous().float() if bias is not None else None
-    return Q.run_linear(_w4a16_kernel, _w4a16_tuner, (x, w, scale.contiguous(), zero.contiguous()),
+    layout = (K // ng, ng, w.stride(0))
+    return Q.run_linear(_w4a16_kernel, _w4a16_tuner, (x, w, s, z),
                         dict(DT=DT, PREC=PREC), b, x, N, K, lambda c: w4a16_smem(c, xb), step=64, fixed_bk=64,
-                        extra=(K // ng, ng, w.stride(0)))
+                        extra=layout, out_dtype=od, flag_rows_of=x,
+                        dequant=lambda dt: Q.dequantize(_w4_dequant_kernel, (w, s, z) + layout, N, K, dt, BK=64))
 
 
 # ------------------------------------------------------------------ W4A8
 @triton.jit
-def _w4a8_kernel(Qx, SX, W, S, Z, B, Y, M, N, K, K_SPLIT, MB, K8, G, NG, HAS_BIAS: tl.constexpr,
+def _w4a8_kernel(Qx, SX, W, S, Z, B, RF, Y, M, N, K, K_SPLIT, MB, K8, G, NG, HAS_BIAS: tl.constexpr, HAS_RF: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
     offs_m = pid_m * BM + tl.arange(0, BM)
@@ -266,9 +298,7 @@ def _w4a8_kernel(Qx, SX, W, S, Z, B, Y, M, N, K, K_SPLIT, MB, K8, G, NG, HAS_BIA
         f += (acc - xs[:, None] * z[None, :]).to(tl.float32) * s[None, :]
     sx = tl.load(SX + offs_m, mask=mmask, other=1.0)
     y = f * sx[:, None]
-    if HAS_BIAS:
-        y += tl.load(B + offs_n, mask=nmask, other=0.0)[None, :]
-    tl.store(Y + offs_m[:, None] * N + offs_n[None, :], y, mask=mmask[:, None] & nmask[None, :])
+    store_tile(Y, B, RF, y, offs_m, offs_n, M, N, HAS_BIAS, HAS_RF)
 
 
 _w4a8_tuner = Q.autotuned(_w4a8_kernel, KEY)
@@ -284,8 +314,9 @@ def int4_dynamic_linear(x, qweight, scale, zero, bias):
     ng, N = scale.shape
     G = K // ng
     if M == 0 or N == 0:
-        return torch.zeros(M, N, dtype=torch.float32, device=x.device)
+        return torch.zeros(M, N, dtype=Q.out_dtype(x), device=x.device)
     q, sx = quantize_activations(x.float().contiguous())
     b = bias.contiguous().float() if bias is not None else None
     return Q.run_linear(_w4a8_kernel, _w4a8_tuner, (q, sx, qweight.contiguous(), scale.contiguous(), zero.contiguous()),
-                        {}, b, q, N, K, w4a8_smem, step=32, fixed_bk=64 if G % 64 == 0 else 32, split_ok=False, extra=(K // 8, G, ng))
+                        {}, b, q, N, K, w4a8_smem, step=32, fixed_bk=64 if G % 64 == 0 else 32, split_ok=False,
+                        extra=(K // 8, G, ng), out_dtype=Q.out_dtype(x))

@@ -15,7 +15,7 @@ from hotpath.quant.packing import topk_desc
 
 from . import _qgemm as Q
 from . import contrastive as _contrastive
-from ._qgemm import KEY, _x_and_policy, grouped_tile
+from ._qgemm import KEY, _x_and_policy, grouped_tile, store_tile
 from .target import capability, on_gpu
 
 
@@ -68,7 +68,7 @@ def _e8m0(c):
 
 
 @triton.jit
-def _fp4_kernel(X, P, Sc, B, Y, M, N, K, K_SPLIT, MB, RB, NBLK, GS, NV: tl.constexpr, HAS_BIAS: tl.constexpr,
+def _fp4_kernel(X, P, Sc, B, RF, Y, M, N, K, K_SPLIT, MB, RB, NBLK, GS, NV: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RF: tl.constexpr,
                 DT: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                 GROUP_M: tl.constexpr):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
@@ -86,38 +86,56 @@ def _fp4_kernel(X, P, Sc, B, Y, M, N, K, K_SPLIT, MB, RB, NBLK, GS, NV: tl.const
     for k0 in range(split * K_SPLIT, k_end, BK):
         k_lo = k0 + kl
         k_hi = k_lo + 16
-        lo_ok = k_lo < k_end
-        hi_ok = k_hi < k_end
-        byte = tl.load(P + rn[:, None] * RB + k0 // 2 + jb[None, :], mask=nmask[:, None] & lo_ok[None, :],
-                       other=0).to(tl.int32)
-        # block scales: one load per (channel, block), widened to the bytes in registers
-        # (chunk-major: byte jb belongs to chunk jb // 16), not one gathered load per weight
-        if NV:
-            t = tl.arange(0, BK // 16)                       # blocks of 16 in this step
-            sv = _e4m3(tl.load(Sc + rn[:, None] * NBLK + (k0 // 16 + t)[None, :],
-                               mask=nmask[:, None] & ((k0 + 16 * t) < k_end)[None, :], other=0).to(tl.int32))
-            s_lo, s_hi = tl.split(tl.reshape(sv, (BN, BK // 32, 2)))     # even blocks: low nibbles
-            s_lo = tl.reshape(tl.broadcast_to(s_lo[:, :, None], (BN, BK // 32, 16)), (BN, BK // 2))
-            s_hi = tl.reshape(tl.broadcast_to(s_hi[:, :, None], (BN, BK // 32, 16)), (BN, BK // 2))
-        else:
-            t = tl.arange(0, BK // 32)                       # blocks of 32 = chunks
-            sv = _e8m0(tl.load(Sc + rn[:, None] * NBLK + (k0 // 32 + t)[None, :],
-                               mask=nmask[:, None] & ((k0 + 32 * t) < k_end)[None, :], other=127).to(tl.int32))
-            s_lo = tl.reshape(tl.broadcast_to(sv[:, :, None], (BN, BK // 32, 16)), (BN, BK // 2))
-            s_hi = s_lo
-        w_lo = (_e2m1(byte & 15) * s_lo).to(DT)
-        w_hi = (_e2m1(byte >> 4) * s_hi).to(DT)
-        x_lo = tl.load(X + rm[:, None] * K + k_lo[None, :], mask=mmask[:, None] & lo_ok[None, :], other=0.0)
-        x_hi = tl.load(X + rm[:, None] * K + k_hi[None, :], mask=mmask[:, None] & hi_ok[None, :], other=0.0)
-        acc = tl.dot(x_lo.to(DT), tl.trans(w_lo), acc, input_precision=PREC)
-        acc = tl.dot(x_hi.to(DT), tl.trans(w_hi), acc, input_precision=PREC)
+        w_lo, w_hi = _fp4_tile(P, Sc, rn, nmask, k0, k_end, RB, NBLK, NV, BN, BK)
+        x_lo = tl.load(X + rm[:, None] * K + k_lo[None, :], mask=mmask[:, None] & (k_lo < k_end)[None, :], other=0.0)
+        x_hi = tl.load(X + rm[:, None] * K + k_hi[None, :], mask=mmask[:, None] & (k_hi < k_end)[None, :], other=0.0)
+        acc = tl.dot(x_lo.to(DT), tl.trans(w_lo.to(DT)), acc, input_precision=PREC)
+        acc = tl.dot(x_hi.to(DT), tl.trans(w_hi.to(DT)), acc, input_precision=PREC)
     y = acc * tl.load(GS)   # the per-tensor scale, read on the device (no host sync per call)
-    if HAS_BIAS:
-        y += tl.load(B + rn, mask=nmask, other=0.0)[None, :]
-    tl.store(Y + split * M * N + rm[:, None] * N + rn[None, :], y, mask=mmask[:, None] & nmask[None, :])
+    store_tile(Y, B, RF, y, rm, rn, M, N, HAS_BIAS, HAS_RF)
 
 
 _fp4_tuner = Q.autotuned(_fp4_kernel, KEY)
+
+
+@triton.jit
+def _fp4_tile(P, Sc, rn, nmask, k0, k_end, RB, NBLK, NV: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """Channels rn, weights k0 .. k0 + BK - 1 (below k_end) as float32 E2M1 x block scale (no
+    per-tensor scale): (w_lo, w_hi), each (BN, BK / 2), at k0 + kl and k0 + kl + 16 with
+    kl = 32 * (jb // 16) + jb % 16 for byte jb of the step (the 32-weight chunks)."""
+    jb = tl.arange(0, BK // 2)
+    k_lo = k0 + (jb // 16) * 32 + jb % 16
+    byte = tl.load(P + rn[:, None] * RB + k0 // 2 + jb[None, :], mask=nmask[:, None] & (k_lo < k_end)[None, :],
+                   other=0).to(tl.int32)
+    # block scales: one load per (channel, block), widened to the bytes in registers
+    # (chunk-major: byte jb belongs to chunk jb // 16), not one gathered load per weight
+    if NV:
+        t = tl.arange(0, BK // 16)                       # blocks of 16 in this step
+        sv = _e4m3(tl.load(Sc + rn[:, None] * NBLK + (k0 // 16 + t)[None, :],
+                           mask=nmask[:, None] & ((k0 + 16 * t) < k_end)[None, :], other=0).to(tl.int32))
+        s_lo, s_hi = tl.split(tl.reshape(sv, (BN, BK // 32, 2)))     # even blocks: low nibbles
+        s_lo = tl.reshape(tl.broadcast_to(s_lo[:, :, None], (BN, BK // 32, 16)), (BN, BK // 2))
+        s_hi = tl.reshape(tl.broadcast_to(s_hi[:, :, None], (BN, BK // 32, 16)), (BN, BK // 2))
+    else:
+        t = tl.arange(0, BK // 32)                       # blocks of 32 = chunks
+        sv = _e8m0(tl.load(Sc + rn[:, None] * NBLK + (k0 // 32 + t)[None, :],
+                           mask=nmask[:, None] & ((k0 + 32 * t) < k_end)[None, :], other=127).to(tl.int32))
+        s_lo = tl.reshape(tl.broadcast_to(sv[:, :, None], (BN, BK // 32, 16)), (BN, BK // 2))
+        s_hi = s_lo
+    return _e2m1(byte & 15) * s_lo, _e2m1(byte >> 4) * s_hi
+
+
+@triton.jit
+def _fp4_dequant_kernel(P, Sc, RB, NBLK, GS, OUT, N, K, NV: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    rn = tl.program_id(0) * BN + tl.arange(0, BN)
+    k0 = tl.program_id(1) * BK
+    nmask = rn < N
+    w_lo, w_hi = _fp4_tile(P, Sc, rn, nmask, k0, K, RB, NBLK, NV, BN, BK)
+    jb = tl.arange(0, BK // 2)
+    k_lo = k0 + (jb // 16) * 32 + jb % 16
+    gs = tl.load(GS)
+    tl.store(OUT + rn[:, None] * K + k_lo[None, :], w_lo * gs, mask=nmask[:, None] & (k_lo < K)[None, :])
+    tl.store(OUT + rn[:, None] * K + (k_lo + 16)[None, :], w_hi * gs, mask=nmask[:, None] & ((k_lo + 16) < K)[None, :])
 
 
 def fp4_smem(cfg, x_bytes):
@@ -130,16 +148,21 @@ def fp4_linear(x, packed, scales, scale_kind, block, tensor_scale, bias):
     M, K = x.shape
     N = packed.shape[0]
     if M == 0 or N == 0:
-        return torch.zeros(M, N, dtype=torch.float32, device=x.device)
+        return torch.zeros(M, N, dtype=Q.out_dtype(x), device=x.device)
+    od = Q.out_dtype(x)
     x, DT, PREC, xb = _x_and_policy(x)
     b = bias.contiguous().float() if bias is not None else None
-    return Q.run_linear(_fp4_kernel, _fp4_tuner, (x, packed.contiguous(), scales.contiguous()),
+    p, sc = packed.contiguous(), scales.contiguous()
+    layout = (packed.shape[1], scales.shape[1], tensor_scale.float().reshape(-1).contiguous())
+    return Q.run_linear(_fp4_kernel, _fp4_tuner, (x, p, sc),
                         dict(NV=scale_kind == 1, DT=DT, PREC=PREC), b, x, N, K, lambda c: fp4_smem(c, xb), step=32,
-                        extra=(packed.shape[1], scales.shape[1], tensor_scale.float().reshape(-1).contiguous()))
+                        extra=layout, out_dtype=od, flag_rows_of=x,
+                        dequant=lambda dt: Q.dequantize(_fp4_dequant_kernel, (p, sc) + layout, N, K, dt,
+                                                        NV=scale_kind == 1))
 
 
 @triton.jit
-def _fp8_kernel(X, C, S, B, Y, M, N, K, K_SPLIT, MB, E4M3: tl.constexpr, NATIVE: tl.constexpr, HAS_BIAS: tl.constexpr,
+def _fp8_kernel(X, C, S, B, RF, Y, M, N, K, K_SPLIT, MB, E4M3: tl.constexpr, NATIVE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RF: tl.constexpr,
                 DT: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                 GROUP_M: tl.constexpr):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
@@ -158,9 +181,7 @@ def _fp8_kernel(X, C, S, B, Y, M, N, K, K_SPLIT, MB, E4M3: tl.constexpr, NATIVE:
         x = tl.load(X + rm[:, None] * K + kk[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
         acc = tl.dot(x.to(DT), w, acc, input_precision=PREC)
     y = acc * tl.load(S + rn, mask=nmask, other=0.0)[None, :]
-    if HAS_BIAS:
-        y += tl.load(B + rn, mask=nmask, other=0.0)[None, :]
-    tl.store(Y + split * M * N + rm[:, None] * N + rn[None, :], y, mask=mmask[:, None] & nmask[None, :])
+    store_tile(Y, B, RF, y, rm, rn, M, N, HAS_BIAS, HAS_RF)
 
 
 @triton.jit
@@ -182,6 +203,17 @@ def _fp8_values(c, E4M3: tl.constexpr, NATIVE: tl.constexpr):
 _fp8_tuner = Q.autotuned(_fp8_kernel, KEY)
 
 
+@triton.jit
+def _fp8_dequant_kernel(C, S, OUT, N, K, E4M3: tl.constexpr, NATIVE: tl.constexpr, BN: tl.constexpr,
+                        BK: tl.constexpr):
+    rn = tl.program_id(0) * BN + tl.arange(0, BN)
+    rk = tl.program_id(1) * BK + tl.arange(0, BK)
+    m = (rn < N)[:, None] & (rk < K)[None, :]
+    c = tl.load(C + rn[:, None] * K + rk[None, :], mask=m, other=0)
+    s = tl.load(S + rn, mask=rn < N, other=0.0)
+    tl.store(OUT + rn[:, None] * K + rk[None, :], _fp8_values(c, E4M3, NATIVE).to(tl.float32) * s[:, None], mask=m)
+
+
 def fp8_smem(cfg, x_bytes):
     BM, BN, BK, _, stages = cfg[:5]
     return Q.smem_bytes(BM, BN, BK, x_bytes, 1, stages, b_op_bytes=max(x_bytes, 1))
@@ -196,12 +228,15 @@ def fp8_linear(x, codes, scales, fmt, bias):
     M, K = x.shape
     N = codes.shape[0]
     if M == 0 or N == 0:
-        return torch.zeros(M, N, dtype=torch.float32, device=x.device)
+        return torch.zeros(M, N, dtype=Q.out_dtype(x), device=x.device)
+    od = Q.out_dtype(x)
     x, DT, PREC, xb = _x_and_policy(x)
     b = bias.contiguous().float() if bias is not None else None
-    return Q.run_linear(_fp8_kernel, _fp8_tuner, (x, codes.contiguous(), scales.contiguous()),
-                        dict(E4M3=fmt == "e4m3", NATIVE=_native_fp8(x.device), DT=DT, PREC=PREC), b, x, N, K,
-                        lambda c: fp8_smem(c, xb))
+    c, s = codes.contiguous(), scales.contiguous()
+    fmt_c = dict(E4M3=fmt == "e4m3", NATIVE=_native_fp8(x.device))
+    return Q.run_linear(_fp8_kernel, _fp8_tuner, (x, c, s), dict(**fmt_c, DT=DT, PREC=PREC), b, x, N, K,
+                        lambda cfg: fp8_smem(cfg, xb), out_dtype=od, flag_rows_of=x,
+                        dequant=lambda dt: Q.dequantize(_fp8_dequant_kernel, (c, s), N, K, dt, **fmt_c))
 
 
 # ---------------- FP8 dynamic (float8 E4M3 weights per channel, activations per token) ----------------
@@ -261,7 +296,7 @@ def quantize_activations_fp8(x, out_dtype=torch.float32):
 
 
 @triton.jit
-def _fp8_dyn_kernel(QX, SX, C, S, B, Y, M, N, K, K_SPLIT, MB, FP8_DOT: tl.constexpr, HAS_BIAS: tl.constexpr,
+def _fp8_dyn_kernel(QX, SX, C, S, B, RF, Y, M, N, K, K_SPLIT, MB, FP8_DOT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RF: tl.constexpr,
                     DT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
     split = tl.program_id(1)
@@ -285,9 +320,7 @@ def _fp8_dyn_kernel(QX, SX, C, S, B, Y, M, N, K, K_SPLIT, MB, FP8_DOT: tl.conste
     sx = tl.load(SX + rm, mask=mmask, other=1.0)
     sw = tl.load(S + rn, mask=nmask, other=0.0)
     y = acc * (sx[:, None] * sw[None, :])
-    if HAS_BIAS:
-        y += tl.load(B + rn, mask=nmask, other=0.0)[None, :]
-    tl.store(Y + split * M * N + rm[:, None] * N + rn[None, :], y, mask=mmask[:, None] & nmask[None, :])
+    store_tile(Y, B, RF, y, rm, rn, M, N, HAS_BIAS, HAS_RF)
 
 
 _fp8_dyn_tuner = Q.autotuned(_fp8_dyn_kernel, KEY)
@@ -298,7 +331,7 @@ def fp8_dynamic_linear(x, codes, scales, bias):
     M, K = x.shape
     N = codes.shape[0]
     if M == 0 or N == 0:
-        return torch.zeros(M, N, dtype=torch.float32, device=x.device)
+        return torch.zeros(M, N, dtype=Q.out_dtype(x), device=x.device)
     fp8_dot = _native_fp8(x.device) and hasattr(torch, "float8_e4m3fn")
     if fp8_dot:
         qdt, DT, ab = torch.float8_e4m3fn, tl.float32, 1
@@ -313,12 +346,12 @@ def fp8_dynamic_linear(x, codes, scales, bias):
         BM, BN, BK, _, stages = c[:5]
         return Q.smem_bytes(BM, BN, BK, ab, 1, stages, b_op_bytes=0 if fp8_dot else ab)
     return Q.run_linear(_fp8_dyn_kernel, _fp8_dyn_tuner, (qx, sx, codes.contiguous(), scales.contiguous()),
-                        dict(FP8_DOT=fp8_dot, DT=DT), b, qx, N, K, need, step=32)
+                        dict(FP8_DOT=fp8_dot, DT=DT), b, qx, N, K, need, step=32, out_dtype=Q.out_dtype(x))
 
 
 # ---------------- ternary: int8 activations x {-1, 0, 1} on int8 tensor cores, exact int32 ----------------
 @triton.jit
-def _ternary_kernel(XQ, POS, NEG, F, B, Y, M, N, K, K_SPLIT, MB, NW, HAS_BIAS: tl.constexpr,
+def _ternary_kernel(XQ, POS, NEG, F, B, RF, Y, M, N, K, K_SPLIT, MB, NW, HAS_BIAS: tl.constexpr, HAS_RF: tl.constexpr,
                     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
     rm = pid_m * BM + tl.arange(0, BM)
@@ -341,9 +374,7 @@ def _ternary_kernel(XQ, POS, NEG, F, B, Y, M, N, K, K_SPLIT, MB, NW, HAS_BIAS: t
         acc = tl.dot(xq, tl.trans(t), acc, out_dtype=tl.int32)
     f = tl.load(F + rm, mask=mmask, other=0.0)
     y = acc.to(tl.float32) * f[:, None]
-    if HAS_BIAS:
-        y += tl.load(B + rn, mask=nmask, other=0.0)[None, :]
-    tl.store(Y + rm[:, None] * N + rn[None, :], y, mask=mmask[:, None] & nmask[None, :])
+    store_tile(Y, B, RF, y, rm, rn, M, N, HAS_BIAS, HAS_RF)
 
 
 _ternary_tuner = Q.autotuned(_ternary_kernel, KEY)
@@ -382,7 +413,7 @@ def ternary_linear(x, pos, neg, wscale, bias):
     M, K = x.shape
     N, NW = pos.shape
     if M == 0 or N == 0:
-        return torch.zeros(M, N, dtype=torch.float32, device=x.device)
+        return torch.zeros(M, N, dtype=Q.out_dtype(x), device=x.device)
     x = x.contiguous()
     xq = torch.empty(M, K, dtype=torch.int8, device=x.device)
     f = torch.empty(M, dtype=torch.float32, device=x.device)
@@ -390,7 +421,7 @@ def ternary_linear(x, pos, neg, wscale, bias):
                               BLOCK_K=min(1024, triton.next_power_of_2(max(K, 16))))
     b = bias.contiguous().float() if bias is not None else None
     return Q.run_linear(_ternary_kernel, _ternary_tuner, (xq, pos.contiguous(), neg.contiguous(), f), {}, b, xq, N, K,
-                        ternary_smem, step=32, split_ok=False, extra=(NW,))
+                        ternary_smem, step=32, split_ok=False, extra=(NW,), out_dtype=Q.out_dtype(x))
 
 
 # ---------------- embedding search: score tiles + running top-k over chunks of keys ----------------
