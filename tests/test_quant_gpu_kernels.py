@@ -13,8 +13,8 @@ import torch.nn as nn
 
 from conftest import GPU_MODE, HAS_TRITON
 import hotpath as hp
-from hotpath.quant import (MXFP4, NVFP4, FP8Dynamic, FP8WeightOnly, Int4Dynamic, Int4WeightOnly, Int8Dynamic, Int8WeightOnly,
-                           QuantLinear, Ternary, quantize_)
+from hotpath.quant import (MXFP4, NVFP4, FP8Dynamic, FP8WeightOnly, Int4Dynamic, Int4WeightOnly, Int8Dynamic,
+                           Int8WeightOnly, QuantLinear, Ternary, quantize_)
 from hotpath.reference import quant_int as ref_int
 from hotpath.reference import quant_lowbit as ref_low
 
@@ -511,7 +511,8 @@ WEIGHT_ONLY = [Int8WeightOnly(), Int4WeightOnly(group_size=32, symmetric=False),
 
 
 @needs_triton
-@pytest.mark.parametrize("cfg", WEIGHT_ONLY, ids=lambda c: f"{type(c).__name__}-{getattr(c, 'group_size', getattr(c, 'fmt', ''))}")
+@pytest.mark.parametrize("cfg", WEIGHT_ONLY,
+                         ids=lambda c: f"{type(c).__name__}-{getattr(c, 'group_size', getattr(c, 'fmt', ''))}")
 @pytest.mark.parametrize("K", [160, 256])
 def test_dequant_prefill_matches_reference(cfg, K, monkeypatch):
     """The "dequant" prefill strategy (weight decoded by one launch, then F.linear): the decoded

@@ -5,7 +5,6 @@ Kernels: Triton (backends/triton/quant_lowbit.py, fp8 tensor cores on sm_89+); t
 kernel, which CPU tensors run, is the reference (reference/quant_fp8.py)."""
 from typing import Optional
 
-import torch
 from torch import Tensor
 
 from .. import backends

@@ -4,6 +4,7 @@ Not a benchmark family (the harness only collects bench_*.py). Nothing here touc
 """
 import contextlib
 import importlib
+import os
 import warnings
 
 import torch
@@ -40,6 +41,21 @@ def under_tf32(on, fn):
     def run():
         with tf32(on):
             return fn()
+    return run
+
+
+def under_env(name, value, fn):
+    """fn run with os.environ[name] = value, restored afterwards (hotpath reads it per call)."""
+    def run():
+        old = os.environ.get(name)
+        os.environ[name] = value
+        try:
+            return fn()
+        finally:
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
     return run
 
 
@@ -130,6 +146,13 @@ def quant_problem(h, seed=0):
     return {"w": w, "x1": x1, "xm": xm, "wb": w.bfloat16(), "x1b": x1.bfloat16(), "xmb": xm.bfloat16()}
 
 
+def weight_only(cfg):
+    """Formats with both prefill strategies (backends/triton/_qgemm.py, prefill_strategy); the
+    dynamic ones (FP8Dynamic subclasses FP8WeightOnly) quantize activations and have one."""
+    from hotpath import quant as Q
+    return type(cfg) in (Q.Int8WeightOnly, Q.Int4WeightOnly, Q.FP8WeightOnly, Q.MXFP4, Q.NVFP4)
+
+
 def quant_format_cases(h, name, cfg, p, gemv_target=None, gemm_target=None, bandwidth=None, int_mm=False):
     """One format's GEMV and GEMM cases. hotpath is fed bf16 activations, as served models feed
     it (the weight tiles are dequantized to bf16 for the tensor cores), and float32 activations
@@ -161,6 +184,10 @@ def quant_format_cases(h, name, cfg, p, gemv_target=None, gemm_target=None, band
 
     h.case(f"{name} GEMM M={M} K={K} N={N}", work=2 * M * N * K, unit="flop")
     h.measure("hotpath", lambda: cfg.linear(p["xmb"], q, None))
+    if weight_only(cfg):
+        # the two prefill strategies side by side: "hotpath" above is whichever DEQUANT_MIN_M picks
+        for mode, label in (("fused", "hotpath fused dequantizing GEMM"), ("dequant", "hotpath dequant + cuBLAS")):
+            h.measure(label, under_env("HOTPATH_QUANT_PREFILL", mode, lambda: cfg.linear(p["xmb"], q, None)))
     h.measure("hotpath f32 activations", lambda: cfg.linear(xm, q, None))
     h.measure("torch bf16 F.linear", lambda: F.linear(p["xmb"], p["wb"]))
     h.measure("torch f32 F.linear", under_tf32(False, lambda: F.linear(xm, w)))

@@ -24,7 +24,7 @@ import triton.language as tl
 
 from .pairwise import dot_precision, tune_key
 from .target import interpreting, on_gpu, sm_count, smem_limit  # noqa: F401 - smem_limit: hadamard, tests
-from ..._ops.linear_out import out_dtype, row_flag  # noqa: F401 - out_dtype: the launchers
+from ..._ops.linear_out import out_dtype, row_flag  # noqa: F401 - out_dtype: for the launchers (Q.out_dtype)
 
 
 def smem_bytes(BM, BN, BK, a_bytes, b_load_bytes, num_stages, b_op_bytes=0, out_bytes=4):
@@ -201,14 +201,14 @@ def dequantize(kernel, args, N, K, dtype, BN=64, BK=128, **consts):
 
 
 def run_linear(kernel, tuner, fmt_args, fmt_consts, bias, x, N, K, need, step=16, fixed_bk=None, split_ok=True,
-               extra=(), out_dtype=torch.float32, flag_rows_of=None, dequant=None):
+               extra=(), y_dtype=torch.float32, flag_rows_of=None, dequant=None):
     """Launch a quantized-linear kernel with the calling convention
 
         kernel(*fmt_args, B, RF, Y, M, N, K, K_SPLIT, MB, *extra, HAS_BIAS=, HAS_RF=, **fmt_consts,
                BM=, BN=, BK=, GROUP_M=)
 
     ending in store_tile. Y is (SPLIT, M, N): split s of the K range [s * K_SPLIT, (s + 1) *
-    K_SPLIT) writes Y[s]; with one split Y is the output itself, in out_dtype (_ops/linear_out.py),
+    K_SPLIT) writes Y[s]; with one split Y is the output itself, in y_dtype (_ops/linear_out.py),
     else float32 partials summed here (deterministic, no atomics) before the bias and the cast.
     flag_rows_of: the activations whose non-finite rows make NaN rows (RF = linear_out.row_flag);
     None where the format's per-token scale is NaN there already.
@@ -226,7 +226,7 @@ def run_linear(kernel, tuner, fmt_args, fmt_consts, bias, x, N, K, need, step=16
         # a NaN row of x is a NaN row of the GEMM: the flag goes on x (M x K), not on y
         xs = x if rf is None else x + rf[:, None].to(x.dtype)
         y = torch.nn.functional.linear(xs, dequant(x.dtype), None if bias is None else bias.to(x.dtype))
-        return y.to(out_dtype)
+        return y.to(y_dtype)
 
     def fix(c):
         return c if fixed_bk is None else (c[0], c[1], fixed_bk) + tuple(c[3:])
@@ -237,14 +237,14 @@ def run_linear(kernel, tuner, fmt_args, fmt_consts, bias, x, N, K, need, step=16
     def launch(kern, grid, split, k_split, **meta):
         # the interpreter stores float32 (its bf16 / fp16 stores are not the GPU's rounding)
         direct = split == 1 and not interpreting()
-        y = torch.empty(split, M, N, dtype=out_dtype if direct else torch.float32, device=dev)
+        y = torch.empty(split, M, N, dtype=y_dtype if direct else torch.float32, device=dev)
         kern[grid](*fmt_args, bias if bias is not None else x, rf if rf is not None else x, y, M, N, K, k_split,
                    m_bucket(M), *extra, HAS_BIAS=bias is not None and split == 1, HAS_RF=rf is not None,
                    **fmt_consts, GROUP_M=8, **meta)
         if split == 1:
-            return y[0] if direct else y[0].to(out_dtype)
+            return y[0] if direct else y[0].to(y_dtype)
         out = y.sum(0)
-        return (out if bias is None else out + bias).to(out_dtype)
+        return (out if bias is None else out + bias).to(y_dtype)
 
     if M <= DECODE_MAX_M or interpreting():
         if M <= DECODE_MAX_M:

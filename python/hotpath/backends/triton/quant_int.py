@@ -89,7 +89,8 @@ def quantize_activations(x):
 
 # ------------------------------------------------------------------ W8A16
 @triton.jit
-def _w8a16_kernel(X, W, S, B, RF, Y, M, N, K, K_SPLIT, MB, HAS_BIAS: tl.constexpr, HAS_RF: tl.constexpr, DT: tl.constexpr,
+def _w8a16_kernel(X, W, S, B, RF, Y, M, N, K, K_SPLIT, MB,
+                  HAS_BIAS: tl.constexpr, HAS_RF: tl.constexpr, DT: tl.constexpr,
                   PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
     split = tl.program_id(1)
@@ -137,7 +138,7 @@ def int8_weight_only_linear(x, qweight, scale, bias):
     b = bias.contiguous().float() if bias is not None else None
     w, s = qweight.contiguous(), scale.contiguous()
     return Q.run_linear(_w8a16_kernel, _w8a16_tuner, (x, w, s), dict(DT=DT, PREC=PREC), b, x, N, K,
-                        lambda c: w8a16_smem(c, xb), out_dtype=od, flag_rows_of=x,
+                        lambda c: w8a16_smem(c, xb), y_dtype=od, flag_rows_of=x,
                         dequant=lambda dt: Q.dequantize(_w8_dequant_kernel, (w, s), N, K, dt))
 
 
@@ -185,7 +186,7 @@ def int8_dynamic_linear(x, qweight, scale, colsum, bias):
     # int8 tensor-core dots need K steps of 32
     return Q.run_linear(_w8a8_kernel, _w8a8_tuner, (q, sx, qweight.contiguous(), scale.contiguous()), {},
                         b, q, N, K, w8a8_smem, step=32, split_ok=False, extra=(qweight.shape[1],),
-                        out_dtype=Q.out_dtype(x))
+                        y_dtype=Q.out_dtype(x))
 
 
 # ------------------------------------------------------------------ W4A16
@@ -263,13 +264,14 @@ def int4_weight_only_linear(x, qweight, scale, zero, bias):
     layout = (K // ng, ng, w.stride(0))
     return Q.run_linear(_w4a16_kernel, _w4a16_tuner, (x, w, s, z),
                         dict(DT=DT, PREC=PREC), b, x, N, K, lambda c: w4a16_smem(c, xb), step=64, fixed_bk=64,
-                        extra=layout, out_dtype=od, flag_rows_of=x,
+                        extra=layout, y_dtype=od, flag_rows_of=x,
                         dequant=lambda dt: Q.dequantize(_w4_dequant_kernel, (w, s, z) + layout, N, K, dt, BK=64))
 
 
 # ------------------------------------------------------------------ W4A8
 @triton.jit
-def _w4a8_kernel(Qx, SX, W, S, Z, B, RF, Y, M, N, K, K_SPLIT, MB, K8, G, NG, HAS_BIAS: tl.constexpr, HAS_RF: tl.constexpr,
+def _w4a8_kernel(Qx, SX, W, S, Z, B, RF, Y, M, N, K, K_SPLIT, MB, K8, G, NG,
+                 HAS_BIAS: tl.constexpr, HAS_RF: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
     offs_m = pid_m * BM + tl.arange(0, BM)
@@ -319,4 +321,4 @@ def int4_dynamic_linear(x, qweight, scale, zero, bias):
     b = bias.contiguous().float() if bias is not None else None
     return Q.run_linear(_w4a8_kernel, _w4a8_tuner, (q, sx, qweight.contiguous(), scale.contiguous(), zero.contiguous()),
                         {}, b, q, N, K, w4a8_smem, step=32, fixed_bk=64 if G % 64 == 0 else 32, split_ok=False,
-                        extra=(K // 8, G, ng), out_dtype=Q.out_dtype(x))
+                        extra=(K // 8, G, ng), y_dtype=Q.out_dtype(x))

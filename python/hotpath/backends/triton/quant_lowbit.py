@@ -68,7 +68,8 @@ def _e8m0(c):
 
 
 @triton.jit
-def _fp4_kernel(X, P, Sc, B, RF, Y, M, N, K, K_SPLIT, MB, RB, NBLK, GS, NV: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RF: tl.constexpr,
+def _fp4_kernel(X, P, Sc, B, RF, Y, M, N, K, K_SPLIT, MB, RB, NBLK, GS, NV: tl.constexpr,
+                HAS_BIAS: tl.constexpr, HAS_RF: tl.constexpr,
                 DT: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                 GROUP_M: tl.constexpr):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
@@ -156,13 +157,14 @@ def fp4_linear(x, packed, scales, scale_kind, block, tensor_scale, bias):
     layout = (packed.shape[1], scales.shape[1], tensor_scale.float().reshape(-1).contiguous())
     return Q.run_linear(_fp4_kernel, _fp4_tuner, (x, p, sc),
                         dict(NV=scale_kind == 1, DT=DT, PREC=PREC), b, x, N, K, lambda c: fp4_smem(c, xb), step=32,
-                        extra=layout, out_dtype=od, flag_rows_of=x,
+                        extra=layout, y_dtype=od, flag_rows_of=x,
                         dequant=lambda dt: Q.dequantize(_fp4_dequant_kernel, (p, sc) + layout, N, K, dt,
                                                         NV=scale_kind == 1))
 
 
 @triton.jit
-def _fp8_kernel(X, C, S, B, RF, Y, M, N, K, K_SPLIT, MB, E4M3: tl.constexpr, NATIVE: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RF: tl.constexpr,
+def _fp8_kernel(X, C, S, B, RF, Y, M, N, K, K_SPLIT, MB, E4M3: tl.constexpr, NATIVE: tl.constexpr,
+                HAS_BIAS: tl.constexpr, HAS_RF: tl.constexpr,
                 DT: tl.constexpr, PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                 GROUP_M: tl.constexpr):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
@@ -235,7 +237,7 @@ def fp8_linear(x, codes, scales, fmt, bias):
     c, s = codes.contiguous(), scales.contiguous()
     fmt_c = dict(E4M3=fmt == "e4m3", NATIVE=_native_fp8(x.device))
     return Q.run_linear(_fp8_kernel, _fp8_tuner, (x, c, s), dict(**fmt_c, DT=DT, PREC=PREC), b, x, N, K,
-                        lambda cfg: fp8_smem(cfg, xb), out_dtype=od, flag_rows_of=x,
+                        lambda cfg: fp8_smem(cfg, xb), y_dtype=od, flag_rows_of=x,
                         dequant=lambda dt: Q.dequantize(_fp8_dequant_kernel, (c, s), N, K, dt, **fmt_c))
 
 
@@ -296,7 +298,8 @@ def quantize_activations_fp8(x, out_dtype=torch.float32):
 
 
 @triton.jit
-def _fp8_dyn_kernel(QX, SX, C, S, B, RF, Y, M, N, K, K_SPLIT, MB, FP8_DOT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RF: tl.constexpr,
+def _fp8_dyn_kernel(QX, SX, C, S, B, RF, Y, M, N, K, K_SPLIT, MB, FP8_DOT: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, HAS_RF: tl.constexpr,
                     DT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
     split = tl.program_id(1)
@@ -346,7 +349,7 @@ def fp8_dynamic_linear(x, codes, scales, bias):
         BM, BN, BK, _, stages = c[:5]
         return Q.smem_bytes(BM, BN, BK, ab, 1, stages, b_op_bytes=0 if fp8_dot else ab)
     return Q.run_linear(_fp8_dyn_kernel, _fp8_dyn_tuner, (qx, sx, codes.contiguous(), scales.contiguous()),
-                        dict(FP8_DOT=fp8_dot, DT=DT), b, qx, N, K, need, step=32, out_dtype=Q.out_dtype(x))
+                        dict(FP8_DOT=fp8_dot, DT=DT), b, qx, N, K, need, step=32, y_dtype=Q.out_dtype(x))
 
 
 # ---------------- ternary: int8 activations x {-1, 0, 1} on int8 tensor cores, exact int32 ----------------
@@ -421,7 +424,7 @@ def ternary_linear(x, pos, neg, wscale, bias):
                               BLOCK_K=min(1024, triton.next_power_of_2(max(K, 16))))
     b = bias.contiguous().float() if bias is not None else None
     return Q.run_linear(_ternary_kernel, _ternary_tuner, (xq, pos.contiguous(), neg.contiguous(), f), {}, b, xq, N, K,
-                        ternary_smem, step=32, split_ok=False, extra=(NW,), out_dtype=Q.out_dtype(x))
+                        ternary_smem, step=32, split_ok=False, extra=(NW,), y_dtype=Q.out_dtype(x))
 
 
 # ---------------- embedding search: score tiles + running top-k over chunks of keys ----------------
