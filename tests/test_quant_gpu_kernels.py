@@ -505,7 +505,7 @@ def test_fma_tiles_match_reference(cfg, monkeypatch):
     assert steps == [Q.FMA_DECODE_BK]
 
 
-# ------------------------------------------------------------------ prefill strategy "dequant"
+# ------------------------------------------------------------------ prefill strategy "library"
 WEIGHT_ONLY = [Int8WeightOnly(), Int4WeightOnly(group_size=32, symmetric=False), Int4WeightOnly(group_size=64),
                FP8WeightOnly(), FP8WeightOnly(fmt="e5m2"), MXFP4(), NVFP4(hadamard=False)]
 
@@ -515,14 +515,14 @@ WEIGHT_ONLY = [Int8WeightOnly(), Int4WeightOnly(group_size=32, symmetric=False),
                          ids=lambda c: f"{type(c).__name__}-{getattr(c, 'group_size', getattr(c, 'fmt', ''))}")
 @pytest.mark.parametrize("K", [160, 256])
 def test_dequant_prefill_matches_reference(cfg, K, monkeypatch):
-    """The "dequant" prefill strategy (weight decoded by one launch, then F.linear): the decoded
+    """The "library" prefill strategy (weight decoded by one launch, then F.linear): the decoded
     weight equals the format's dequantize_weight exactly, the layer output equals the reference,
     non-finite rows are NaN rows, and 16-bit activations give a 16-bit y. K = 160 leaves a partial
     last block (int4: K % 64 == 32)."""
     from hotpath.backends.triton import _qgemm as Q
     if K % (cfg.block if isinstance(cfg, (MXFP4, NVFP4)) else getattr(cfg, "group_size", 1)):
         pytest.skip("K must be divisible by the format's block / group")
-    monkeypatch.setenv("HOTPATH_QUANT_PREFILL", "dequant")
+    monkeypatch.setenv("HOTPATH_QUANT_PREFILL", "library")
     N, M = 40, 17
     bufs, b = _buffers(cfg, N, K)
     seen = []
@@ -547,15 +547,47 @@ def test_prefill_strategy_choice(monkeypatch):
     monkeypatch.setattr(Q, "interpreting", lambda: False)
     xb, xf = torch.empty(0, dtype=torch.bfloat16), torch.empty(0)
     monkeypatch.delenv("HOTPATH_QUANT_PREFILL", raising=False)
-    assert Q.prefill_strategy(Q.DEQUANT_MIN_M, xb) == "dequant"
-    assert Q.prefill_strategy(Q.DEQUANT_MIN_M - 1, xb) == "fused"
+    assert Q.prefill_strategy(Q.LIBRARY_MIN_M, xb) == "library"
+    assert Q.prefill_strategy(Q.LIBRARY_MIN_M - 1, xb) == "fused"
     assert Q.prefill_strategy(4096, xf) == "fused"        # float32: the fused 3xTF32 / TF32 dots
     assert Q.prefill_strategy(1, xb) == "fused"
-    monkeypatch.setenv("HOTPATH_QUANT_PREFILL", "dequant")
-    assert Q.prefill_strategy(16, xf) == "dequant"
+    monkeypatch.setenv("HOTPATH_QUANT_PREFILL", "library")
+    assert Q.prefill_strategy(16, xf) == "library"
     assert Q.prefill_strategy(Q.DECODE_MAX_M, xf) == "fused"   # decode always streams the packed weight
     monkeypatch.setenv("HOTPATH_QUANT_PREFILL", "fused")
     assert Q.prefill_strategy(4096, xb) == "fused"
     monkeypatch.setenv("HOTPATH_QUANT_PREFILL", "cublas")
     with pytest.raises(ValueError, match="HOTPATH_QUANT_PREFILL"):
         Q.prefill_strategy(4096, xb)
+
+
+@needs_triton
+@pytest.mark.parametrize("bias", [True, False])
+def test_fp8_dynamic_scaled_mm_prefill(bias, monkeypatch):
+    """FP8Dynamic's "library" prefill: torch._scaled_mm on our per-token E4M3 activations with
+    row-wise scales, bf16 out: equal to the reference within bf16 rounding, NaN rows kept. A torch
+    that refuses the call falls back to the fused kernel (and stops trying on that device)."""
+    from hotpath.backends.triton import quant_lowbit as QL
+    monkeypatch.setenv("HOTPATH_QUANT_PREFILL", "library")
+    monkeypatch.setattr(QL, "_SCALED_MM_FAILED", set())
+    cfg = FP8Dynamic()
+    K, N, M = 128, 48, 20
+    bufs, b = _buffers(cfg, N, K, bias)
+    x = (torch.randn(M, K, device=DEV) * 3).bfloat16()
+    x[2, 9] = float("nan")
+    calls = []
+    real = torch._scaled_mm
+    monkeypatch.setattr(torch, "_scaled_mm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    y = QL.fp8_dynamic_linear(x, bufs["codes"], bufs["scales"], b)
+    assert calls and y.dtype == torch.bfloat16
+    assert torch.isnan(y[2]).all()
+    keep = torch.arange(M, device=DEV) != 2
+    r = cfg.linear(x[keep].float(), bufs, b, backend="reference")
+    torch.testing.assert_close(y[keep].float(), r, atol=3e-2, rtol=1e-2)
+
+    def refuse(*a, **k):
+        raise RuntimeError("row-wise scaling is not supported here")
+    monkeypatch.setattr(torch, "_scaled_mm", refuse)
+    y2 = QL.fp8_dynamic_linear(x[keep], bufs["codes"], bufs["scales"], b)
+    assert QL._SCALED_MM_FAILED
+    torch.testing.assert_close(y2.float(), r, atol=3e-2, rtol=1e-2)

@@ -328,10 +328,13 @@ def _cases(family, small):
 
         def linear(cfg):
             qb = cfg.quantize_weight(w)
+            labels = _gpu.library_prefill(cfg) if type(cfg) is not q.FP8Dynamic else None
             for m in (1, 8, M):
                 for dt in (torch.bfloat16, torch.float32):
-                    # both prefill strategies of the weight-only formats (the dynamic ones have one)
-                    for mode in (("fused", "dequant") if m == M and dt == torch.bfloat16 else ("auto",)):
+                    # both prefill strategies of the weight-only formats (FP8Dynamic's "library" one
+                    # is torch._scaled_mm: nothing of ours to compile, and it would run on the CPU)
+                    both = m == M and dt == torch.bfloat16
+                    for mode in (("fused", "library") if both and labels else ("fused",) if both else ("auto",)):
                         with _env("HOTPATH_QUANT_PREFILL", mode):
                             cfg.linear(torch.randn(m, K, dtype=dt), qb, None)
 

@@ -146,11 +146,15 @@ def quant_problem(h, seed=0):
     return {"w": w, "x1": x1, "xm": xm, "wb": w.bfloat16(), "x1b": x1.bfloat16(), "xmb": xm.bfloat16()}
 
 
-def weight_only(cfg):
-    """Formats with both prefill strategies (backends/triton/_qgemm.py, prefill_strategy); the
-    dynamic ones (FP8Dynamic subclasses FP8WeightOnly) quantize activations and have one."""
+def library_prefill(cfg):
+    """(label of the fused prefill, label of the "library" one) for the formats that have both
+    (backends/triton/_qgemm.py, prefill_strategy), else None."""
     from hotpath import quant as Q
-    return type(cfg) in (Q.Int8WeightOnly, Q.Int4WeightOnly, Q.FP8WeightOnly, Q.MXFP4, Q.NVFP4)
+    if type(cfg) is Q.FP8Dynamic:
+        return "hotpath fused fp8 GEMM", "hotpath torch._scaled_mm (row-wise scales)"
+    if type(cfg) in (Q.Int8WeightOnly, Q.Int4WeightOnly, Q.FP8WeightOnly, Q.MXFP4, Q.NVFP4):
+        return "hotpath fused dequantizing GEMM", "hotpath dequant + cuBLAS"
+    return None
 
 
 def quant_format_cases(h, name, cfg, p, gemv_target=None, gemm_target=None, bandwidth=None, int_mm=False):
@@ -184,9 +188,10 @@ def quant_format_cases(h, name, cfg, p, gemv_target=None, gemm_target=None, band
 
     h.case(f"{name} GEMM M={M} K={K} N={N}", work=2 * M * N * K, unit="flop")
     h.measure("hotpath", lambda: cfg.linear(p["xmb"], q, None))
-    if weight_only(cfg):
-        # the two prefill strategies side by side: "hotpath" above is whichever DEQUANT_MIN_M picks
-        for mode, label in (("fused", "hotpath fused dequantizing GEMM"), ("dequant", "hotpath dequant + cuBLAS")):
+    labels = library_prefill(cfg)
+    if labels:
+        # the two prefill strategies side by side: "hotpath" above is whichever LIBRARY_MIN_M picks
+        for mode, label in zip(("fused", "library"), labels):
             h.measure(label, under_env("HOTPATH_QUANT_PREFILL", mode, lambda: cfg.linear(p["xmb"], q, None)))
     h.measure("hotpath f32 activations", lambda: cfg.linear(xm, q, None))
     h.measure("torch bf16 F.linear", lambda: F.linear(p["xmb"], p["wb"]))

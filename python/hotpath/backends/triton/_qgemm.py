@@ -167,16 +167,18 @@ def store_tile(Y, B, RF, y, rm, rn, M, N, HAS_BIAS: tl.constexpr, HAS_RF: tl.con
     tl.store(Y + tl.program_id(1) * M * N + rm[:, None] * N + rn[None, :], y, mask=mmask[:, None] & nmask[None, :])
 
 
-# Prefill strategy of the weight-only formats. "fused": the dequantizing GEMM kernels here.
-# "dequant": the weight decoded into an (N, K) scratch in the activations' dtype by one
-# memory-bound launch, then cuBLAS (F.linear). At M = 4096, K = 4096, N = 16384 the GEMM is
-# compute-bound: the scratch costs about 45 us of HBM traffic next to a 740 us bf16 GEMM, and
-# cuBLAS's tiles are what the fused kernels would have to match. The fused kernels read 4x fewer
-# weight bytes, which is what counts while M is small. DEQUANT_MIN_M is an estimate until a GPU
-# run measures both (`bench quant --device cuda` prints the two side by side);
-# HOTPATH_QUANT_PREFILL=fused / dequant forces one (for M > DECODE_MAX_M).
-DEQUANT_MIN_M = 1024
-PREFILL_MODES = ("auto", "fused", "dequant")
+# Prefill strategy. "fused": the GEMM kernels here. "library": torch's library GEMM on operands
+# these kernels prepare. For the weight-only formats, the weight is decoded into an (N, K) scratch in
+# the activations' dtype by one memory-bound launch, then F.linear (cuBLAS) runs. For FP8Dynamic,
+# torch._scaled_mm runs on the per-token E4M3 activations with row-wise scales (bf16 out, as
+# torchao's float8 layers do).
+# At M = 4096, K = 4096, N = 16384 the GEMM is compute-bound, so the library's tiles are what the
+# fused kernels would have to match. The decode scratch costs about 45 us of HBM traffic next to a
+# 740 us bf16 GEMM. The fused kernels read 4x fewer weight bytes, which is what counts while M is
+# small. LIBRARY_MIN_M is an estimate until a GPU run measures both: `bench quant --device cuda`
+# prints the two side by side. HOTPATH_QUANT_PREFILL=fused / library forces one (for M > DECODE_MAX_M).
+LIBRARY_MIN_M = 1024
+PREFILL_MODES = ("auto", "fused", "library")
 
 
 def prefill_strategy(M, x):
@@ -188,7 +190,7 @@ def prefill_strategy(M, x):
     if mode != "auto":
         return mode
     sixteen = x.dtype in (torch.bfloat16, torch.float16)
-    return "dequant" if sixteen and M >= DEQUANT_MIN_M and not interpreting() else "fused"
+    return "library" if sixteen and M >= LIBRARY_MIN_M and not interpreting() else "fused"
 
 
 def dequantize(kernel, args, N, K, dtype, BN=64, BK=128, **consts):
@@ -212,7 +214,7 @@ def run_linear(kernel, tuner, fmt_args, fmt_consts, bias, x, N, K, need, step=16
     else float32 partials summed here (deterministic, no atomics) before the bias and the cast.
     flag_rows_of: the activations whose non-finite rows make NaN rows (RF = linear_out.row_flag);
     None where the format's per-token scale is NaN there already.
-    dequant: dtype -> the (N, K) weight (weight-only formats), for the "dequant" prefill strategy.
+    dequant: dtype -> the (N, K) weight (weight-only formats), for the "library" prefill strategy.
     Decode (M <= DECODE_MAX_M) and the interpreter get one planned configuration; prefill GEMMs
     are autotuned over the configurations that fit the device's shared memory (need(cfg)).
     fixed_bk: the K step the format's layout imposes (it replaces BK of every configuration)."""
@@ -222,7 +224,7 @@ def run_linear(kernel, tuner, fmt_args, fmt_consts, bias, x, N, K, need, step=16
     fma = fp32 and fmt_consts.get("PREC") == "ieee"
     path = "fma" if fma else ("x3" if fp32 and fmt_consts.get("PREC") == "tf32x3" else "tc")
     rf = row_flag(flag_rows_of) if flag_rows_of is not None else None
-    if dequant is not None and prefill_strategy(M, x) == "dequant":
+    if dequant is not None and prefill_strategy(M, x) == "library":
         # a NaN row of x is a NaN row of the GEMM: the flag goes on x (M x K), not on y
         xs = x if rf is None else x + rf[:, None].to(x.dtype)
         y = torch.nn.functional.linear(xs, dequant(x.dtype), None if bias is None else bias.to(x.dtype))

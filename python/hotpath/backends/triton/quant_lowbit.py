@@ -344,12 +344,46 @@ def fp8_dynamic_linear(x, codes, scales, bias):
         qdt, DT, ab = torch.float32, tl.float32, 4
     qx, sx = quantize_activations_fp8(x, qdt)
     b = bias.contiguous().float() if bias is not None else None
+    if _scaled_mm_ok(x, N, K) and Q.prefill_strategy(M, x) == "library":
+        y = _fp8_scaled_mm(qx, sx, codes, scales, b)
+        if y is not None:
+            return y
 
     def need(c):
         BM, BN, BK, _, stages = c[:5]
         return Q.smem_bytes(BM, BN, BK, ab, 1, stages, b_op_bytes=0 if fp8_dot else ab)
     return Q.run_linear(_fp8_dyn_kernel, _fp8_dyn_tuner, (qx, sx, codes.contiguous(), scales.contiguous()),
                         dict(FP8_DOT=fp8_dot, DT=DT), b, qx, N, K, need, step=32, y_dtype=Q.out_dtype(x))
+
+
+_SCALED_MM_FAILED = set()   # devices where torch._scaled_mm refused the call once (fused kernel there)
+
+
+def _scaled_mm_ok(x, N, K):
+    """torch._scaled_mm with row-wise scales: bf16 output only (so bf16 activations only), fp8
+    GEMM dimensions multiples of 16, fp8 tensor cores on a GPU (sm_89+)."""
+    return (x.dtype == torch.bfloat16 and N % 16 == 0 and K % 16 == 0 and hasattr(torch, "_scaled_mm")
+            and hasattr(torch, "float8_e4m3fn") and str(x.device) not in _SCALED_MM_FAILED
+            and (not on_gpu(x) or _native_fp8(x.device)))
+
+
+def _fp8_scaled_mm(qx, sx, codes, scales, bias):
+    """The "library" prefill of FP8Dynamic: torch._scaled_mm(qx, w^T) * sx[m] * s_w[n] (+ bias),
+    bf16 out. A NaN sx (non-finite row) makes a NaN row, as in the fused kernel. None when this
+    torch refuses the call (e.g. a build without row-wise scaling): the fused kernel runs instead."""
+    a = qx.to(torch.float8_e4m3fn)   # exact: qx holds E4M3 values (already fp8 on sm_89+)
+    w = codes.contiguous().view(torch.float8_e4m3fn).t()   # (K, N) column-major, as _scaled_mm wants
+    sa, sb = sx[:, None].contiguous(), scales.float()[None, :].contiguous()
+    try:
+        return torch._scaled_mm(a, w, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16,
+                                bias=None if bias is None else bias.to(torch.bfloat16))
+    except (RuntimeError, TypeError, NotImplementedError):
+        try:   # some builds take no bias with row-wise scales
+            y = torch._scaled_mm(a, w, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)
+            return y if bias is None else y + bias.to(torch.bfloat16)
+        except (RuntimeError, TypeError, NotImplementedError):
+            _SCALED_MM_FAILED.add(str(qx.device))
+            return None
 
 
 # ---------------- ternary: int8 activations x {-1, 0, 1} on int8 tensor cores, exact int32 ----------------
