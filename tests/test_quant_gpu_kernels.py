@@ -177,23 +177,8 @@ def test_bf16_activations_on_tensor_cores(cfg):
 
 def _launch(cfg, x, bufs, b):
     """The format's Triton launcher called directly (x reaches it as it is, 16-bit included)."""
-    from hotpath.backends.triton import quant_int as QI
-    from hotpath.backends.triton import quant_lowbit as QL
-    if isinstance(cfg, Int8WeightOnly):
-        return QI.int8_weight_only_linear(x, bufs["qweight"], bufs["scale"], b)
-    if isinstance(cfg, Int8Dynamic):
-        return QI.int8_dynamic_linear(x, bufs["qweight"], bufs["scale"], bufs["colsum"], b)
-    if isinstance(cfg, Int4WeightOnly):
-        return QI.int4_weight_only_linear(x, bufs["qweight"], bufs["scale"], bufs["zero"], b)
-    if isinstance(cfg, Int4Dynamic):
-        return QI.int4_dynamic_linear(x, bufs["qweight"], bufs["scale"], bufs["zero"], b)
-    if isinstance(cfg, FP8Dynamic):   # before FP8WeightOnly, its base class
-        return QL.fp8_dynamic_linear(x, bufs["codes"], bufs["scales"], b)
-    if isinstance(cfg, FP8WeightOnly):
-        return QL.fp8_linear(x, bufs["codes"], bufs["scales"], cfg.fmt, b)
-    if isinstance(cfg, Ternary):
-        return QL.ternary_linear(x, bufs["pos"], bufs["neg"], bufs["wscale"], b)
-    return QL.fp4_linear(x, bufs["packed"], bufs["scales"], cfg.scale_kind, cfg.block, bufs["tensor_scale"], b)
+    op, args = _op_and_args(cfg, bufs)
+    return op.triton(x, *args, b)
 
 
 # ------------------------------------------------------------------ output contract (_ops/linear_out.py)

@@ -154,20 +154,6 @@ class Record:
 
 
 @contextlib.contextmanager
-def _env(name, value):
-    """os.environ[name] = value inside ("auto" and None: unset), restored after."""
-    old = os.environ.pop(name, None)
-    if value not in (None, "auto"):
-        os.environ[name] = value
-    try:
-        yield
-    finally:
-        os.environ.pop(name, None)
-        if old is not None:
-            os.environ[name] = old
-
-
-@contextlib.contextmanager
 def compile_only(t, records, case_name):
     """Inside: launches compile their kernel for target t and record it; nothing runs."""
     from triton.runtime.autotuner import Autotuner
@@ -335,7 +321,7 @@ def _cases(family, small):
                     # is torch._scaled_mm: nothing of ours to compile, and it would run on the CPU)
                     both = m == M and dt == torch.bfloat16
                     for mode in (("fused", "library") if both and labels else ("fused",) if both else ("auto",)):
-                        with _env("HOTPATH_QUANT_PREFILL", mode):
+                        with _gpu.env("HOTPATH_QUANT_PREFILL", mode):
                             cfg.linear(torch.randn(m, K, dtype=dt), qb, None)
 
         def search():
@@ -355,6 +341,7 @@ def run_target(name, families=FAMILIES, small=False, log=print, only=None):
     import triton
     from hotpath import backends
     from hotpath.backends.triton import target as T
+    from hotpath.benchmarks import _gpu
 
     t = T.TARGETS[name]
     triton.runtime.driver.set_active(CompileOnlyDriver(t))
@@ -374,7 +361,7 @@ def run_target(name, families=FAMILIES, small=False, log=print, only=None):
                     if fp32_dot:
                         prec += f", HOTPATH_FP32_DOT={fp32_dot}"
                     try:
-                        with _env("HOTPATH_FP32_DOT", fp32_dot or None):
+                        with _gpu.env("HOTPATH_FP32_DOT", fp32_dot or None):
                             fn()
                         err = None
                     except Exception as exc:  # noqa: BLE001 - a compile error, or garbage outputs downstream

@@ -44,18 +44,26 @@ def under_tf32(on, fn):
     return run
 
 
-def under_env(name, value, fn):
-    """fn run with os.environ[name] = value, restored afterwards (hotpath reads it per call)."""
-    def run():
-        old = os.environ.get(name)
+@contextlib.contextmanager
+def env(name, value):
+    """os.environ[name] = value inside ("auto" or None: unset), restored afterwards; hotpath reads
+    its switches per call."""
+    old = os.environ.pop(name, None)
+    if value not in (None, "auto"):
         os.environ[name] = value
-        try:
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+        if old is not None:
+            os.environ[name] = old
+
+
+def under_env(name, value, fn):
+    """fn run inside env(name, value)."""
+    def run():
+        with env(name, value):
             return fn()
-        finally:
-            if old is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = old
     return run
 
 
