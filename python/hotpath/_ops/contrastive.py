@@ -2,8 +2,9 @@
 
 Each op streams (row block) x (column tile) score tiles s_ij = scale * <x_i, y_j> through an
 epilogue; none stores the n x m matrix. Kernels: C++ (csrc/cpu/contrastive.cpp,
-topk_screened.cpp), Triton (backends/triton/contrastive.py); the default kernels are the
-materializing references below and in reference/contrastive.py.
+topk_screened.cpp), Triton (backends/triton/contrastive.py); on CUDA the log-sum-exp and SigLIP
+sweeps choose between Triton and cuBLAS row chunks (backends/cuda/contrastive.py). The default
+kernels are the materializing references below and in reference/contrastive.py.
 
 Operands may be float16 / bfloat16 (backends.operand_dtype: GPU kernels read them as tensor-core
 tiles); statistics, accumulators and top-k values are float32 then (float64 for float64).
@@ -41,7 +42,7 @@ def _lse_sweep_fake(x, y, scale, want_col, exclude_diag):
     return backends.new_stat(x, x.shape[0]), backends.new_stat(x, y.shape[0] if want_col else 0)
 
 
-@backends.op("contrastive_lse_sweep", fake=_lse_sweep_fake, triton="contrastive.lse_sweep")
+@backends.op("contrastive_lse_sweep", fake=_lse_sweep_fake, triton="contrastive.lse_sweep", cuda="contrastive.lse_sweep")
 def lse_sweep(x: Tensor, y: Tensor, scale: float, want_col: bool, exclude_diag: bool) -> Tuple[Tensor, Tensor]:
     """lse_row_i = LSE_j scale <x_i, y_j> (j != i if exclude_diag); lse_col_j likewise over i
     when want_col (else an empty tensor)."""
@@ -53,7 +54,7 @@ def lse_sweep(x: Tensor, y: Tensor, scale: float, want_col: bool, exclude_diag: 
     return _lse(s, 1), (_lse(s, 0) if want_col else x.new_zeros(0))
 
 
-@backends.op("contrastive_softmax_acc", triton="contrastive.softmax_acc",
+@backends.op("contrastive_softmax_acc", triton="contrastive.softmax_acc", cuda="contrastive.softmax_acc",
              fake=lambda x, y, scale, ra, rl, ca, cl, exclude_diag: backends.new_stat(x, x.shape[0], y.shape[1]))
 def softmax_acc(x: Tensor, y: Tensor, scale: float, ra: Optional[Tensor], rl: Optional[Tensor],
                 ca: Optional[Tensor], cl: Optional[Tensor], exclude_diag: bool) -> Tensor:
@@ -76,7 +77,7 @@ def softmax_acc(x: Tensor, y: Tensor, scale: float, ra: Optional[Tensor], rl: Op
 
 # -- SigLIP ------------------------------------------------------------------------------------------
 
-@backends.op("contrastive_siglip_rows", triton="contrastive.siglip_rows",
+@backends.op("contrastive_siglip_rows", triton="contrastive.siglip_rows", cuda="contrastive.siglip_rows",
              fake=lambda x, y, scale, bias: backends.new_stat(x, x.shape[0]))
 def siglip_rows(x: Tensor, y: Tensor, scale: float, bias: float) -> Tensor:
     """out_i = sum_j softplus(scale <x_i, y_j> + bias)."""
@@ -84,7 +85,7 @@ def siglip_rows(x: Tensor, y: Tensor, scale: float, bias: float) -> Tensor:
     return torch.nn.functional.softplus(scale * x @ y.T + bias).sum(1)
 
 
-@backends.op("contrastive_siglip_acc", triton="contrastive.siglip_acc",
+@backends.op("contrastive_siglip_acc", triton="contrastive.siglip_acc", cuda="contrastive.siglip_acc",
              fake=lambda x, y, scale, bias: (backends.new_stat(x, x.shape[0], y.shape[1]), backends.new_stat(x, x.shape[0])))
 def siglip_acc(x: Tensor, y: Tensor, scale: float, bias: float) -> Tuple[Tensor, Tensor]:
     """(acc_i = sum_j sigmoid(z_ij) y_j, rsum_i = sum_j sigmoid(z_ij)), z = scale <x_i, y_j> + bias."""

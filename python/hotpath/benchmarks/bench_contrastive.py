@@ -133,7 +133,7 @@ def run(h, quick):
 
 def run_cuda(h, quick):
     """The GPU cases of the contrastive speed issue. ClipLoss / SigLipLoss B = 32,768 d = 512
-    (--quick: 16,384) in bf16 and in float32 without TF32, against open_clip's loss.py with peak
+    (--quick: 16,384) in bf16 and in float32 with and without TF32 (both sweep strategies), against open_clip's loss.py with peak
     memory; supcon / triplet B = 32,768 d = 256 (--quick: 8,192) against pytorch-metric-learning;
     topk_similarity over 1M keys d = 384 with 10k queries (--quick: 2k) against one matmul + topk;
     int8 embedding search over 1M keys against the float topk_similarity."""
@@ -148,10 +148,11 @@ def run_cuda(h, quick):
         x = torch.randn(n, dim, device=dev, generator=g)
         return (x / x.norm(dim=1, keepdim=True)).to(dtype)
 
-    # CLIP / SigLIP: bf16 <= 0.7x open_clip's time, float32 <= 1.0x, memory <= 5%
+    # CLIP / SigLIP: bf16 <= 0.7x open_clip's time, float32 <= 1.0x (with and without TF32, ours
+    # and open_clip's alike), memory <= 5%
     B = _gpu.sz(h, 16_384 if quick else 32_768)
-    for dtype, speed in ((torch.bfloat16, 1 / 0.7), (torch.float32, 1.0)):
-        tag = "bf16" if dtype == torch.bfloat16 else _gpu.precision_label(False)
+    for dtype, on, speed in ((torch.bfloat16, False, 1 / 0.7), (torch.float32, False, 1.0), (torch.float32, True, 1.0)):
+        tag = "bf16" if dtype == torch.bfloat16 else _gpu.precision_label(on)
         img, txt = unit(B, d, dtype).requires_grad_(), unit(B, d, dtype).requires_grad_()
         scale = torch.tensor(100.0, device=dev, requires_grad=True)
         s, b = torch.tensor(10.0, device=dev, requires_grad=True), torch.tensor(-10.0, device=dev, requires_grad=True)
@@ -159,9 +160,14 @@ def run_cuda(h, quick):
                   ("SigLipLoss", lambda L: lambda: L()(img, txt, s, b), (img, txt, s, b)))
         for name, call, leaves in losses:
             h.case(f"{name} fwd+bwd B={B} d={d} {tag}", work=B * B, unit="pairs")
-            h.measure("hotpath", _gpu.under_tf32(False, fwd_bwd(call(getattr(C, name)), *leaves)), value=float)
+            ours = fwd_bwd(call(getattr(C, name)), *leaves)
+            h.measure("hotpath", _gpu.under_tf32(on, ours), value=float)
+            if dtype == torch.float32:
+                # both sweep strategies (backends/cuda/contrastive.py); "hotpath" is what auto picks
+                for mode, label in (("fused", "hotpath fused Triton sweeps"), ("library", "hotpath cuBLAS row chunks")):
+                    h.measure(label, _gpu.under_tf32(on, _gpu.under_env("HOTPATH_CONTRASTIVE", mode, ours)), value=float)
             if oc is not None:
-                h.measure("open_clip", _gpu.under_tf32(False, fwd_bwd(call(getattr(oc, name)), *leaves)), value=float)
+                h.measure("open_clip", _gpu.under_tf32(on, fwd_bwd(call(getattr(oc, name)), *leaves)), value=float)
                 h.target("open_clip", speed, what=f"speed-up (time <= {1 / speed:.2g}x)")
                 h.target_memory("open_clip", 0.05)
             else:
