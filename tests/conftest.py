@@ -71,3 +71,18 @@ def _seed():
     with warnings.catch_warnings():
         warnings.simplefilter("default")
         yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """HOTPATH_GPU_TESTS_ONLY=1 (what `gpucheck` sets on a GPU): the parametrizations pinned to the
+    "reference" or "cpu" backend are deselected (they run on the CPU in CI; on the GPU machine they
+    would only take its time). Every other test still runs."""
+    if os.environ.get("HOTPATH_GPU_TESTS_ONLY") != "1":
+        return
+    keep, drop = [], []
+    for item in items:
+        backend = getattr(getattr(item, "callspec", None), "params", {}).get("backend")
+        (drop if backend in ("reference", "cpu") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

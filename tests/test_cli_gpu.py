@@ -8,6 +8,7 @@ on a GPU, but their code (peers, targets, value checks) must run anywhere.
 import importlib
 import json
 import os
+import subprocess
 import sys
 import types
 
@@ -60,7 +61,10 @@ def test_gpucheck_cli_options(monkeypatch):
     seen = {}
     monkeypatch.setattr(_gpucheck, "main", lambda **kw: seen.update(kw) or 0)
     assert cli.main(["gpucheck", "--out", "d", "--full", "--keep-going", "--no-bench"]) == 0
-    assert seen == {"out": "d", "quick": False, "exitfirst": False, "tests": True, "bench": False, "tests_dir": None}
+    assert seen == {"out": "d", "quick": False, "exitfirst": False, "tests": True, "bench": False, "tests_dir": None,
+                    "budget": None, "families": (), "all_tests": False}
+    assert cli.main(["gpucheck", "--budget", "540", "--family", "quant", "--family", "ot", "--all-tests"]) == 0
+    assert seen["budget"] == 540.0 and seen["families"] == ("quant", "ot") and seen["all_tests"] is True
 
 
 def test_gpucheck_commands_and_environment(tmp_path, monkeypatch):
@@ -89,9 +93,10 @@ def test_gpucheck_flow_and_status(tests_rc, bench_rc, status, tmp_path, monkeypa
     and summary.json say what failed."""
     ran = []
 
-    def fake_tee(cmd, log_path, env, cwd=None):
+    def fake_tee(cmd, log_path, env, cwd=None, timeout=None):
         is_pytest = cmd[1:3] == ["-m", "pytest"]
         ran.append("pytest" if is_pytest else "bench")
+        assert timeout is None and (env.get("HOTPATH_GPU_TESTS_ONLY") == "1") == is_pytest
         with open(log_path, "w") as f:
             f.write("1 failed, 9 passed in 1.0s\n" if is_pytest and tests_rc else "10 passed in 1.0s\n")
         return (tests_rc if is_pytest else bench_rc), 1.0
@@ -111,6 +116,56 @@ def test_gpucheck_flow_and_status(tests_rc, bench_rc, status, tmp_path, monkeypa
     assert _gpucheck.main(out=str(tmp_path), tests=False) == (1 if bench_rc else 0) and ran == ["bench"]
     ran.clear()
     assert _gpucheck.main(out=str(tmp_path), tests_dir=str(tmp_path / "nowhere")) == 2 and ran == ["bench"]
+
+
+def test_gpucheck_budget_splits_time(tmp_path, monkeypatch):
+    """--budget: the tests get TESTS_SHARE of it (per-test timeout no longer than that), the
+    benchmark what is left; a stopped step makes the status 1."""
+    seen = []
+
+    def fake_tee(cmd, log_path, env, cwd=None, timeout=None):
+        seen.append((cmd, timeout, env))
+        with open(log_path, "w") as f:
+            f.write("gpucheck: stopped after 1 s (--budget)\n")
+        return _gpucheck.TIMED_OUT if cmd[1:3] == ["-m", "pytest"] else 0, 1.0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(_gpucheck, "_device_record", lambda: {"gpu": "Fake GPU", "capability": "sm_90",
+                                                               "memory_gib": 1.0, "torch": torch.__version__,
+                                                               "cuda": "13.0", "triton": "3.6.0"})
+    monkeypatch.setattr(_gpucheck, "_tee", fake_tee)
+    monkeypatch.setattr(_gpucheck.shutil, "which", lambda name: None)
+    assert _gpucheck.main(out=str(tmp_path), budget=400, families=("quant",), all_tests=True) == 1
+    (tcmd, tlimit, tenv), (bcmd, blimit, _) = seen
+    assert tlimit == pytest.approx(400 * _gpucheck.TESTS_SHARE)
+    if any(c.startswith("--timeout=") for c in tcmd):
+        assert f"--timeout={int(tlimit)}" in tcmd
+    assert "HOTPATH_GPU_TESTS_ONLY" not in tenv
+    assert bcmd[3:5] == ["bench", "quant"] and 30 <= blimit <= 400
+    rec = json.loads((tmp_path / "summary.json").read_text())
+    assert rec["tests"]["exit"] == _gpucheck.TIMED_OUT and "stopped" in rec["tests"]["summary"]
+
+
+def test_gpucheck_tee_stops_at_timeout(tmp_path):
+    log = tmp_path / "x.log"
+    code = "import time; print('started', flush=True); time.sleep(60)"
+    rc, secs = _gpucheck._tee([sys.executable, "-c", code], str(log), dict(os.environ), timeout=2)
+    assert rc == _gpucheck.TIMED_OUT and secs < 30
+    text = log.read_text()
+    assert "started" in text and "stopped after 2 s" in text
+
+
+def test_gpu_tests_only_deselects_cpu_parametrizations():
+    """HOTPATH_GPU_TESTS_ONLY=1 (gpucheck's default) keeps the GPU parametrizations only."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    cmd = [sys.executable, "-m", "pytest", os.path.join(here, "test_contrastive.py"), "--collect-only", "-q",
+           "-p", "no:cacheprovider", "-k", "clip_matches_reference"]
+    ids = {}
+    for flag in ("0", "1"):
+        env = dict(os.environ, HOTPATH_GPU_TESTS_ONLY=flag)
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=os.path.dirname(here)).stdout
+        ids[flag] = [ln for ln in out.splitlines() if "::" in ln]
+    assert any(i.endswith("reference]") for i in ids["0"]) and any(i.endswith("cpu]") for i in ids["0"])
+    assert ids["1"] and all(i.endswith("triton]") for i in ids["1"])
 
 
 def test_gpucheck_tee_keeps_log_and_status(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""python -m hotpath info | bench [family ...] [--quick] [--device cpu|cuda] [--out DIR] | gpucheck [--out DIR]
+"""python -m hotpath info | bench [family ...] [--quick] [--device cpu|cuda] [--out DIR] | gpucheck [--out DIR] [--budget S] [--family F]
                  | compilecheck [--target NAME ...] [--family F ...] [--small] [--out DIR]"""
 import argparse
 import sys
@@ -23,6 +23,11 @@ def main(argv=None):
     g.add_argument("--no-tests", action="store_true", help="benchmarks only")
     g.add_argument("--no-bench", action="store_true", help="tests only")
     g.add_argument("--tests", default=None, help="the tests folder (default: the repository's tests/)")
+    g.add_argument("--all-tests", action="store_true",
+                   help="also the parametrizations pinned to the CPU backends (CI runs those on CPU)")
+    g.add_argument("--family", action="append", default=None, help="benchmark families to run (default: all)")
+    g.add_argument("--budget", type=float, default=None,
+                   help="seconds for the whole run: tests stopped at 45%% of it, the benchmark gets the rest")
     c = sub.add_parser("compilecheck", help="compile every Triton kernel for a described GPU (no GPU needed): "
                                             "registers, spills, shared memory, tensor-core use")
     c.add_argument("--target", action="append", default=None,
@@ -43,7 +48,8 @@ def main(argv=None):
     if args.cmd == "gpucheck":
         from hotpath import _gpucheck
         return _gpucheck.main(out=args.out, quick=not args.full, exitfirst=not args.keep_going,
-                              tests=not args.no_tests, bench=not args.no_bench, tests_dir=args.tests)
+                              tests=not args.no_tests, bench=not args.no_bench, tests_dir=args.tests,
+                              budget=args.budget, families=tuple(args.family or ()), all_tests=args.all_tests)
     from hotpath.benchmarks import harness
     if args.list:
         print("\n".join(harness.families()))

@@ -1,24 +1,31 @@
 """`python -m hotpath gpucheck`: the whole library checked on one GPU in one command.
 
 1. the test suite in GPU mode (tests/conftest.py runs the Triton / CUDA parametrizations on CUDA
-   tensors, compiled, when CUDA is present), `pytest tests -q -x --timeout=600`;
+   tensors, compiled, when CUDA is present), `pytest tests -q -x --timeout=600`, without the
+   parametrizations pinned to the CPU backends (HOTPATH_GPU_TESTS_ONLY=1; --all-tests keeps them);
 2. `python -m hotpath bench --device cuda --quick` (the GPU cases of the speed issues, peers where
-   installed).
+   installed; --family limits it).
 
 Both run as child processes (a fresh CUDA context each; a crash in one still leaves the other's
 record) whose output goes to the terminal and, line by line, to files under --out, so a run cut
 short by a time limit keeps what it printed. Nothing is installed: missing peers skip their rows.
+--budget SECONDS bounds the whole run: the tests get at most TESTS_SHARE of it and are stopped
+there, the benchmark the rest, so that a lent GPU's time limit never ends the run before the
+benchmark has printed.
 
-Exit status: 0 when the tests pass and the benchmark completes, 1 when a test fails or the
-benchmark process crashes, 2 when there is no CUDA device or no way to run the tests.
+Exit status: 0 when the tests pass and the benchmark completes, 1 when a test fails, a step is
+stopped by the budget or the benchmark process crashes, 2 when there is no CUDA device or no way
+to run the tests.
 """
 import importlib.util
 import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import torch
@@ -26,6 +33,9 @@ import torch
 # variables that would take the child processes off the GPU path: an interpreter left on from CPU
 # work, a forced CPU test device, a forced backend
 _OFF_GPU_ENV = ("TRITON_INTERPRET", "HOTPATH_TEST_DEVICE", "HOTPATH_BACKEND")
+# under --budget: the tests' share of it (the benchmark, the point of a GPU run, gets the rest)
+TESTS_SHARE = 0.45
+TIMED_OUT = 124
 
 
 def no_cuda_message():
@@ -55,34 +65,47 @@ def child_env():
     return env, dropped
 
 
-def pytest_command(tests_dir, out, exitfirst=True):
+def pytest_command(tests_dir, out, exitfirst=True, per_test=600):
     cmd = [sys.executable, "-m", "pytest", tests_dir, "-q", "-p", "no:cacheprovider",
            f"--junitxml={os.path.join(out, 'pytest.xml')}"]
     if exitfirst:
         cmd.append("-x")
     if importlib.util.find_spec("pytest_timeout") is not None:
-        cmd.append("--timeout=600")
+        cmd.append(f"--timeout={max(1, int(per_test))}")
     return cmd
 
 
-def bench_command(out, quick=True):
-    return [sys.executable, "-m", "hotpath", "bench", "--device", "cuda", "--out", os.path.join(out, "bench")] \
-        + (["--quick"] if quick else [])
+def bench_command(out, quick=True, families=()):
+    return [sys.executable, "-m", "hotpath", "bench", *families, "--device", "cuda",
+            "--out", os.path.join(out, "bench")] + (["--quick"] if quick else [])
 
 
-def _tee(cmd, log_path, env, cwd=None):
-    """Run cmd with its output on stdout and in log_path; returns (exit status, seconds)."""
+def _tee(cmd, log_path, env, cwd=None, timeout=None):
+    """Run cmd with its output on stdout and in log_path; returns (exit status, seconds). Past
+    timeout seconds its process group is killed and the status is TIMED_OUT."""
     t0 = time.time()
     with open(log_path, "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         try:
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                    text=True, errors="replace", bufsize=1)
+                                    text=True, errors="replace", bufsize=1, start_new_session=True)
         except OSError as exc:
             log.write(f"could not start: {exc}\n")
             print(f"could not start {cmd[:3]}: {exc}", flush=True)
             return 127, 0.0
+        stopped = threading.Event()
+
+        def stop():
+            stopped.set()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        timer = threading.Timer(timeout, stop) if timeout is not None else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
         with proc:
             for line in proc.stdout:
                 sys.stdout.write(line)
@@ -90,6 +113,13 @@ def _tee(cmd, log_path, env, cwd=None):
                 log.write(line)
                 log.flush()
             rc = proc.wait()
+        if timer is not None:
+            timer.cancel()
+        if stopped.is_set():
+            note = f"gpucheck: stopped after {timeout:.0f} s (--budget)"
+            log.write(note + "\n")
+            print(note, flush=True)
+            rc = TIMED_OUT
     return rc, time.time() - t0
 
 
@@ -117,7 +147,9 @@ def _device_record():
             "python": platform.python_version(), "platform": platform.platform()}
 
 
-def main(out="gpucheck-results", quick=True, exitfirst=True, tests=True, bench=True, tests_dir=None):
+def main(out="gpucheck-results", quick=True, exitfirst=True, tests=True, bench=True, tests_dir=None,
+         budget=None, families=(), all_tests=False):
+    t_start = time.time()
     if not torch.cuda.is_available():
         print(no_cuda_message(), flush=True)
         return 2
@@ -152,20 +184,24 @@ def main(out="gpucheck-results", quick=True, exitfirst=True, tests=True, bench=T
             rec["tests"] = {"status": "not run: pytest missing"}
             status = 2
         else:
-            cmd = pytest_command(tdir, out, exitfirst)
-            if "--timeout=600" not in cmd:
+            limit = None if budget is None else budget * (TESTS_SHARE if bench else 1.0)
+            cmd = pytest_command(tdir, out, exitfirst, per_test=600 if limit is None else min(600, limit))
+            if not any(c.startswith("--timeout=") for c in cmd):
                 print("(pytest-timeout not installed: tests run without a per-test time limit)", flush=True)
             print(f"\n== tests (GPU mode): {' '.join(cmd)}", flush=True)
-            rc, secs = _tee(cmd, os.path.join(out, "pytest.log"), env, cwd=os.path.dirname(tdir))
+            tenv = dict(env) if all_tests else dict(env, HOTPATH_GPU_TESTS_ONLY="1")
+            rc, secs = _tee(cmd, os.path.join(out, "pytest.log"), tenv, cwd=os.path.dirname(tdir), timeout=limit)
             summary = _last_line(os.path.join(out, "pytest.log"),
-                                 starts=(" passed", " failed", " error", "no tests ran"))
-            rec["tests"] = {"exit": rc, "seconds": round(secs, 1), "summary": summary, "command": cmd}
+                                 starts=(" passed", " failed", " error", "no tests ran", "gpucheck: stopped"))
+            rec["tests"] = {"exit": rc, "seconds": round(secs, 1), "summary": summary, "command": cmd,
+                            "gpu_tests_only": not all_tests}
             if rc != 0:
                 status = 1
     if bench:
-        cmd = bench_command(out, quick)
+        cmd = bench_command(out, quick, families)
         print(f"\n== benchmarks: {' '.join(cmd)}", flush=True)
-        rc, secs = _tee(cmd, os.path.join(out, "bench.log"), env)
+        limit = None if budget is None else max(30.0, budget - (time.time() - t_start))
+        rc, secs = _tee(cmd, os.path.join(out, "bench.log"), env, timeout=limit)
         rec["bench"] = {"exit": rc, "seconds": round(secs, 1), "command": cmd,
                         "results": os.path.join(out, "bench", "results.md")}
         if rc != 0 and status == 0:
