@@ -49,6 +49,28 @@ def test_input_gradient_is_gemm_with_dequantized_weight(cfg):
     assert all(not b.requires_grad for b in lin.buffers())
 
 
+@pytest.mark.parametrize("backend", backend_param(["cpu", "cuda"]))
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_16bit_input_gradient(backend, half):
+    """16-bit activations: on the GPU dy W runs in their dtype (tensor cores, float32
+    accumulation), on the CPU in float32; both within 16-bit rounding of the float64 product."""
+    from hotpath.quant.linear import input_grad
+    torch.manual_seed(3)
+    lin = Q.quantize_(nn.Linear(64, 24), Q.Int4WeightOnly(group_size=32))
+    if backend == "cuda":
+        lin = lin.cuda()
+    x = torch.randn(7, 64, dtype=half, device=lin.bias.device, requires_grad=True)
+    gy = torch.randn(7, 24, dtype=half, device=x.device)
+    (lin(x).float() * gy.float()).sum().backward()
+    w = lin.dequantize().weight.detach()
+    assert x.grad.dtype == half
+    torch.testing.assert_close(x.grad.double(), gy.double() @ w.double(), rtol=2e-2, atol=2e-2)
+    if backend == "cuda":
+        assert input_grad(gy, w).dtype == half
+    else:
+        assert torch.equal(input_grad(gy, w), gy.float() @ w)
+
+
 @pytest.mark.parametrize("backend", backend_param(["reference", "cpu"]))
 @pytest.mark.parametrize("cfg", [Q.Int8Dynamic(), Q.Int4WeightOnly(group_size=32), Q.NVFP4()],
                          ids=["Int8Dynamic", "Int4WeightOnly", "NVFP4"])
