@@ -87,8 +87,21 @@ def test_gpucheck_commands_and_environment(tmp_path, monkeypatch):
     assert os.path.dirname(os.path.dirname(os.path.abspath(hotpath.__file__))) in env["PYTHONPATH"].split(os.pathsep)
 
 
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """gpucheck.main on a faked CUDA machine whose child processes are fake_tee(cmd, log, env, ...)."""
+    def use(fake_tee):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(_gpucheck, "_device_record", lambda: {"gpu": "Fake GPU", "capability": "sm_90",
+                                                                   "memory_gib": 1.0, "torch": torch.__version__,
+                                                                   "cuda": "13.0", "triton": "3.6.0"})
+        monkeypatch.setattr(_gpucheck, "_tee", fake_tee)
+        monkeypatch.setattr(_gpucheck.shutil, "which", lambda name: None)
+    return use
+
+
 @pytest.mark.parametrize("tests_rc,bench_rc,status", [(0, 0, 0), (1, 0, 1), (0, 1, 1)])
-def test_gpucheck_flow_and_status(tests_rc, bench_rc, status, tmp_path, monkeypatch):
+def test_gpucheck_flow_and_status(tests_rc, bench_rc, status, tmp_path, fake_gpu):
     """With CUDA (faked here): tests, then the benchmark even after a failed test; the exit status
     and summary.json say what failed."""
     ran = []
@@ -100,12 +113,7 @@ def test_gpucheck_flow_and_status(tests_rc, bench_rc, status, tmp_path, monkeypa
         with open(log_path, "w") as f:
             f.write("1 failed, 9 passed in 1.0s\n" if is_pytest and tests_rc else "10 passed in 1.0s\n")
         return (tests_rc if is_pytest else bench_rc), 1.0
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(_gpucheck, "_device_record", lambda: {"gpu": "Fake GPU", "capability": "sm_90",
-                                                               "memory_gib": 1.0, "torch": torch.__version__,
-                                                               "cuda": "13.0", "triton": "3.6.0"})
-    monkeypatch.setattr(_gpucheck, "_tee", fake_tee)
-    monkeypatch.setattr(_gpucheck.shutil, "which", lambda name: None)
+    fake_gpu(fake_tee)
     assert _gpucheck.main(out=str(tmp_path)) == status
     assert ran == ["pytest", "bench"]
     rec = json.loads((tmp_path / "summary.json").read_text())
@@ -118,7 +126,7 @@ def test_gpucheck_flow_and_status(tests_rc, bench_rc, status, tmp_path, monkeypa
     assert _gpucheck.main(out=str(tmp_path), tests_dir=str(tmp_path / "nowhere")) == 2 and ran == ["bench"]
 
 
-def test_gpucheck_budget_splits_time(tmp_path, monkeypatch):
+def test_gpucheck_budget_splits_time(tmp_path, fake_gpu):
     """--budget: the tests get TESTS_SHARE of it (per-test timeout no longer than that), the
     benchmark what is left; a stopped step makes the status 1."""
     seen = []
@@ -128,12 +136,7 @@ def test_gpucheck_budget_splits_time(tmp_path, monkeypatch):
         with open(log_path, "w") as f:
             f.write("gpucheck: stopped after 1 s (--budget)\n")
         return _gpucheck.TIMED_OUT if cmd[1:3] == ["-m", "pytest"] else 0, 1.0
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(_gpucheck, "_device_record", lambda: {"gpu": "Fake GPU", "capability": "sm_90",
-                                                               "memory_gib": 1.0, "torch": torch.__version__,
-                                                               "cuda": "13.0", "triton": "3.6.0"})
-    monkeypatch.setattr(_gpucheck, "_tee", fake_tee)
-    monkeypatch.setattr(_gpucheck.shutil, "which", lambda name: None)
+    fake_gpu(fake_tee)
     assert _gpucheck.main(out=str(tmp_path), budget=400, families=("quant",), all_tests=True) == 1
     (tcmd, tlimit, tenv), (bcmd, blimit, _) = seen
     assert tlimit == pytest.approx(400 * _gpucheck.TESTS_SHARE)

@@ -81,8 +81,13 @@ def _free_port():
 def results(tmp_path_factory):
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch.distributed with gloo unavailable")
-    out = str(tmp_path_factory.mktemp("dist"))
-    mp.spawn(_worker, args=(_free_port(), out), nprocs=WORLD, join=True)
+    return _spawn(_worker, tmp_path_factory.mktemp("dist"))
+
+
+def _spawn(worker, outdir):
+    """Run worker(rank, port, outdir) in WORLD processes; their saved results, by rank."""
+    out = str(outdir)
+    mp.spawn(worker, args=(_free_port(), out), nprocs=WORLD, join=True)
     return [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(WORLD)]
 
 
@@ -208,9 +213,7 @@ def nccl_results(tmp_path_factory):
         pytest.skip("NCCL: needs two GPUs")
     if not dist.is_available() or not dist.is_nccl_available():
         pytest.skip("torch.distributed with NCCL unavailable")
-    out = str(tmp_path_factory.mktemp("nccl"))
-    mp.spawn(_nccl_worker, args=(_free_port(), out), nprocs=WORLD, join=True)
-    return [torch.load(os.path.join(out, f"rank{r}.pt")) for r in range(WORLD)]
+    return _spawn(_nccl_worker, tmp_path_factory.mktemp("nccl"))
 
 
 def _close_f32(a, b):
