@@ -4,7 +4,7 @@ row chunks ("library").
 The fused gradient sweeps keep their output accumulators in registers. For float32 / float64
 operands those hold fewer features than 16-bit ones (TF32 operands take twice the registers,
 3xTF32 four times, FMA dots hold their operand rows), so at d = 512 a sweep recomputes every
-score tile 2 (TF32), 4 (3xTF32) or 8+ (IEEE FMA) times, once per feature span. The library
+score tile 2 (TF32), 4 (3xTF32) or 8 (IEEE FMA) times, once per feature span. The library
 strategy scores a chunk of rows with one GEMM into a bounded scratch (CHUNK_BYTES), applies the
 epilogue with elementwise ops, and accumulates with a second GEMM: each side's gradient costs
 two GEMMs at cuBLAS's efficiency whatever d is, plus a few passes over the scratch; the memory
