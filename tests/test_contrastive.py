@@ -91,7 +91,7 @@ def test_half_features_reach_the_kernels_as_they_are(backend, half, monkeypatch)
     tensor-core tiles -- and come back as float32 statistics; the CPU kernels read float32.
     Losses and gradients equal the float64 losses on the same 16-bit values, in the input dtype."""
     seen = []
-    for name in ("lse_sweep", "siglip_rows", "siglip_acc", "softmax_acc", "topk"):
+    for name in ("lse_sweep", "siglip_rows", "siglip_acc", "softmax_acc", "softmax_acc_xy", "siglip_acc_xy", "topk"):
         orig = getattr(ops, name)
         monkeypatch.setattr(ops, name, lambda *a, _f=orig, _n=name: (seen.append((_n, a[0].dtype)), _f(*a))[1])
     x, y = feats(19, 24, grad=False)
@@ -468,6 +468,8 @@ def test_opcheck():
                            False)),
         (ops.siglip_rows, (x, y, 2.0, -1.0)),
         (ops.siglip_acc, (x, y, 2.0, -1.0)),
+        (ops.softmax_acc_xy, (x, y, 0.7, torch.rand(13, dtype=torch.float64), lr, None, None, False)),
+        (ops.siglip_acc_xy, (x, y, 2.0, -1.0)),
         (ops.hard_mine, (x, lab)),
         (ops.topk, (x, y, 3)),
         (ops.topk_screened, (x.float(), y.float(), 3)),

@@ -1,7 +1,8 @@
 """The "library" contrastive sweeps (backends/cuda/contrastive.py: torch GEMMs over row chunks),
-their strategy switch, and the losses computed through them. The sweeps are plain torch: here
-they run on CPU tensors against the float64 references; in GPU mode the last test runs the
-losses on CUDA under both strategies."""
+their strategy switch, and the losses computed through them, against the float64 references.
+Each sweep test runs with both chunk epilogues (the `backend` fixture): torch's elementwise
+passes ("cpu", on CPU tensors) and the Triton kernels ("triton": through the interpreter here, on
+the GPU in GPU mode). In GPU mode the last test also runs the losses on CUDA under both strategies."""
 import pytest
 import torch
 
@@ -10,10 +11,21 @@ from hotpath._ops import contrastive as ops
 from hotpath.backends.cuda import contrastive as L
 from hotpath.reference import contrastive as R
 
-from conftest import assert_close, backend_param
+from conftest import HAS_TRITON, assert_close, backend_param
 
 C = hp.contrastive
 SHAPES = [(1, 1, 2), (5, 1, 3), (37, 29, 11), (64, 64, 130)]
+
+
+@pytest.fixture(params=["cpu", pytest.param("triton", marks=pytest.mark.skipif(not HAS_TRITON, reason="no triton"))])
+def backend(request, monkeypatch):
+    """The chunk epilogues under test: torch's passes ("cpu") or the Triton kernels ("triton")."""
+    if request.param == "triton":
+        from hotpath.backends.triton import contrastive_chunks
+        monkeypatch.setattr(L, "_chunk_kernels", lambda x: contrastive_chunks)
+    else:
+        monkeypatch.setattr(L, "_chunk_kernels", lambda x: None)
+    return request.param
 
 
 @pytest.fixture
@@ -26,14 +38,14 @@ def small_chunks(monkeypatch):
 
 def _sweep_cases(n, m, d, exclude_diag, dtype=torch.float64):
     g = torch.Generator().manual_seed(n * 1000 + m)
-    x = torch.randn(n, d, dtype=dtype, generator=g)
-    y = x if exclude_diag else torch.randn(m, d, dtype=dtype, generator=g)
+    x = torch.randn(n, d, dtype=dtype, generator=g).to(torch.get_default_device())
+    y = x if exclude_diag else torch.randn(m, d, dtype=dtype, generator=g).to(x.device)
     return x, y
 
 
 @pytest.mark.parametrize("n,m,d", SHAPES)
 @pytest.mark.parametrize("exclude_diag", [False, True])
-def test_library_sweeps_match_reference(n, m, d, exclude_diag, small_chunks):
+def test_library_sweeps_match_reference(n, m, d, exclude_diag, small_chunks, backend):
     x, y = _sweep_cases(n, m, d, exclude_diag)
     m = y.shape[0]
     small_chunks(m)
@@ -51,12 +63,32 @@ def test_library_sweeps_match_reference(n, m, d, exclude_diag, small_chunks):
         args = (x, y, scale, ra if use_r else None, lr if use_r else None, ca if use_c else None,
                 lc if use_c else None, exclude_diag)
         assert_close(L.softmax_acc_library(*args), ops.softmax_acc.default(*args), msg=f"acc r={use_r} c={use_c}")
+        for got, want in zip(L.softmax_acc_xy_library(*args), ops.softmax_acc_xy.default(*args)):
+            assert_close(got, want, msg=f"acc_xy r={use_r} c={use_c}")
     assert_close(L.siglip_rows_library(x, y, scale, -2.0), ops.siglip_rows.default(x, y, scale, -2.0))
     for got, want in zip(L.siglip_acc_library(x, y, scale, -2.0), ops.siglip_acc.default(x, y, scale, -2.0)):
         assert_close(got, want)
+    for got, want in zip(L.siglip_acc_xy_library(x, y, scale, -2.0), ops.siglip_acc_xy.default(x, y, scale, -2.0)):
+        assert_close(got, want)
 
 
-def test_library_sweeps_every_row_masked():
+def test_both_sides_score_each_chunk_once(small_chunks, monkeypatch, backend):
+    """softmax_acc_xy / siglip_acc_xy: one score GEMM per chunk of rows serves both sides (a
+    chunk's weights also accumulate the y side's gradient), so the backward costs three GEMMs."""
+    x, y = _sweep_cases(10, 7, 5, False)
+    small_chunks(7)
+    calls = []
+    scores = L._scores
+    monkeypatch.setattr(L, "_scores", lambda *a: calls.append(a[2]) or scores(*a))
+    lr, lc = ops.lse_sweep.default(x, y, 0.9, True, False)
+    L.softmax_acc_xy_library(x, y, 0.9, torch.rand(10, dtype=x.dtype), lr, torch.rand(7, dtype=x.dtype), lc, False)
+    assert calls == [0, 3, 6, 9]
+    calls.clear()
+    L.siglip_acc_xy_library(x, y, 0.9, 1.0)
+    assert calls == [0, 3, 6, 9]
+
+
+def test_library_sweeps_every_row_masked(backend):
     """One column with the diagonal excluded: every score is masked, the lse is -inf and the
     softmax weights are 0 (not NaN), as in the reference."""
     x = torch.randn(1, 4, dtype=torch.float64)
@@ -66,7 +98,7 @@ def test_library_sweeps_every_row_masked():
     assert torch.equal(acc, torch.zeros_like(acc))
 
 
-def test_library_column_lse_large_and_far_apart_scores(small_chunks):
+def test_library_column_lse_large_and_far_apart_scores(small_chunks, backend):
     """Column maxima that grow by 1e4 from one chunk to the next, and columns whose first chunks
     are all far below later ones: the running sum rescales without overflow or 0 * inf."""
     n, m, d = 12, 7, 3
@@ -81,7 +113,7 @@ def test_library_column_lse_large_and_far_apart_scores(small_chunks):
     assert_close(got_c, lc)
 
 
-def test_library_sweeps_nonfinite_rows(small_chunks):
+def test_library_sweeps_nonfinite_rows(small_chunks, backend):
     x, y = _sweep_cases(9, 6, 4, False)
     x[4, 1] = float("nan")
     y[2, 0] = float("inf")
@@ -93,7 +125,7 @@ def test_library_sweeps_nonfinite_rows(small_chunks):
 
 
 @pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
-def test_library_widens_16bit_operands(half):
+def test_library_widens_16bit_operands(half, backend):
     """16-bit operands are scored in float32 (a 16-bit GEMM would round the scores to 16 bits)."""
     x, y = _sweep_cases(17, 13, 8, False, torch.float32)
     x, y = x.to(half), y.to(half)
@@ -109,7 +141,7 @@ def test_library_widens_16bit_operands(half):
     assert_close(rows, want_rows, torch.float32)
 
 
-def test_library_empty_operands():
+def test_library_empty_operands(backend):
     x = torch.randn(0, 4)
     y = torch.randn(5, 4)
     lr, lc = L.lse_sweep_library(x, y, 1.0, True, False)
@@ -119,6 +151,12 @@ def test_library_empty_operands():
     assert L.softmax_acc_library(y, x, 1.0, torch.ones(5), lr, None, None, False).shape == (5, 4)
     acc, rows = L.siglip_acc_library(y, x, 1.0, 0.0)
     assert acc.shape == (5, 4) and torch.equal(rows, torch.zeros(5))
+    for a, b in ((x, y), (y, x)):   # the side without rows gets nothing; the other zeros
+        ax, ay = L.softmax_acc_xy_library(a, b, 1.0, torch.ones(len(a)), torch.zeros(len(a)), None, None, False)
+        assert torch.equal(ax, torch.zeros(len(a), 4)) and torch.equal(ay, torch.zeros(len(b), 4))
+        ax, ay, rows = L.siglip_acc_xy_library(a, b, 1.0, 0.0)
+        assert torch.equal(ax, torch.zeros(len(a), 4)) and torch.equal(ay, torch.zeros(len(b), 4))
+        assert torch.equal(rows, torch.zeros(len(a)))
 
 
 def test_strategy_choice(monkeypatch):
@@ -136,14 +174,12 @@ def test_strategy_choice(monkeypatch):
     monkeypatch.setattr(L, "triton_available", lambda: True)
     from hotpath.backends.triton import contrastive as tc
     monkeypatch.setattr(tc, "_acc_width", lambda d, dtype, device: (32, 4, 4))
-    monkeypatch.setattr(tc, "fma", lambda dtype: dtype != torch.bfloat16)
-    assert L.strategy(x16, x16) == "fused"            # tensor-core tiles
-    assert L.strategy(x32, x32) == "library"          # FMA dots over four feature spans
+    assert L.strategy(x16, x16) == "fused"            # 16-bit tensor-core tiles, whatever the spans
+    assert L.strategy(x32, x32) == "library"          # four feature spans: four score passes a side
+    assert L.strategy(x32.double(), x32.double()) == "library"
+    assert L.strategy(x32[:, :0], x32[:, :0]) == "fused"
     monkeypatch.setattr(tc, "_acc_width", lambda d, dtype, device: (32, 4, 1))
     assert L.strategy(x32, x32) == "fused"            # one span: the scores are computed once
-    monkeypatch.setattr(tc, "_acc_width", lambda d, dtype, device: (128, 1, 4))
-    monkeypatch.setattr(tc, "fma", lambda dtype: False)
-    assert L.strategy(x32, x32) == "fused"            # 3xTF32 at d = 512: fused until measured
 
 
 def test_pick_runs_the_chosen_kernel(monkeypatch):
@@ -164,7 +200,7 @@ def library_ops(monkeypatch, small_chunks):
     """The losses' op calls routed to the library sweeps (on CPU the dispatcher would pick the
     C++ kernels)."""
     small_chunks(64)
-    for name in ("lse_sweep", "softmax_acc", "siglip_rows", "siglip_acc"):
+    for name in ("lse_sweep", "softmax_acc", "softmax_acc_xy", "siglip_rows", "siglip_acc", "siglip_acc_xy"):
         monkeypatch.setattr(ops, name, getattr(L, f"{name}_library"))
 
 
@@ -179,16 +215,17 @@ def _check(fn, ref, inputs):
         assert_close(a, b, msg="grad")
 
 
-def test_losses_through_library_sweeps(library_ops):
+def test_losses_through_library_sweeps(library_ops, backend):
     g = torch.Generator().manual_seed(3)
-    img, txt = (torch.randn(23, 10, dtype=torch.float64, generator=g).requires_grad_() for _ in range(2))
+    dev = torch.get_default_device()
+    img, txt = (torch.randn(23, 10, dtype=torch.float64, generator=g).to(dev).requires_grad_() for _ in range(2))
     scale = torch.tensor(7.0, dtype=torch.float64, requires_grad=True)
     bias = torch.tensor(-3.0, dtype=torch.float64, requires_grad=True)
     _check(lambda: C.clip_loss(img, txt, scale), lambda: R.clip_loss(img, txt, scale), [img, txt, scale])
     _check(lambda: C.siglip_loss(img, txt, scale, bias), lambda: R.siglip_loss(img, txt, scale, bias),
            [img, txt, scale, bias])
     _check(lambda: C.info_nce(img, txt, temperature=0.3), lambda: R.info_nce(img, txt, 0.3), [img, txt])
-    lab = torch.randint(0, 4, (23,), generator=g)
+    lab = torch.randint(0, 4, (23,), generator=g).to(dev)
     _check(lambda: C.supcon_loss(img, lab, temperature=0.2), lambda: R.supcon_loss(img, lab, 0.2), [img])
     # gradcheck through the chunked backward (the scale is differentiable too)
     a, b = (t.detach()[:7, :4].clone().requires_grad_() for t in (img, txt))
@@ -220,5 +257,7 @@ def test_cuda_strategies_match_reference(backend, mode, monkeypatch):
         lr, lc = ops.lse_sweep(x, y, 0.7, True, False)
         for op, args in ((ops.lse_sweep, (x, y, 0.7, True, False)),
                          (ops.softmax_acc, (x, y, 0.7, torch.rand_like(lr), lr, torch.rand_like(lc), lc, False)),
-                         (ops.siglip_rows, (x, y, 2.0, -1.0)), (ops.siglip_acc, (x, y, 2.0, -1.0))):
+                         (ops.softmax_acc_xy, (x, y, 0.7, torch.rand_like(lr), lr, torch.rand_like(lc), lc, False)),
+                         (ops.siglip_rows, (x, y, 2.0, -1.0)), (ops.siglip_acc, (x, y, 2.0, -1.0)),
+                         (ops.siglip_acc_xy, (x, y, 2.0, -1.0))):
             torch.library.opcheck(op.overload, args)

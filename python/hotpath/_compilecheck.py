@@ -299,8 +299,21 @@ def _cases(family, small):
             cases += [(f"ClipLoss d=512 {tag} fwd+bwd", lambda dt=dt: clip("clip", dt)),
                       (f"SigLipLoss d=512 {tag} fwd+bwd", lambda dt=dt: clip("siglip", dt)),
                       (f"topk_similarity d=384 k=10 {tag}", lambda dt=dt: topk(dt))]
+        def chunk_epilogues():
+            # the "library" strategy's Triton epilogues, on one 64 MB chunk of B = 32,768 scores
+            # (the strategy runs on CUDA tensors only, so the API calls above never reach them)
+            from hotpath.backends.triton import contrastive_chunks as K
+            for dt in (torch.float32, torch.float64):
+                m = n_(32_768)
+                s, r, c = torch.empty(n_(512, 64), m, dtype=dt), torch.zeros(n_(512, 64), dtype=dt), torch.zeros(m, dtype=dt)
+                K.lse_partials(s, True)
+                K.softmax_weights_(s, r, r, c, c)
+                K.siglip_rows_(s, -10.0, True)
+                K.siglip_rows_(s, -10.0, False)
+
         cases += [("supcon_loss d=256 fwd+bwd", lambda: metric("supcon")),
-                  ("triplet_loss batch_hard d=256 fwd+bwd", lambda: metric("triplet"))]
+                  ("triplet_loss batch_hard d=256 fwd+bwd", lambda: metric("triplet")),
+                  ("library sweeps' chunk epilogues", chunk_epilogues)]
     elif family == "quant":
         q = hp.quant
         K, N = (256, 512) if small else (_gpu.QUANT_K, _gpu.QUANT_N)

@@ -75,6 +75,24 @@ def softmax_acc(x: Tensor, y: Tensor, scale: float, ra: Optional[Tensor], rl: Op
     return w @ y
 
 
+def _softmax_acc_both(x, y, scale, ra, rl, ca, cl, exclude_diag):
+    """Both sides as two one-sided sweeps (the kernels that score each side separately)."""
+    return (softmax_acc(x, y, scale, ra, rl, ca, cl, exclude_diag),
+            softmax_acc(y, x, scale, ca, cl, ra, rl, exclude_diag))
+
+
+@backends.op("contrastive_softmax_acc_xy", cuda="contrastive.softmax_acc_xy", composite=_softmax_acc_both,
+             fake=lambda x, y, scale, ra, rl, ca, cl, exclude_diag: (
+                 backends.new_stat(x, x.shape[0], y.shape[1]), backends.new_stat(x, y.shape[0], x.shape[1])))
+def softmax_acc_xy(x: Tensor, y: Tensor, scale: float, ra: Optional[Tensor], rl: Optional[Tensor],
+                   ca: Optional[Tensor], cl: Optional[Tensor], exclude_diag: bool) -> Tuple[Tensor, Tensor]:
+    """(acc_x, acc_y): softmax_acc for the x side, acc_x_i = sum_j w_ij y_j, and with the same
+    weights for the y side, acc_y_j = sum_i w_ij x_i: the gradients of both operands. The cuBLAS
+    row-chunk sweeps (backends/cuda/contrastive.py) score each chunk once for both sides."""
+    one_side = backends.OPS["contrastive_softmax_acc"].default
+    return one_side(x, y, scale, ra, rl, ca, cl, exclude_diag), one_side(y, x, scale, ca, cl, ra, rl, exclude_diag)
+
+
 # -- SigLIP ------------------------------------------------------------------------------------------
 
 @backends.op("contrastive_siglip_rows", triton="contrastive.siglip_rows", cuda="contrastive.siglip_rows",
@@ -92,6 +110,22 @@ def siglip_acc(x: Tensor, y: Tensor, scale: float, bias: float) -> Tuple[Tensor,
     x, y = backends.widen(x, y)
     p = torch.sigmoid(scale * x @ y.T + bias)
     return p @ y, p.sum(1)
+
+
+def _siglip_acc_both(x, y, scale, bias):
+    (ax, rsum), (ay, _) = siglip_acc(x, y, scale, bias), siglip_acc(y, x, scale, bias)
+    return ax, ay, rsum
+
+
+@backends.op("contrastive_siglip_acc_xy", cuda="contrastive.siglip_acc_xy", composite=_siglip_acc_both,
+             fake=lambda x, y, scale, bias: (backends.new_stat(x, x.shape[0], y.shape[1]),
+                                             backends.new_stat(x, y.shape[0], x.shape[1]), backends.new_stat(x, x.shape[0])))
+def siglip_acc_xy(x: Tensor, y: Tensor, scale: float, bias: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """(acc_x, acc_y, rsum): siglip_acc for both sides, acc_x_i = sum_j sigmoid(z_ij) y_j,
+    acc_y_j = sum_i sigmoid(z_ij) x_i, rsum_i = sum_j sigmoid(z_ij)."""
+    one_side = backends.OPS["contrastive_siglip_acc"].default
+    (ax, rsum), (ay, _) = one_side(x, y, scale, bias), one_side(y, x, scale, bias)
+    return ax, ay, rsum
 
 
 # -- batch-hard mining -------------------------------------------------------------------------------

@@ -150,18 +150,22 @@ class Op:
 OPS = {}
 
 
-def op(name, *, fake, triton=None, cuda=None):
+def op(name, *, fake, triton=None, cuda=None, composite=None):
     """Declare torch.ops.hotpath.<name> with the decorated function as its default kernel.
 
     fake: the fake (meta) implementation. triton: "<module>.<launcher>" in backends/triton/, the
     CUDA kernel when triton is installed. cuda: "<module>.<kernel>" in backends/cuda/, a CUDA
     kernel that chooses between CUDA C++ and Triton by shape (it takes the place of triton= there).
     CUDA C++ kernels that serve every shape register from C++ instead (TORCH_LIBRARY_IMPL).
+    composite: a function of other hotpath ops, for an op that fuses what they do where a backend
+    can (cuda=) and elsewhere is just them: it is the CPU kernel and the Triton kernel.
     """
     def declare(fn):
         custom = torch.library.custom_op(f"hotpath::{name}", fn, mutates_args=())
         custom.register_fake(fake)
-        launcher = _Lazy("triton", triton) if triton is not None else None
+        launcher = _Lazy("triton", triton) if triton is not None else composite
+        if composite is not None:
+            custom.register_kernel("cpu", composite)
         on_cuda = _Lazy("cuda", cuda) if cuda is not None else launcher
         if on_cuda is not None and (cuda is not None or triton_available()):
             custom.register_kernel("cuda", on_cuda)

@@ -130,15 +130,8 @@ class RowLSE(backends.Function):
         x, y, lse = ctx.saved_tensors
         scale, excl = ctx.cfg
         g = g.contiguous()
-        gx = gy = gs = None
-        ax = ops.softmax_acc(x, y, scale, g, lse, None, None, excl)
-        if ctx.needs_input_grad[2]:
-            gs = _dot(x, ax)
-        if ctx.needs_input_grad[0]:
-            gx = ax.mul_(scale).to(x.dtype)
-        if ctx.needs_input_grad[1]:
-            gy = ops.softmax_acc(y, x, scale, None, None, g, lse, excl).mul_(scale).to(y.dtype)
-        return gx, gy, gs, None, None
+        ax, ay = _softmax_grads(ctx, x, y, scale, g, lse, None, None, excl)
+        return _scaled_grads(ctx, x, y, ax, ay, scale) + (None, None)
 
 
 class SelfLSE(backends.Function):
@@ -164,6 +157,25 @@ class SelfLSE(backends.Function):
         return acc.mul_(scale).to(x.dtype), gs, None
 
 
+def _softmax_grads(ctx, x, y, scale, ra, rl, ca, cl, excl):
+    """(acc_x, acc_y) of softmax_acc for the sides the backward needs (None for the others); both
+    from one op when both are needed (the library sweeps score each chunk once for the two)."""
+    want_x = ctx.needs_input_grad[0] or ctx.needs_input_grad[2]
+    if want_x and ctx.needs_input_grad[1]:
+        return ops.softmax_acc_xy(x, y, scale, ra, rl, ca, cl, excl)
+    ax = ops.softmax_acc(x, y, scale, ra, rl, ca, cl, excl) if want_x else None
+    ay = ops.softmax_acc(y, x, scale, ca, cl, ra, rl, excl) if ctx.needs_input_grad[1] else None
+    return ax, ay
+
+
+def _scaled_grads(ctx, x, y, ax, ay, scale):
+    """(grad x, grad y, grad scale) from the accumulators ax = dL/ds @ y, ay = dL/ds^T @ x."""
+    gs = _dot(x, ax) if ctx.needs_input_grad[2] else None
+    gx = ax.mul_(scale).to(x.dtype) if ctx.needs_input_grad[0] else None
+    gy = ay.mul_(scale).to(y.dtype) if ctx.needs_input_grad[1] else None
+    return gx, gy, gs
+
+
 def _dot(a, b):
     """sum(a * b) without an (n, d) temporary (a 16-bit operand is widened to b's float32)."""
     return torch.dot(a.reshape(-1).to(b.dtype), b.reshape(-1))
@@ -186,13 +198,9 @@ class RowColLSE(backends.Function):
         scale = ctx.cfg
         gr = torch.zeros_like(lr) if gr is None else gr.contiguous()
         gc = torch.zeros_like(lc) if gc is None else gc.contiguous()
-        # dL/ds_ij = gr_i P_ij + gc_j Q_ij (row and column softmaxes): one sweep per side.
-        ax = ops.softmax_acc(x, y, scale, gr, lr, gc, lc, False)
-        gs = _dot(x, ax) if ctx.needs_input_grad[2] else None
-        gx = ax.mul_(scale).to(x.dtype) if ctx.needs_input_grad[0] else None
-        gy = (ops.softmax_acc(y, x, scale, gc, lc, gr, lr, False).mul_(scale).to(y.dtype)
-              if ctx.needs_input_grad[1] else None)
-        return gx, gy, gs, None
+        # dL/ds_ij = gr_i P_ij + gc_j Q_ij (row and column softmaxes)
+        ax, ay = _softmax_grads(ctx, x, y, scale, gr, lr, gc, lc, False)
+        return _scaled_grads(ctx, x, y, ax, ay, scale) + (None,)
 
 
 class SoftplusSum(backends.Function):
@@ -209,14 +217,14 @@ class SoftplusSum(backends.Function):
     def backward(ctx, g):
         x, y = ctx.saved_tensors
         scale, bias = ctx.cfg
-        ax, rs = ops.siglip_acc(x, y, scale, bias)
+        if ctx.needs_input_grad[1]:
+            ax, ay, rs = ops.siglip_acc_xy(x, y, scale, bias)   # one op: the library scores once for both
+        else:
+            (ax, rs), ay = ops.siglip_acc(x, y, scale, bias), None
         gs = g * _dot(x, ax) if ctx.needs_input_grad[2] else None
         gb = g * rs.sum() if ctx.needs_input_grad[3] else None
         gx = ax.mul_(g * scale).to(x.dtype) if ctx.needs_input_grad[0] else None
-        gy = None
-        if ctx.needs_input_grad[1]:
-            ay, _ = ops.siglip_acc(y, x, scale, bias)
-            gy = ay.mul_(g * scale).to(y.dtype)
+        gy = ay.mul_(g * scale).to(y.dtype) if ctx.needs_input_grad[1] else None
         return gx, gy, gs, gb, None, None
 
 

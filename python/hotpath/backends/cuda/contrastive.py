@@ -6,21 +6,28 @@ operands those hold fewer features than 16-bit ones (TF32 operands take twice th
 3xTF32 four times, FMA dots hold their operand rows), so at d = 512 a sweep recomputes every
 score tile 2 (TF32), 4 (3xTF32) or 8 (IEEE FMA) times, once per feature span. The library
 strategy scores a chunk of rows with one GEMM into a bounded scratch (CHUNK_BYTES), applies the
-epilogue with elementwise ops, and accumulates with a second GEMM: each side's gradient costs
-two GEMMs at cuBLAS's efficiency whatever d is, plus a few passes over the scratch; the memory
-stays O(chunk x m), not n x m.
+epilogue in one Triton pass over it (triton/contrastive_chunks.py), and accumulates with GEMMs
+of the weights: the x side's gradient
+rows with w @ y, the y side's with w.T @ x added over the chunks (softmax_acc_xy, siglip_acc_xy),
+so a loss costs one GEMM forward and three backward (scores, then one per side) at cuBLAS's
+efficiency whatever d is, plus a few passes over the scratch; the memory stays O(chunk x m).
 
-HOTPATH_CONTRASTIVE = auto | fused | library, read per call. auto picks "library" where the
-fused sweep's dots are FMAs (float64; float32 at full precision without Hopper's 3xTF32, or
-under HOTPATH_FP32_DOT=ieee) and it would recompute the scores (more than one feature span), and
-where Triton is missing; else the fused kernels. By estimate (H200: one fused TF32 / 3xTF32 score
-pass against one cuBLAS GEMM plus the scratch passes) the tensor-core cases are even or favour the
-fused sweeps; `bench contrastive --device cuda` times both strategies side by side in every
-float32 row to move this line. The forward sweeps follow the same choice, so that the forward and
-the backward score each chunk with the same GEMM.
+HOTPATH_CONTRASTIVE = auto | fused | library, read per call. auto picks "library" for float32 /
+float64 operands where the fused sweep would recompute the scores (more than one feature span:
+d = 512 under TF32, 3xTF32 or IEEE FMA dots), and where Triton is missing; else the fused
+kernels. Why, by count (B = 32,768, d = 512, one "unit" = one B x B x d product): the fused
+backward forms each side's scores once per span and accumulates once, (spans + 1) units a side,
+6 under TF32 and 10 under 3xTF32 (each a 3-pass product); the library takes 3 units for both
+sides at cuBLAS's efficiency plus five passes over the scores in memory (written, read and
+rewritten by the epilogue, read by two GEMMs: ~20 GB, ~5 ms at 4.8 TB/s). 16-bit operands stay fused: one span at d <= 512, and the library would
+score them in float32. `bench contrastive --device cuda` times both strategies side by side in
+every float32 row to move this line. The forward sweeps follow the same choice, so that the
+forward and the backward score each chunk with the same GEMM.
 
-The library sweeps are plain torch and run on any device (tests run them on CPU tensors).
-16-bit operands are widened to float32 there: cuBLAS would round their scores to 16 bits.
+The library sweeps run on any device: off CUDA (and without Triton) their epilogues are torch's
+elementwise passes, about six to eight reads and writes of the chunk (tests run both kinds on
+CPU tensors, the Triton one through the interpreter). 16-bit operands are widened to float32
+there: cuBLAS would round their scores to 16 bits.
 """
 import os
 
@@ -44,17 +51,21 @@ def strategy(x, y):
         return mode
     if not triton_available():
         return "library"
+    if x.dtype not in (torch.float32, torch.float64) or x.shape[1] == 0:
+        return "fused"   # 16-bit: the library would score in float32, off the 16-bit tensor cores
     from ..triton import contrastive as tc
-    if not tc.fma(x.dtype) or x.shape[1] == 0:
-        return "fused"
     return "library" if tc._acc_width(x.shape[1], x.dtype, x.device)[2] > 1 else "fused"
 
 
 def _pick(name, x, y, *args):
-    """The op's kernel for this call: a library sweep here, else the Triton launcher (the
-    reference where Triton is absent and "fused" was asked for)."""
+    """The op's kernel for this call: a library sweep here, else the fused one."""
     if strategy(x, y) == "library":
         return globals()[f"{name}_library"](x, y, *args)
+    return _fused(name, x, y, *args)
+
+
+def _fused(name, x, y, *args):
+    """The Triton launcher (the reference where Triton is absent and "fused" was asked for)."""
     if not triton_available():
         return OPS[f"contrastive_{name}"].default(x, y, *args)
     from ..triton import contrastive as tc
@@ -75,6 +86,23 @@ def siglip_rows(x, y, scale, bias):
 
 def siglip_acc(x, y, scale, bias):
     return _pick("siglip_acc", x, y, scale, bias)
+
+
+# Both sides' gradients: the library scores each chunk once for the two (three GEMMs, not four);
+# the fused kernels keep their accumulators in registers, one side per sweep.
+
+def softmax_acc_xy(x, y, scale, ra, rl, ca, cl, exclude_diag):
+    if strategy(x, y) == "library":
+        return softmax_acc_xy_library(x, y, scale, ra, rl, ca, cl, exclude_diag)
+    return (_fused("softmax_acc", x, y, scale, ra, rl, ca, cl, exclude_diag),
+            _fused("softmax_acc", y, x, scale, ca, cl, ra, rl, exclude_diag))
+
+
+def siglip_acc_xy(x, y, scale, bias):
+    if strategy(x, y) == "library":
+        return siglip_acc_xy_library(x, y, scale, bias)
+    (ax, rsum), (ay, _) = _fused("siglip_acc", x, y, scale, bias), _fused("siglip_acc", y, x, scale, bias)
+    return ax, ay, rsum
 
 
 # -- the library sweeps ------------------------------------------------------------------------------
@@ -104,73 +132,133 @@ def _dead_to_inf(lse):
     return torch.where(lse == -float("inf"), float("inf"), lse)
 
 
+def _chunk_kernels(x):
+    """The Triton chunk epilogues (one read of the scratch) for CUDA operands where Triton is
+    installed, else None: torch's elementwise passes."""
+    if x.device.type != "cuda" or not triton_available():
+        return None
+    from ..triton import contrastive_chunks
+    return contrastive_chunks
+
+
+def _fold(pmax, psum):
+    """(max, sum) of partial log-sum-exp pairs along axis 0, each sum relative to its max where
+    that is finite and to 0 where not: +inf stays +inf, NaN NaN, an all-empty pair (-inf, 0)."""
+    mx = pmax.amax(0)
+    w = torch.where(psum == 0, psum, psum * torch.exp(_finite_or_zero(pmax) - _finite_or_zero(mx)))
+    return mx, w.sum(0)
+
+
+def _lse_of(mx, total):
+    return torch.where(total == 0, -float("inf"), _finite_or_zero(mx) + torch.log(total))
+
+
+def _chunk_lse(s, want_col, kernels):
+    """(row log-sum-exps of the chunk, its column partial pair (max, sum) or None)."""
+    if kernels is not None:
+        rows, cols = kernels.lse_partials(s, want_col)
+        return _lse_of(*_fold(*rows)), (_fold(*cols) if want_col else None)
+    lse = torch.logsumexp(s, 1)
+    if not want_col:
+        return lse, None
+    cmax = s.amax(0)   # +inf and NaN shift by 0, so they reach the sum as logsumexp has them
+    return lse, (cmax, s.sub_(_finite_or_zero(cmax)).exp_().sum(0))
+
+
 def lse_sweep_library(x, y, scale, want_col, exclude_diag):
     x, y = widen(x.contiguous(), y.contiguous())
     n, m = x.shape[0], y.shape[0]
     lse = x.new_full((n,), -float("inf"))
-    col_sum = x.new_zeros(m if want_col else 0)
-    col_shift = x.new_zeros(m if want_col else 0)   # col_sum is relative to exp(col_shift)
-    col_max = x.new_full((m if want_col else 0,), -float("inf"))
-    if n == 0 or m == 0:
-        return lse, (col_max if want_col else x.new_zeros(0))
-    for r0, r1 in _chunks(n, m, x.element_size()):
-        s = _scores(x, y, r0, r1, scale, exclude_diag)
-        torch.logsumexp(s, 1, out=lse[r0:r1])
+    # every column's running (max, sum) over the chunks so far, as _fold keeps it
+    col = (x.new_full((m if want_col else 0,), -float("inf")), x.new_zeros(m if want_col else 0))
+    kernels = _chunk_kernels(x)
+    for r0, r1 in _chunks(n, m, x.element_size()) if m > 0 else ():
+        lse[r0:r1], part = _chunk_lse(_scores(x, y, r0, r1, scale, exclude_diag), want_col, kernels)
         if want_col:
-            # online column log-sum-exp: a running max (never decreasing) and the sum relative to it;
-            # +inf and NaN shift by 0, so they reach the sum as the reference's logsumexp has them
-            col_max = torch.maximum(col_max, s.amax(0))
-            shift = _finite_or_zero(col_max)
-            # (an empty sum stays 0: its old shift may be 0 and the new one far below)
-            col_sum = torch.where(col_sum == 0, col_sum, col_sum * torch.exp(col_shift - shift))
-            col_sum.add_(s.sub_(shift).exp_().sum(0))
-            col_shift = shift
-    return lse, (col_sum.log_().add_(col_shift) if want_col else x.new_zeros(0))
+            col = _fold(torch.stack([col[0], part[0]]), torch.stack([col[1], part[1]]))
+    return lse, (_lse_of(*col) if want_col else x.new_zeros(0))
+
+
+def _softmax_weights_(s, ra, rl, ca, cl, kernels):
+    """s <- ra_i exp(s_ij - rl_i) + ca_j exp(s_ij - cl_j) (terms whose pair is None left out)."""
+    if kernels is not None:
+        return kernels.softmax_weights_(s, ra, rl, ca, cl)
+    w = None
+    if ra is not None:
+        w = torch.sub(s, rl[:, None]).exp_().mul_(ra[:, None])
+    if ca is not None:   # in s's own storage
+        c = s.sub_(cl[None, :]).exp_().mul_(ca[None, :])
+        w = c if w is None else w.add_(c)
+    return w
 
 
 def softmax_acc_library(x, y, scale, ra, rl, ca, cl, exclude_diag):
+    return _softmax_library(x, y, scale, ra, rl, ca, cl, exclude_diag, False)[0]
+
+
+def softmax_acc_xy_library(x, y, scale, ra, rl, ca, cl, exclude_diag):
+    return _softmax_library(x, y, scale, ra, rl, ca, cl, exclude_diag, True)
+
+
+def _softmax_library(x, y, scale, ra, rl, ca, cl, exclude_diag, both):
+    """(acc_x, acc_y): acc_x_i = sum_j w_ij y_j and, if both, acc_y_j = sum_i w_ij x_i (else an
+    empty tensor), w_ij = ra_i exp(s_ij - rl_i) + ca_j exp(s_ij - cl_j)."""
     x, y = widen(x.contiguous(), y.contiguous())
     n, m, d = x.shape[0], y.shape[0], y.shape[1]
     acc = x.new_zeros(n, d)
+    acc_y = x.new_zeros(m if both else 0, d)
     if n == 0 or m == 0 or d == 0 or (ra is None and ca is None):
-        return acc
+        return acc, acc_y
     rl = _dead_to_inf(rl) if ra is not None else None
-    cl = _dead_to_inf(cl)[None, :] if ca is not None else None
+    cl = _dead_to_inf(cl) if ca is not None else None
+    kernels = _chunk_kernels(x)
     for r0, r1 in _chunks(n, m, x.element_size()):
-        s = _scores(x, y, r0, r1, scale, exclude_diag)
-        w = None
-        if ra is not None:   # ra_i exp(s_ij - rl_i)
-            w = torch.sub(s, rl[r0:r1, None]).exp_().mul_(ra[r0:r1, None])
-        if ca is not None:   # + ca_j exp(s_ij - cl_j), in s's own storage
-            c = s.sub_(cl).exp_().mul_(ca[None, :])
-            w = c if w is None else w.add_(c)
+        w = _softmax_weights_(_scores(x, y, r0, r1, scale, exclude_diag), None if ra is None else ra[r0:r1],
+                              None if ra is None else rl[r0:r1], ca, cl, kernels)
         torch.mm(w, y, out=acc[r0:r1])
-    return acc
+        if both:
+            acc_y.addmm_(w.T, x[r0:r1])
+    return acc, acc_y
 
 
 def siglip_rows_library(x, y, scale, bias):
-    return _siglip_library(x, y, scale, bias, False)[1]
+    return _siglip_library(x, y, scale, bias, False, False)[2]
 
 
 def siglip_acc_library(x, y, scale, bias):
-    return _siglip_library(x, y, scale, bias, True)
+    acc, _, rows = _siglip_library(x, y, scale, bias, True, False)
+    return acc, rows
 
 
-def _siglip_library(x, y, scale, bias, grad):
-    """(acc_i = sum_j sigmoid(z_ij) y_j if grad, rows_i = sum_j softplus(z_ij) or, with grad,
-    sum_j sigmoid(z_ij)), z = scale <x_i, y_j> + bias."""
+def siglip_acc_xy_library(x, y, scale, bias):
+    return _siglip_library(x, y, scale, bias, True, True)
+
+
+def _siglip_rows_(s, bias, grad, kernels):
+    """Row sums of sigmoid(s + bias), written over s, if grad; else of softplus(s + bias)."""
+    if kernels is not None:
+        return kernels.siglip_rows_(s, bias, grad)
+    z = s.add_(bias)
+    return z.sigmoid_().sum(1) if grad else torch.nn.functional.softplus(z).sum(1)
+
+
+def _siglip_library(x, y, scale, bias, grad, both):
+    """(acc_x_i = sum_j sigmoid(z_ij) y_j if grad, acc_y_j = sum_i sigmoid(z_ij) x_i if both,
+    rows_i = sum_j softplus(z_ij) or, with grad, sum_j sigmoid(z_ij)), z = scale <x_i, y_j> + bias;
+    empty tensors for what is not asked."""
     x, y = widen(x.contiguous(), y.contiguous())
     n, m, d = x.shape[0], y.shape[0], y.shape[1]
     rows = x.new_zeros(n)
     acc = x.new_zeros(n, d if grad else 0)
+    acc_y = x.new_zeros(m if both else 0, d)
     if n == 0 or m == 0:
-        return acc, rows
+        return acc, acc_y, rows
+    kernels = _chunk_kernels(x)
     for r0, r1 in _chunks(n, m, x.element_size()):
-        z = _scores(x, y, r0, r1, scale, False).add_(bias)
-        if not grad:
-            torch.sum(torch.nn.functional.softplus(z), 1, out=rows[r0:r1])
-            continue
-        p = z.sigmoid_()
-        torch.sum(p, 1, out=rows[r0:r1])
-        torch.mm(p, y, out=acc[r0:r1])
-    return acc, rows
+        p = _scores(x, y, r0, r1, scale, False)
+        rows[r0:r1] = _siglip_rows_(p, bias, grad, kernels)
+        if grad:
+            torch.mm(p, y, out=acc[r0:r1])
+        if both:
+            acc_y.addmm_(p.T, x[r0:r1])
+    return acc, acc_y, rows
