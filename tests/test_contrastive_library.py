@@ -45,11 +45,11 @@ def _sweep_cases(n, m, d, exclude_diag, dtype=torch.float64):
 
 @pytest.mark.parametrize("n,m,d", SHAPES)
 @pytest.mark.parametrize("exclude_diag", [False, True])
-def test_library_sweeps_match_reference(n, m, d, exclude_diag, small_chunks, backend):
+@pytest.mark.parametrize("scale", [1.7, -0.6])
+def test_library_sweeps_match_reference(n, m, d, exclude_diag, scale, small_chunks, backend):
     x, y = _sweep_cases(n, m, d, exclude_diag)
     m = y.shape[0]
     small_chunks(m)
-    scale = 1.7
     lr, lc = ops.lse_sweep.default(x, y, scale, True, exclude_diag)
     got_r, got_c = L.lse_sweep_library(x, y, scale, True, exclude_diag)
     assert_close(got_r, lr, msg="row lse")
@@ -78,8 +78,8 @@ def test_both_sides_score_each_chunk_once(small_chunks, monkeypatch, backend):
     x, y = _sweep_cases(10, 7, 5, False)
     small_chunks(7)
     calls = []
-    scores = L._scores
-    monkeypatch.setattr(L, "_scores", lambda *a: calls.append(a[2]) or scores(*a))
+    gemm = L._gemm
+    monkeypatch.setattr(L, "_gemm", lambda *a: calls.append(a[2]) or gemm(*a))
     lr, lc = ops.lse_sweep.default(x, y, 0.9, True, False)
     L.softmax_acc_xy_library(x, y, 0.9, torch.rand(10, dtype=x.dtype), lr, torch.rand(7, dtype=x.dtype), lc, False)
     assert calls == [0, 3, 6, 9]

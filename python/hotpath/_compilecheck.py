@@ -306,10 +306,11 @@ def _cases(family, small):
             for dt in (torch.float32, torch.float64):
                 m = n_(32_768)
                 s, r, c = torch.empty(n_(512, 64), m, dtype=dt), torch.zeros(n_(512, 64), dtype=dt), torch.zeros(m, dtype=dt)
-                K.lse_partials(s, True)
-                K.softmax_weights_(s, r, r, c, c)
-                K.siglip_rows_(s, -10.0, True)
-                K.siglip_rows_(s, -10.0, False)
+                for diag0 in (None, 0):
+                    K.lse_partials(s, 10.0, diag0, True)
+                    K.softmax_weights_(s, 10.0, diag0, r, r, c, c)
+                K.siglip_rows_(s, 10.0, -10.0, True)
+                K.siglip_rows_(s, 10.0, -10.0, False)
 
         cases += [("supcon_loss d=256 fwd+bwd", lambda: metric("supcon")),
                   ("triplet_loss batch_hard d=256 fwd+bwd", lambda: metric("triplet")),

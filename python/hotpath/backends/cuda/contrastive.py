@@ -112,10 +112,14 @@ def _chunks(n, m, itemsize):
     return ((r0, min(n, r0 + rows)) for r0 in range(0, n, rows))
 
 
+def _gemm(x, y, r0, r1):
+    return torch.mm(x[r0:r1], y.T)
+
+
 def _scores(x, y, r0, r1, scale, exclude_diag):
     """scale * (x[r0:r1] @ y.T), the diagonal at -inf when excluded. The product is scaled after
     the GEMM, as in the references: only that order rounds s_ij alike on both sides."""
-    s = torch.mm(x[r0:r1], y.T).mul_(scale)
+    s = _gemm(x, y, r0, r1).mul_(scale)
     if exclude_diag and r0 < y.shape[0]:
         i = torch.arange(r0, min(r1, y.shape[0]), device=s.device)
         s[i - r0, i] = -float("inf")
@@ -153,11 +157,12 @@ def _lse_of(mx, total):
     return torch.where(total == 0, -float("inf"), _finite_or_zero(mx) + torch.log(total))
 
 
-def _chunk_lse(s, want_col, kernels):
-    """(row log-sum-exps of the chunk, its column partial pair (max, sum) or None)."""
+def _chunk_lse(x, y, r0, r1, scale, exclude_diag, want_col, kernels):
+    """(row log-sum-exps of the chunk's rows, its column partial pair (max, sum) or None)."""
     if kernels is not None:
-        rows, cols = kernels.lse_partials(s, want_col)
+        rows, cols = kernels.lse_partials(_gemm(x, y, r0, r1), scale, r0 if exclude_diag else None, want_col)
         return _lse_of(*_fold(*rows)), (_fold(*cols) if want_col else None)
+    s = _scores(x, y, r0, r1, scale, exclude_diag)
     lse = torch.logsumexp(s, 1)
     if not want_col:
         return lse, None
@@ -173,16 +178,18 @@ def lse_sweep_library(x, y, scale, want_col, exclude_diag):
     col = (x.new_full((m if want_col else 0,), -float("inf")), x.new_zeros(m if want_col else 0))
     kernels = _chunk_kernels(x)
     for r0, r1 in _chunks(n, m, x.element_size()) if m > 0 else ():
-        lse[r0:r1], part = _chunk_lse(_scores(x, y, r0, r1, scale, exclude_diag), want_col, kernels)
+        lse[r0:r1], part = _chunk_lse(x, y, r0, r1, scale, exclude_diag, want_col, kernels)
         if want_col:
             col = _fold(torch.stack([col[0], part[0]]), torch.stack([col[1], part[1]]))
     return lse, (_lse_of(*col) if want_col else x.new_zeros(0))
 
 
-def _softmax_weights_(s, ra, rl, ca, cl, kernels):
-    """s <- ra_i exp(s_ij - rl_i) + ca_j exp(s_ij - cl_j) (terms whose pair is None left out)."""
+def _softmax_weights(x, y, r0, r1, scale, exclude_diag, ra, rl, ca, cl, kernels):
+    """The chunk's w_ij = ra_i exp(s_ij - rl_i) + ca_j exp(s_ij - cl_j) (terms whose pair is None
+    left out; ra, rl: the chunk's rows)."""
     if kernels is not None:
-        return kernels.softmax_weights_(s, ra, rl, ca, cl)
+        return kernels.softmax_weights_(_gemm(x, y, r0, r1), scale, r0 if exclude_diag else None, ra, rl, ca, cl)
+    s = _scores(x, y, r0, r1, scale, exclude_diag)
     w = None
     if ra is not None:
         w = torch.sub(s, rl[:, None]).exp_().mul_(ra[:, None])
@@ -213,8 +220,8 @@ def _softmax_library(x, y, scale, ra, rl, ca, cl, exclude_diag, both):
     cl = _dead_to_inf(cl) if ca is not None else None
     kernels = _chunk_kernels(x)
     for r0, r1 in _chunks(n, m, x.element_size()):
-        w = _softmax_weights_(_scores(x, y, r0, r1, scale, exclude_diag), None if ra is None else ra[r0:r1],
-                              None if ra is None else rl[r0:r1], ca, cl, kernels)
+        w = _softmax_weights(x, y, r0, r1, scale, exclude_diag, None if ra is None else ra[r0:r1],
+                             None if ra is None else rl[r0:r1], ca, cl, kernels)
         torch.mm(w, y, out=acc[r0:r1])
         if both:
             acc_y.addmm_(w.T, x[r0:r1])
@@ -234,11 +241,11 @@ def siglip_acc_xy_library(x, y, scale, bias):
     return _siglip_library(x, y, scale, bias, True, True)
 
 
-def _siglip_rows_(s, bias, grad, kernels):
-    """Row sums of sigmoid(s + bias), written over s, if grad; else of softplus(s + bias)."""
+def _siglip_rows_(g, scale, bias, grad, kernels):
+    """Row sums of sigmoid(z), z = scale * g + bias, written over g, if grad; else of softplus(z)."""
     if kernels is not None:
-        return kernels.siglip_rows_(s, bias, grad)
-    z = s.add_(bias)
+        return kernels.siglip_rows_(g, scale, bias, grad)
+    z = g.mul_(scale).add_(bias)
     return z.sigmoid_().sum(1) if grad else torch.nn.functional.softplus(z).sum(1)
 
 
@@ -255,8 +262,8 @@ def _siglip_library(x, y, scale, bias, grad, both):
         return acc, acc_y, rows
     kernels = _chunk_kernels(x)
     for r0, r1 in _chunks(n, m, x.element_size()):
-        p = _scores(x, y, r0, r1, scale, False)
-        rows[r0:r1] = _siglip_rows_(p, bias, grad, kernels)
+        p = _gemm(x, y, r0, r1)
+        rows[r0:r1] = _siglip_rows_(p, scale, bias, grad, kernels)
         if grad:
             torch.mm(p, y, out=acc[r0:r1])
         if both:

@@ -1,13 +1,14 @@
 """Triton epilogues of the library contrastive sweeps (backends/cuda/contrastive.py): one read of
-a chunk's score scratch s (rows x m, float32 / float64, written by a cuBLAS GEMM) instead of
-torch's elementwise passes (logsumexp alone reads and writes the chunk about six times; the
-softmax weights take eight passes). Each program takes a BLOCK_R x BLOCK_C tile.
+a chunk's GEMM output g = x_chunk @ y.T (rows x m, float32 / float64, from cuBLAS) instead of
+torch's elementwise passes (scaling, masking and logsumexp read and write the chunk about eight
+times; the softmax weights take ten). Each program takes a BLOCK_R x BLOCK_C tile and scales
+and masks the scores s = scale * g as it reads them.
 
   _lse_chunk_kernel       per tile: each row's and each column's (max, sum of e^{s - max}),
                           merged on the host (rows: final; columns: folded into the running
                           state the next chunk continues)
-  _softmax_chunk_kernel   s <- ra_i e^{s_ij - rl_i} + ca_j e^{s_ij - cl_j}, in place
-  _siglip_chunk_kernel    s <- sigmoid(s + bias) in place and its row sums, or the row sums of
+  _softmax_chunk_kernel   g <- ra_i e^{s_ij - rl_i} + ca_j e^{s_ij - cl_j}, in place
+  _siglip_chunk_kernel    g <- sigmoid(s + bias) in place and its row sums, or the row sums of
                           softplus(s + bias)
 
 Partial sums are relative to the partial max where it is finite, else to 0 (so +inf, NaN and
@@ -35,18 +36,24 @@ def _finite_or_zero(v):
 
 
 @triton.jit
-def _tile(S, s_s, r, m, other, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+def _scores(S, s_s, r, m, s_hi, s_lo, diag0, EXCL: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """scale * the GEMM's tile, as torch's mul rounds it; -inf outside the chunk and, with EXCL, on
+    the diagonal (row i of the chunk against column diag0 + i). Also (pointers, in-chunk mask, rows)."""
     offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = (offs_r[:, None] < r) & (offs_c[None, :] < m)
     ptr = S + offs_r[:, None].to(tl.int64) * s_s + offs_c[None, :]
-    return tl.load(ptr, mask=mask, other=other), ptr, mask, offs_r, offs_c
+    s = tl.load(ptr, mask=mask, other=0.0) * _scal(s_hi, s_lo, S.dtype.element_ty)
+    keep = mask
+    if EXCL:
+        keep = keep & (offs_c[None, :] != offs_r[:, None] + diag0)
+    return tl.where(keep, s, -float("inf")), ptr, mask, offs_r, offs_c
 
 
 @triton.jit
-def _lse_chunk_kernel(S, RMAX, RSUM, CMAX, CSUM, r, m, s_s, s_rp, s_cp, COLS: tl.constexpr,
-                      BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    s, _, _, offs_r, offs_c = _tile(S, s_s, r, m, -float("inf"), BLOCK_R, BLOCK_C)
+def _lse_chunk_kernel(S, RMAX, RSUM, CMAX, CSUM, r, m, s_s, s_rp, s_cp, s_hi, s_lo, diag0, EXCL: tl.constexpr,
+                      COLS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    s, _, _, offs_r, offs_c = _scores(S, s_s, r, m, s_hi, s_lo, diag0, EXCL, BLOCK_R, BLOCK_C)
     rmax = tl.max(s, 1)
     rsum = tl.sum(tl.exp(s - _finite_or_zero(rmax)[:, None]), 1)
     tl.store(RMAX + tl.program_id(1) * s_rp + offs_r, rmax, mask=offs_r < r)
@@ -59,9 +66,9 @@ def _lse_chunk_kernel(S, RMAX, RSUM, CMAX, CSUM, r, m, s_s, s_rp, s_cp, COLS: tl
 
 
 @triton.jit
-def _softmax_chunk_kernel(S, RA, RL, CA, CL, r, m, s_s, HAS_R: tl.constexpr, HAS_C: tl.constexpr,
-                          BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    s, ptr, mask, offs_r, offs_c = _tile(S, s_s, r, m, 0.0, BLOCK_R, BLOCK_C)
+def _softmax_chunk_kernel(S, RA, RL, CA, CL, r, m, s_s, s_hi, s_lo, diag0, EXCL: tl.constexpr,
+                          HAS_R: tl.constexpr, HAS_C: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    s, ptr, mask, offs_r, offs_c = _scores(S, s_s, r, m, s_hi, s_lo, diag0, EXCL, BLOCK_R, BLOCK_C)
     w = tl.zeros_like(s)
     if HAS_R:
         ra = tl.load(RA + offs_r, mask=offs_r < r, other=0.0)
@@ -75,9 +82,9 @@ def _softmax_chunk_kernel(S, RA, RL, CA, CL, r, m, s_s, HAS_R: tl.constexpr, HAS
 
 
 @triton.jit
-def _siglip_chunk_kernel(S, RPART, r, m, s_s, s_p, b_hi, b_lo, GRAD: tl.constexpr,
+def _siglip_chunk_kernel(S, RPART, r, m, s_s, s_p, s_hi, s_lo, b_hi, b_lo, GRAD: tl.constexpr,
                          BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    s, ptr, mask, offs_r, _ = _tile(S, s_s, r, m, 0.0, BLOCK_R, BLOCK_C)
+    s, ptr, mask, offs_r, _ = _scores(S, s_s, r, m, s_hi, s_lo, 0, False, BLOCK_R, BLOCK_C)
     z = s + _scal(b_hi, b_lo, S.dtype.element_ty)
     e = tl.exp(-tl.abs(z))   # in (0, 1]: never overflows
     if GRAD:
@@ -93,34 +100,39 @@ def _grid(s):
     return (triton.cdiv(s.shape[0], _block_r(s)), triton.cdiv(s.shape[1], BLOCK_C))
 
 
-def lse_partials(s, want_col):
-    """((row max, row sum) each (column tiles, rows), (column max, column sum) each (row tiles, m)
-    or None): the chunk's partial log-sum-exp pairs, sums relative to the finite-safe max."""
-    g = _grid(s)
-    rmax, rsum = (s.new_empty(g[1], s.shape[0]) for _ in range(2))
-    cmax, csum = (s.new_empty(g[0] if want_col else 0, s.shape[1]) for _ in range(2))
-    _lse_chunk_kernel[g](s, rmax, rsum, cmax, csum, s.shape[0], s.shape[1], s.stride(0), rmax.stride(0),
-                         max(cmax.stride(0), 1), COLS=bool(want_col), BLOCK_R=_block_r(s), BLOCK_C=BLOCK_C,
-                         num_warps=WARPS)
+def _launch(kernel, s, *args, **meta):
+    kernel[_grid(s)](s, *args, BLOCK_R=_block_r(s), BLOCK_C=BLOCK_C, num_warps=WARPS, **meta)
+
+
+def lse_partials(g, scale, diag0, want_col):
+    """For the chunk of scores scale * g (g: the raw GEMM output; diag0: the column of its first
+    row's excluded diagonal, or None): ((row max, row sum) each (column tiles, rows), and with
+    want_col (column max, column sum) each (row tiles, m), else None), sums relative to the
+    finite-safe max."""
+    grid = _grid(g)
+    rmax, rsum = (g.new_empty(grid[1], g.shape[0]) for _ in range(2))
+    cmax, csum = (g.new_empty(grid[0] if want_col else 0, g.shape[1]) for _ in range(2))
+    _launch(_lse_chunk_kernel, g, rmax, rsum, cmax, csum, g.shape[0], g.shape[1], g.stride(0), rmax.stride(0),
+            max(cmax.stride(0), 1), *split(scale), 0 if diag0 is None else diag0, EXCL=diag0 is not None,
+            COLS=bool(want_col))
     return (rmax, rsum), ((cmax, csum) if want_col else None)
 
 
-def softmax_weights_(s, ra, rl, ca, cl):
-    """s <- ra_i e^{s_ij - rl_i} + ca_j e^{s_ij - cl_j} in place (a term absent when its pair is None)."""
+def softmax_weights_(g, scale, diag0, ra, rl, ca, cl):
+    """g <- w, w_ij = ra_i e^{s_ij - rl_i} + ca_j e^{s_ij - cl_j} for s = scale * g (diagonal
+    excluded from diag0 as in lse_partials; a term absent when its pair is None)."""
     has_r, has_c = ra is not None, ca is not None
-    dummy = s.new_empty(0)
-    _softmax_chunk_kernel[_grid(s)](s, ra.contiguous() if has_r else dummy, rl.contiguous() if has_r else dummy,
-                                    ca.contiguous() if has_c else dummy, cl.contiguous() if has_c else dummy,
-                                    s.shape[0], s.shape[1], s.stride(0), HAS_R=has_r, HAS_C=has_c,
-                                    BLOCK_R=_block_r(s), BLOCK_C=BLOCK_C, num_warps=WARPS)
-    return s
+    dummy = g.new_empty(0)
+    _launch(_softmax_chunk_kernel, g, ra.contiguous() if has_r else dummy, rl.contiguous() if has_r else dummy,
+            ca.contiguous() if has_c else dummy, cl.contiguous() if has_c else dummy, g.shape[0], g.shape[1],
+            g.stride(0), *split(scale), 0 if diag0 is None else diag0, EXCL=diag0 is not None, HAS_R=has_r,
+            HAS_C=has_c)
+    return g
 
 
-def siglip_rows_(s, bias, grad):
-    """Row sums of sigmoid(s + bias), written over s, if grad; else of softplus(s + bias)."""
-    g = _grid(s)
-    part = s.new_empty(g[1], s.shape[0])
-    b_hi, b_lo = split(bias)
-    _siglip_chunk_kernel[g](s, part, s.shape[0], s.shape[1], s.stride(0), part.stride(0), b_hi, b_lo,
-                            GRAD=bool(grad), BLOCK_R=_block_r(s), BLOCK_C=BLOCK_C, num_warps=WARPS)
+def siglip_rows_(g, scale, bias, grad):
+    """Row sums of sigmoid(z), z = scale * g + bias, written over g, if grad; else of softplus(z)."""
+    part = g.new_empty(_grid(g)[1], g.shape[0])
+    _launch(_siglip_chunk_kernel, g, part, g.shape[0], g.shape[1], g.stride(0), part.stride(0), *split(scale),
+            *split(bias), GRAD=bool(grad))
     return part.sum(0)
