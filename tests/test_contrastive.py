@@ -91,7 +91,7 @@ def test_half_features_reach_the_kernels_as_they_are(backend, half, monkeypatch)
     tensor-core tiles -- and come back as float32 statistics; the CPU kernels read float32.
     Losses and gradients equal the float64 losses on the same 16-bit values, in the input dtype."""
     seen = []
-    for name in ("lse_sweep", "siglip_rows", "siglip_acc", "softmax_acc", "softmax_acc_xy", "siglip_acc_xy", "topk"):
+    for name in ("lse_sweep", "siglip_rows", "siglip_acc", "softmax_acc", "softmax_acc_xy", "siglip_grads", "topk"):
         orig = getattr(ops, name)
         monkeypatch.setattr(ops, name, lambda *a, _f=orig, _n=name: (seen.append((_n, a[0].dtype)), _f(*a))[1])
     x, y = feats(19, 24, grad=False)
@@ -265,6 +265,33 @@ def test_siglip_matches_reference(backend):
         check_same(lambda: C.siglip_loss(x, y, s, b, backend=backend), lambda: R.siglip_loss(x, y, s, b), [x, y, s, b])
         check_same(lambda: C.siglip_loss(x, y, 4.0, 1.0, negative_only=True, backend=backend),
                    lambda: R.siglip_loss(x, y, 4.0, 1.0, negative_only=True), [x, y])
+
+
+@pytest.mark.parametrize("backend", backend_param())
+def test_siglip_forward_forms_the_gradient(backend, monkeypatch):
+    """With a gradient wanted, the forward's sweep also forms the gradient sums (siglip_grads, the
+    y side only when y needs it); without, it sums the loss alone (siglip_rows). The backward scales
+    the saved sums without changing them: a second backward (retain_graph) gives the same grads."""
+    seen = []
+    for name in ("siglip_rows", "siglip_grads", "siglip_acc"):
+        orig = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *a, _f=orig, _n=name: (seen.append((_n, a[4:])), _f(*a))[1])
+    x, y = feats(9, 5)
+    with torch.no_grad():
+        C.siglip_loss(x, y, 3.0, -2.0, backend=backend)
+    assert seen == [("siglip_rows", ())]
+    seen.clear()
+    loss = C.siglip_loss(x, y.detach(), 3.0, -2.0, backend=backend)
+    assert seen[0] == ("siglip_grads", (False,))   # (the C++ CPU kernel's composite calls the others)
+    seen.clear()
+    loss = C.siglip_loss(x, y, 3.0, -2.0, backend=backend)
+    assert seen[0] == ("siglip_grads", (True,))
+    g1 = torch.autograd.grad(loss, (x, y), retain_graph=True)
+    g2 = torch.autograd.grad(2 * loss, (x, y))
+    want = torch.autograd.grad(R.siglip_loss(x, y, 3.0, -2.0), (x, y))
+    for a, b, w in zip(g1, g2, want):
+        assert_close(a, w)
+        assert_close(b, 2 * w)
 
 
 def test_siglip_float32_accuracy():
@@ -469,7 +496,8 @@ def test_opcheck():
         (ops.siglip_rows, (x, y, 2.0, -1.0)),
         (ops.siglip_acc, (x, y, 2.0, -1.0)),
         (ops.softmax_acc_xy, (x, y, 0.7, torch.rand(13, dtype=torch.float64), lr, None, None, False)),
-        (ops.siglip_acc_xy, (x, y, 2.0, -1.0)),
+        (ops.siglip_grads, (x, y, 2.0, -1.0, True)),
+        (ops.siglip_grads, (x, y, 2.0, -1.0, False)),
         (ops.hard_mine, (x, lab)),
         (ops.topk, (x, y, 3)),
         (ops.topk_screened, (x.float(), y.float(), 3)),

@@ -68,13 +68,16 @@ def test_library_sweeps_match_reference(n, m, d, exclude_diag, scale, small_chun
     assert_close(L.siglip_rows_library(x, y, scale, -2.0), ops.siglip_rows.default(x, y, scale, -2.0))
     for got, want in zip(L.siglip_acc_library(x, y, scale, -2.0), ops.siglip_acc.default(x, y, scale, -2.0)):
         assert_close(got, want)
-    for got, want in zip(L.siglip_acc_xy_library(x, y, scale, -2.0), ops.siglip_acc_xy.default(x, y, scale, -2.0)):
-        assert_close(got, want)
+    for want_y in (True, False):
+        got, want = L.siglip_grads_library(x, y, scale, -2.0, want_y), ops.siglip_grads.default(x, y, scale, -2.0, want_y)
+        assert [t.shape for t in got] == [t.shape for t in want]
+        for a, b in zip(got, want):
+            assert_close(a, b)
 
 
 def test_both_sides_score_each_chunk_once(small_chunks, monkeypatch, backend):
-    """softmax_acc_xy / siglip_acc_xy: one score GEMM per chunk of rows serves both sides (a
-    chunk's weights also accumulate the y side's gradient), so the backward costs three GEMMs."""
+    """softmax_acc_xy / siglip_grads: one score GEMM per chunk of rows serves both sides (a
+    chunk's weights also accumulate the y side's gradient) and, for SigLIP, the loss too."""
     x, y = _sweep_cases(10, 7, 5, False)
     small_chunks(7)
     calls = []
@@ -84,7 +87,7 @@ def test_both_sides_score_each_chunk_once(small_chunks, monkeypatch, backend):
     L.softmax_acc_xy_library(x, y, 0.9, torch.rand(10, dtype=x.dtype), lr, torch.rand(7, dtype=x.dtype), lc, False)
     assert calls == [0, 3, 6, 9]
     calls.clear()
-    L.siglip_acc_xy_library(x, y, 0.9, 1.0)
+    L.siglip_grads_library(x, y, 0.9, 1.0, True)
     assert calls == [0, 3, 6, 9]
 
 
@@ -154,9 +157,9 @@ def test_library_empty_operands(backend):
     for a, b in ((x, y), (y, x)):   # the side without rows gets nothing; the other zeros
         ax, ay = L.softmax_acc_xy_library(a, b, 1.0, torch.ones(len(a)), torch.zeros(len(a)), None, None, False)
         assert torch.equal(ax, torch.zeros(len(a), 4)) and torch.equal(ay, torch.zeros(len(b), 4))
-        ax, ay, rows = L.siglip_acc_xy_library(a, b, 1.0, 0.0)
+        loss, ax, ay, rows = L.siglip_grads_library(a, b, 1.0, 0.0, True)
         assert torch.equal(ax, torch.zeros(len(a), 4)) and torch.equal(ay, torch.zeros(len(b), 4))
-        assert torch.equal(rows, torch.zeros(len(a)))
+        assert torch.equal(rows, torch.zeros(len(a))) and torch.equal(loss, torch.zeros(len(a)))
 
 
 def test_strategy_choice(monkeypatch):
@@ -200,7 +203,7 @@ def library_ops(monkeypatch, small_chunks):
     """The losses' op calls routed to the library sweeps (on CPU the dispatcher would pick the
     C++ kernels)."""
     small_chunks(64)
-    for name in ("lse_sweep", "softmax_acc", "softmax_acc_xy", "siglip_rows", "siglip_acc", "siglip_acc_xy"):
+    for name in ("lse_sweep", "softmax_acc", "softmax_acc_xy", "siglip_rows", "siglip_acc", "siglip_grads"):
         monkeypatch.setattr(ops, name, getattr(L, f"{name}_library"))
 
 
@@ -259,5 +262,5 @@ def test_cuda_strategies_match_reference(backend, mode, monkeypatch):
                          (ops.softmax_acc, (x, y, 0.7, torch.rand_like(lr), lr, torch.rand_like(lc), lc, False)),
                          (ops.softmax_acc_xy, (x, y, 0.7, torch.rand_like(lr), lr, torch.rand_like(lc), lc, False)),
                          (ops.siglip_rows, (x, y, 2.0, -1.0)), (ops.siglip_acc, (x, y, 2.0, -1.0)),
-                         (ops.siglip_acc_xy, (x, y, 2.0, -1.0))):
+                         (ops.siglip_grads, (x, y, 2.0, -1.0, True))):
             torch.library.opcheck(op.overload, args)

@@ -309,8 +309,8 @@ def _cases(family, small):
                 for diag0 in (None, 0):
                     K.lse_partials(s, 10.0, diag0, True)
                     K.softmax_weights_(s, 10.0, diag0, r, r, c, c)
-                K.siglip_rows_(s, 10.0, -10.0, True)
-                K.siglip_rows_(s, 10.0, -10.0, False)
+                for softplus, sigmoid in ((True, False), (False, True), (True, True)):
+                    K.siglip_rows_(s, 10.0, -10.0, softplus, sigmoid)
 
         cases += [("supcon_loss d=256 fwd+bwd", lambda: metric("supcon")),
                   ("triplet_loss batch_hard d=256 fwd+bwd", lambda: metric("triplet")),

@@ -112,20 +112,32 @@ def siglip_acc(x: Tensor, y: Tensor, scale: float, bias: float) -> Tuple[Tensor,
     return p @ y, p.sum(1)
 
 
-def _siglip_acc_both(x, y, scale, bias):
-    (ax, rsum), (ay, _) = siglip_acc(x, y, scale, bias), siglip_acc(y, x, scale, bias)
-    return ax, ay, rsum
+def _siglip_grads_split(x, y, scale, bias, want_y):
+    """The loss rows and both sides' gradients as one-sided sweeps (the C++ CPU kernels)."""
+    ax, rsum = siglip_acc(x, y, scale, bias)
+    ay = siglip_acc(y, x, scale, bias)[0] if want_y else ax.new_zeros(0, x.shape[1])
+    return siglip_rows(x, y, scale, bias), ax, ay, rsum
 
 
-@backends.op("contrastive_siglip_acc_xy", cuda="contrastive.siglip_acc_xy", composite=_siglip_acc_both,
-             fake=lambda x, y, scale, bias: (backends.new_stat(x, x.shape[0], y.shape[1]),
-                                             backends.new_stat(x, y.shape[0], x.shape[1]), backends.new_stat(x, x.shape[0])))
-def siglip_acc_xy(x: Tensor, y: Tensor, scale: float, bias: float) -> Tuple[Tensor, Tensor, Tensor]:
-    """(acc_x, acc_y, rsum): siglip_acc for both sides, acc_x_i = sum_j sigmoid(z_ij) y_j,
-    acc_y_j = sum_i sigmoid(z_ij) x_i, rsum_i = sum_j sigmoid(z_ij)."""
-    one_side = backends.OPS["contrastive_siglip_acc"].default
-    (ax, rsum), (ay, _) = one_side(x, y, scale, bias), one_side(y, x, scale, bias)
-    return ax, ay, rsum
+def _siglip_grads_fake(x, y, scale, bias, want_y):
+    n, m, d = x.shape[0], y.shape[0], x.shape[1]
+    return (backends.new_stat(x, n), backends.new_stat(x, n, d), backends.new_stat(x, m if want_y else 0, d),
+            backends.new_stat(x, n))
+
+
+@backends.op("contrastive_siglip_grads", triton="contrastive.siglip_grads", cuda="contrastive.siglip_grads",
+             composite=_siglip_grads_split, fake=_siglip_grads_fake)
+def siglip_grads(x: Tensor, y: Tensor, scale: float, bias: float, want_y: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(loss_i = sum_j softplus(z_ij), acc_x_i = sum_j sigmoid(z_ij) y_j, acc_y_j = sum_i
+    sigmoid(z_ij) x_i (empty unless want_y), rsum_i = sum_j sigmoid(z_ij)), z = scale <x_i, y_j> +
+    bias: SigLIP's loss rows with everything its backward needs, for a forward that forms the
+    gradient while it has the scores (the fused kernels and the cuBLAS row chunks: the loss
+    from the x side's gradient sweep; the C++ CPU kernels: one sweep each)."""
+    x, y = backends.widen(x, y)
+    z = scale * x @ y.T + bias
+    p = torch.sigmoid(z)
+    ay = p.T @ x if want_y else x.new_zeros(0, x.shape[1])
+    return torch.nn.functional.softplus(z).sum(1), p @ y, ay, p.sum(1)
 
 
 # -- batch-hard mining -------------------------------------------------------------------------------

@@ -7,10 +7,11 @@ operands those hold fewer features than 16-bit ones (TF32 operands take twice th
 score tile 2 (TF32), 4 (3xTF32) or 8 (IEEE FMA) times, once per feature span. The library
 strategy scores a chunk of rows with one GEMM into a bounded scratch (CHUNK_BYTES), applies the
 epilogue in one Triton pass over it (triton/contrastive_chunks.py), and accumulates with GEMMs
-of the weights: the x side's gradient
-rows with w @ y, the y side's with w.T @ x added over the chunks (softmax_acc_xy, siglip_acc_xy),
-so a loss costs one GEMM forward and three backward (scores, then one per side) at cuBLAS's
-efficiency whatever d is, plus a few passes over the scratch; the memory stays O(chunk x m).
+of the weights: the x side's gradient rows with w @ y, the y side's with w.T @ x added over the
+chunks (softmax_acc_xy, siglip_grads). So a CLIP loss costs one GEMM forward and three backward
+(scores, then one per side) at cuBLAS's efficiency whatever d is, and a SigLIP loss three in all
+(its forward forms the gradient: the loss's gradient in the scores needs no statistic of the
+whole matrix), plus the scores' memory traffic; the memory stays O(chunk x m).
 
 HOTPATH_CONTRASTIVE = auto | fused | library, read per call. auto picks "library" for float32 /
 float64 operands where the fused sweep would recompute the scores (more than one feature span:
@@ -19,10 +20,11 @@ kernels. Why, by count (B = 32,768, d = 512, one "unit" = one B x B x d product)
 backward forms each side's scores once per span and accumulates once, (spans + 1) units a side,
 6 under TF32 and 10 under 3xTF32 (each a 3-pass product); the library takes 3 units for both
 sides at cuBLAS's efficiency plus five passes over the scores in memory (written, read and
-rewritten by the epilogue, read by two GEMMs: ~20 GB, ~5 ms at 4.8 TB/s). 16-bit operands stay fused: one span at d <= 512, and the library would
-score them in float32. `bench contrastive --device cuda` times both strategies side by side in
-every float32 row to move this line. The forward sweeps follow the same choice, so that the
-forward and the backward score each chunk with the same GEMM.
+rewritten by the epilogue, read by two GEMMs: ~20 GB, ~5 ms at 4.8 TB/s). 16-bit operands stay
+fused: one span at d <= 512, and the library would score them in float32. `bench contrastive
+--device cuda` times both strategies side by side in every float32 row to move this line. The
+forward sweeps follow the same choice, so that the forward and the backward score each chunk
+with the same GEMM.
 
 The library sweeps run on any device: off CUDA (and without Triton) their epilogues are torch's
 elementwise passes, about six to eight reads and writes of the chunk (tests run both kinds on
@@ -89,7 +91,9 @@ def siglip_acc(x, y, scale, bias):
 
 
 # Both sides' gradients: the library scores each chunk once for the two (three GEMMs, not four);
-# the fused kernels keep their accumulators in registers, one side per sweep.
+# the fused kernels keep their accumulators in registers, one side per sweep. SigLIP's forward
+# forms them while it has the scores (siglip_grads): fwd + bwd is one sweep a side (fused) or three
+# GEMMs (library).
 
 def softmax_acc_xy(x, y, scale, ra, rl, ca, cl, exclude_diag):
     if strategy(x, y) == "library":
@@ -98,11 +102,10 @@ def softmax_acc_xy(x, y, scale, ra, rl, ca, cl, exclude_diag):
             _fused("softmax_acc", y, x, scale, ca, cl, ra, rl, exclude_diag))
 
 
-def siglip_acc_xy(x, y, scale, bias):
+def siglip_grads(x, y, scale, bias, want_y):
     if strategy(x, y) == "library":
-        return siglip_acc_xy_library(x, y, scale, bias)
-    (ax, rsum), (ay, _) = _fused("siglip_acc", x, y, scale, bias), _fused("siglip_acc", y, x, scale, bias)
-    return ax, ay, rsum
+        return siglip_grads_library(x, y, scale, bias, want_y)
+    return _fused("siglip_grads", x, y, scale, bias, want_y)
 
 
 # -- the library sweeps ------------------------------------------------------------------------------
@@ -229,43 +232,49 @@ def _softmax_library(x, y, scale, ra, rl, ca, cl, exclude_diag, both):
 
 
 def siglip_rows_library(x, y, scale, bias):
-    return _siglip_library(x, y, scale, bias, False, False)[2]
+    return _siglip_library(x, y, scale, bias, True, False, False)[0]
 
 
 def siglip_acc_library(x, y, scale, bias):
-    acc, _, rows = _siglip_library(x, y, scale, bias, True, False)
-    return acc, rows
+    _, acc, _, rsum = _siglip_library(x, y, scale, bias, False, True, False)
+    return acc, rsum
 
 
-def siglip_acc_xy_library(x, y, scale, bias):
-    return _siglip_library(x, y, scale, bias, True, True)
+def siglip_grads_library(x, y, scale, bias, want_y):
+    return _siglip_library(x, y, scale, bias, True, True, want_y)
 
 
-def _siglip_rows_(g, scale, bias, grad, kernels):
-    """Row sums of sigmoid(z), z = scale * g + bias, written over g, if grad; else of softplus(z)."""
+def _siglip_rows(g, scale, bias, softplus, sigmoid, kernels):
+    """(row sums of softplus(z) or None, row sums of sigmoid(z) or None), z = scale * g + bias;
+    with sigmoid, sigmoid(z) is written over g."""
     if kernels is not None:
-        return kernels.siglip_rows_(g, scale, bias, grad)
+        return kernels.siglip_rows_(g, scale, bias, softplus, sigmoid)
     z = g.mul_(scale).add_(bias)
-    return z.sigmoid_().sum(1) if grad else torch.nn.functional.softplus(z).sum(1)
+    sp = torch.nn.functional.softplus(z).sum(1) if softplus else None
+    return sp, (z.sigmoid_().sum(1) if sigmoid else None)
 
 
-def _siglip_library(x, y, scale, bias, grad, both):
-    """(acc_x_i = sum_j sigmoid(z_ij) y_j if grad, acc_y_j = sum_i sigmoid(z_ij) x_i if both,
-    rows_i = sum_j softplus(z_ij) or, with grad, sum_j sigmoid(z_ij)), z = scale <x_i, y_j> + bias;
-    empty tensors for what is not asked."""
+def _siglip_library(x, y, scale, bias, loss, grad, both):
+    """(loss_i = sum_j softplus(z_ij) if loss, acc_x_i = sum_j sigmoid(z_ij) y_j if grad,
+    acc_y_j = sum_i sigmoid(z_ij) x_i if both, rsum_i = sum_j sigmoid(z_ij) if grad),
+    z = scale <x_i, y_j> + bias; empty tensors for what is not asked."""
     x, y = widen(x.contiguous(), y.contiguous())
     n, m, d = x.shape[0], y.shape[0], y.shape[1]
-    rows = x.new_zeros(n)
-    acc = x.new_zeros(n, d if grad else 0)
+    sp = x.new_zeros(n if loss else 0)
+    rsum = x.new_zeros(n if grad else 0)
+    acc = x.new_zeros(n if grad else 0, d)
     acc_y = x.new_zeros(m if both else 0, d)
     if n == 0 or m == 0:
-        return acc, acc_y, rows
+        return sp, acc, acc_y, rsum
     kernels = _chunk_kernels(x)
     for r0, r1 in _chunks(n, m, x.element_size()):
         p = _gemm(x, y, r0, r1)
-        rows[r0:r1] = _siglip_rows_(p, scale, bias, grad, kernels)
+        sp_c, rs_c = _siglip_rows(p, scale, bias, loss, grad, kernels)
+        if loss:
+            sp[r0:r1] = sp_c
         if grad:
+            rsum[r0:r1] = rs_c
             torch.mm(p, y, out=acc[r0:r1])
         if both:
             acc_y.addmm_(p.T, x[r0:r1])
-    return acc, acc_y, rows
+    return sp, acc, acc_y, rsum

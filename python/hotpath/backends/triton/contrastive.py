@@ -6,6 +6,7 @@ n x m buffer, no atomics (column-side gradients are a second launch with rows an
                           optionally each column's partials from the same tiles (CLIP's forward)
   _softmax_acc_kernel     acc_i = sum_j (ra_i e^{s_ij - rl_i} + ca_j e^{s_ij - cl_j}) y_j
   _siglip_kernel          sum_j softplus(z_ij) per row, or sum_j sigmoid(z_ij) y_j and its row sum
+                          (and, for the forward that also forms the gradient, the softplus sums)
   _hard_mine_kernel       masked arg-max / arg-min of |y_j|^2 - 2<x_i, y_j> from label vectors
   _topk_kernel            exact streaming top-k: a (rows, k) register buffer merged with each tile,
                           keys split across grid axis 1 when queries are few (float scores, or
@@ -148,9 +149,12 @@ def _softmax_acc_kernel(X, Y, RA, RL, CA, CL, ACC, n, m, d, s_hi, s_lo, s_x, s_y
 
 
 @triton.jit
-def _siglip_kernel(X, Y, RSUM, ACC, n, m, d, s_hi, s_lo, b_hi, b_lo, s_x, s_y, s_acc, n_bucket, m_bucket,
-                   GRAD: tl.constexpr, NACC: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr):
+def _siglip_kernel(X, Y, RSUM, ACC, LOSS, n, m, d, s_hi, s_lo, b_hi, b_lo, s_x, s_y, s_acc, n_bucket, m_bucket,
+                   GRAD: tl.constexpr, WITH_LOSS: tl.constexpr, NACC: tl.constexpr, PREC: tl.constexpr,
+                   UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                   BLOCK_DO: tl.constexpr):
+    """RSUM: per row sum_j softplus(z_ij), or with GRAD sum_j sigmoid(z_ij) and ACC sum_j
+    sigmoid(z_ij) y_j; WITH_LOSS (GRAD only): LOSS gets the softplus sums too, from the same tiles."""
     pid = tl.program_id(0)
     span = tl.program_id(1)
     c0 = span * (NACC * BLOCK_DO)
@@ -159,6 +163,7 @@ def _siglip_kernel(X, Y, RSUM, ACC, n, m, d, s_hi, s_lo, b_hi, b_lo, s_x, s_y, s
     scale = _scal(s_hi, s_lo, dt)
     bias = _scal(b_hi, b_lo, dt)
     rs = tl.zeros((BLOCK_M,), dtype=dt)
+    sp = tl.zeros((BLOCK_M,), dtype=dt)
     a0 = tl.zeros((BLOCK_M, BLOCK_DO), dtype=dt)
     a1 = a0
     a2 = a0
@@ -174,10 +179,15 @@ def _siglip_kernel(X, Y, RSUM, ACC, n, m, d, s_hi, s_lo, b_hi, b_lo, s_x, s_y, s
             w = tl.where(valid, tl.where(z >= 0, q, e * q), 0.0)   # sigmoid(z)
             rs += tl.sum(w, 1)
             a0, a1, a2, a3 = _acc_span(Y, w, a0, a1, a2, a3, offs_n, m, d, s_y, c0, PREC, UPCAST, BLOCK_DO, NACC)
-        else:   # softplus(z) = max(z, 0) + log(1 + e^{-|z|})
-            rs += tl.sum(tl.where(valid, tl.maximum(z, 0.0) + tl.log2(1.0 + e) * _LN2, 0.0), 1)
+        if WITH_LOSS or not GRAD:   # softplus(z) = max(z, 0) + log(1 + e^{-|z|})
+            sp += tl.sum(tl.where(valid, tl.maximum(z, 0.0) + tl.log2(1.0 + e) * _LN2, 0.0), 1)
     if span == 0:   # every span forms the same row sums
-        tl.store(RSUM + offs_m, rs, mask=offs_m < n)
+        if GRAD:
+            tl.store(RSUM + offs_m, rs, mask=offs_m < n)
+        else:
+            tl.store(RSUM + offs_m, sp, mask=offs_m < n)
+        if WITH_LOSS:
+            tl.store(LOSS + offs_m, sp, mask=offs_m < n)
     if GRAD:
         _store_span(ACC, a0, a1, a2, a3, offs_m, n, d, s_acc, c0, BLOCK_DO, NACC)
 
@@ -481,22 +491,25 @@ def softmax_acc(x, y, scale, ra, rl, ca, cl, exclude_diag):
     return acc
 
 
-def _siglip(x, y, scale, bias, grad):
+def _siglip(x, y, scale, bias, grad, with_loss=False):
+    """(rs, acc, loss): see _siglip_kernel; loss is empty unless with_loss."""
     x, y = _prep(x, y)
     n, m, d = x.shape[0], y.shape[0], y.shape[1]
     at = acc_dtype(x.dtype)
     rs = torch.zeros(n, dtype=at, device=x.device)
     acc = torch.zeros(n, d if grad else 0, dtype=at, device=x.device)
+    loss = torch.zeros(n if with_loss else 0, dtype=at, device=x.device)
     if n == 0 or m == 0:
-        return rs, acc
+        return rs, acc, loss
     y = y.to(x.dtype)
     bdo, nacc, spans = _acc_width(d, x.dtype, x.device) if grad and d > 0 else (16, 1, 1)
     s_hi, s_lo = split(scale)
     b_hi, b_lo = split(bias)
-    _launch(_siglip_kernel, _siglip_tuned, n, x, y, rs, acc if grad else rs, n, m, d, s_hi, s_lo, b_hi, b_lo,
-            x.stride(0), y.stride(0), acc.stride(0) if grad else 0, bucket(n), bucket(m), spans=spans,
-            GRAD=bool(grad), NACC=nacc, PREC=dot_precision(x.dtype), UPCAST=upcast(x.dtype), BLOCK_DO=bdo)
-    return rs, acc
+    _launch(_siglip_kernel, _siglip_tuned, n, x, y, rs, acc if grad else rs, loss if with_loss else rs, n, m, d,
+            s_hi, s_lo, b_hi, b_lo, x.stride(0), y.stride(0), acc.stride(0) if grad else 0, bucket(n), bucket(m),
+            spans=spans, GRAD=bool(grad), WITH_LOSS=bool(with_loss), NACC=nacc, PREC=dot_precision(x.dtype),
+            UPCAST=upcast(x.dtype), BLOCK_DO=bdo)
+    return rs, acc, loss
 
 
 def siglip_rows(x, y, scale, bias):
@@ -504,8 +517,15 @@ def siglip_rows(x, y, scale, bias):
 
 
 def siglip_acc(x, y, scale, bias):
-    rs, acc = _siglip(x, y, scale, bias, True)
+    rs, acc, _ = _siglip(x, y, scale, bias, True)
     return acc, rs
+
+
+def siglip_grads(x, y, scale, bias, want_y):
+    """The siglip_grads op: the x side's sweep also sums the loss; the y side's is siglip_acc's."""
+    rs, acc, loss = _siglip(x, y, scale, bias, True, with_loss=True)
+    acc_y = siglip_acc(y, x, scale, bias)[0] if want_y else acc.new_zeros(0, x.shape[1])
+    return loss, acc, acc_y, rs
 
 
 def hard_mine(x, labels):

@@ -8,8 +8,8 @@ and masks the scores s = scale * g as it reads them.
                           merged on the host (rows: final; columns: folded into the running
                           state the next chunk continues)
   _softmax_chunk_kernel   g <- ra_i e^{s_ij - rl_i} + ca_j e^{s_ij - cl_j}, in place
-  _siglip_chunk_kernel    g <- sigmoid(s + bias) in place and its row sums, or the row sums of
-                          softplus(s + bias)
+  _siglip_chunk_kernel    row sums of softplus(s + bias), and / or g <- sigmoid(s + bias) in
+                          place and its row sums
 
 Partial sums are relative to the partial max where it is finite, else to 0 (so +inf, NaN and
 all -inf tiles keep torch.logsumexp's results: +inf, NaN, -inf). Natural exp / log, not exp2 with
@@ -82,18 +82,20 @@ def _softmax_chunk_kernel(S, RA, RL, CA, CL, r, m, s_s, s_hi, s_lo, diag0, EXCL:
 
 
 @triton.jit
-def _siglip_chunk_kernel(S, RPART, r, m, s_s, s_p, s_hi, s_lo, b_hi, b_lo, GRAD: tl.constexpr,
-                         BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+def _siglip_chunk_kernel(S, SP, SG, r, m, s_s, s_p, s_hi, s_lo, b_hi, b_lo, SOFTPLUS: tl.constexpr,
+                         SIGMOID: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     s, ptr, mask, offs_r, _ = _scores(S, s_s, r, m, s_hi, s_lo, 0, False, BLOCK_R, BLOCK_C)
     z = s + _scal(b_hi, b_lo, S.dtype.element_ty)
     e = tl.exp(-tl.abs(z))   # in (0, 1]: never overflows
-    if GRAD:
-        q = 1.0 / (1.0 + e)
-        v = tl.where(z >= 0, q, e * q)      # sigmoid(z)
-        tl.store(ptr, v, mask=mask)
-    else:                                    # softplus(z) = max(z, 0) + log(1 + e^{-|z|})
+    row = tl.program_id(1) * s_p + offs_r
+    if SOFTPLUS:             # softplus(z) = max(z, 0) + log(1 + e^{-|z|})
         v = tl.maximum(z, 0.0) + tl.log(1.0 + e)
-    tl.store(RPART + tl.program_id(1) * s_p + offs_r, tl.sum(tl.where(mask, v, 0.0), 1), mask=offs_r < r)
+        tl.store(SP + row, tl.sum(tl.where(mask, v, 0.0), 1), mask=offs_r < r)
+    if SIGMOID:
+        q = 1.0 / (1.0 + e)
+        p = tl.where(z >= 0, q, e * q)
+        tl.store(ptr, p, mask=mask)
+        tl.store(SG + row, tl.sum(tl.where(mask, p, 0.0), 1), mask=offs_r < r)
 
 
 def _grid(s):
@@ -130,9 +132,11 @@ def softmax_weights_(g, scale, diag0, ra, rl, ca, cl):
     return g
 
 
-def siglip_rows_(g, scale, bias, grad):
-    """Row sums of sigmoid(z), z = scale * g + bias, written over g, if grad; else of softplus(z)."""
-    part = g.new_empty(_grid(g)[1], g.shape[0])
-    _launch(_siglip_chunk_kernel, g, part, g.shape[0], g.shape[1], g.stride(0), part.stride(0), *split(scale),
-            *split(bias), GRAD=bool(grad))
-    return part.sum(0)
+def siglip_rows_(g, scale, bias, softplus, sigmoid):
+    """(row sums of softplus(z) or None, row sums of sigmoid(z) or None), z = scale * g + bias;
+    with sigmoid, sigmoid(z) is written over g."""
+    part = g.new_empty(2, _grid(g)[1], g.shape[0])
+    _launch(_siglip_chunk_kernel, g, part[0], part[1], g.shape[0], g.shape[1], g.stride(0), part.stride(1),
+            *split(scale), *split(bias), SOFTPLUS=bool(softplus), SIGMOID=bool(sigmoid))
+    sums = part.sum(1)
+    return (sums[0] if softplus else None), (sums[1] if sigmoid else None)
