@@ -208,7 +208,7 @@ class SoftplusSum(backends.Function):
 
     Where a gradient is wanted the forward forms it too, while it has the scores: the loss's
     gradient in z_ij is g sigmoid(z_ij) and g is a scalar, so the backward only scales the saved
-    sums (a sweep fewer than forming them in the backward; Liger's fused losses do the same)."""
+    sums: one sweep fewer than forming them in the backward."""
 
     @staticmethod
     def forward(ctx, x, y, scale_t, bias_t, scale, bias, grad_enabled):
