@@ -160,17 +160,19 @@ def _lse_of(mx, total):
     return torch.where(total == 0, -float("inf"), _finite_or_zero(mx) + torch.log(total))
 
 
-def _chunk_lse(x, y, r0, r1, scale, exclude_diag, want_col, kernels):
-    """(row log-sum-exps of the chunk's rows, its column partial pair (max, sum) or None)."""
+def _chunk_lse(x, y, r0, r1, scale, exclude_diag, lse, col, kernels):
+    """lse <- the log-sum-exps of the chunk's rows; col (the columns' running (max, sum) pair, or
+    None) <- folded with the chunk's rows. Returns col."""
     if kernels is not None:
-        rows, cols = kernels.lse_partials(_gemm(x, y, r0, r1), scale, r0 if exclude_diag else None, want_col)
-        return _lse_of(*_fold(*rows)), (_fold(*cols) if want_col else None)
+        kernels.chunk_lse_(_gemm(x, y, r0, r1), scale, r0 if exclude_diag else None, lse, col)
+        return col
     s = _scores(x, y, r0, r1, scale, exclude_diag)
-    lse = torch.logsumexp(s, 1)
-    if not want_col:
-        return lse, None
+    torch.logsumexp(s, 1, out=lse)
+    if col is None:
+        return None
     cmax = s.amax(0)   # +inf and NaN shift by 0, so they reach the sum as logsumexp has them
-    return lse, (cmax, s.sub_(_finite_or_zero(cmax)).exp_().sum(0))
+    part = (cmax, s.sub_(_finite_or_zero(cmax)).exp_().sum(0))
+    return _fold(torch.stack([col[0], part[0]]), torch.stack([col[1], part[1]]))
 
 
 def lse_sweep_library(x, y, scale, want_col, exclude_diag):
@@ -178,12 +180,10 @@ def lse_sweep_library(x, y, scale, want_col, exclude_diag):
     n, m = x.shape[0], y.shape[0]
     lse = x.new_full((n,), -float("inf"))
     # every column's running (max, sum) over the chunks so far, as _fold keeps it
-    col = (x.new_full((m if want_col else 0,), -float("inf")), x.new_zeros(m if want_col else 0))
+    col = (x.new_full((m,), -float("inf")), x.new_zeros(m)) if want_col else None
     kernels = _chunk_kernels(x)
     for r0, r1 in _chunks(n, m, x.element_size()) if m > 0 else ():
-        lse[r0:r1], part = _chunk_lse(x, y, r0, r1, scale, exclude_diag, want_col, kernels)
-        if want_col:
-            col = _fold(torch.stack([col[0], part[0]]), torch.stack([col[1], part[1]]))
+        col = _chunk_lse(x, y, r0, r1, scale, exclude_diag, lse[r0:r1], col, kernels)
     return lse, (_lse_of(*col) if want_col else x.new_zeros(0))
 
 

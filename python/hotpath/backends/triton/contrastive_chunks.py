@@ -4,9 +4,9 @@ torch's elementwise passes (scaling, masking and logsumexp read and write the ch
 times; the softmax weights take ten). Each program takes a BLOCK_R x BLOCK_C tile and scales
 and masks the scores s = scale * g as it reads them.
 
-  _lse_chunk_kernel       per tile: each row's and each column's (max, sum of e^{s - max}),
-                          merged on the host (rows: final; columns: folded into the running
-                          state the next chunk continues)
+  _lse_chunk_kernel       per tile: each row's and each column's (max, sum of e^{s - max})
+  _rows_lse_kernel        each row's partials merged into its log-sum-exp
+  _cols_fold_kernel       each column's partials folded into its running pair over the chunks
   _softmax_chunk_kernel   g <- ra_i e^{s_ij - rl_i} + ca_j e^{s_ij - cl_j}, in place
   _siglip_chunk_kernel    row sums of softplus(s + bias), and / or g <- sigmoid(s + bias) in
                           place and its row sums
@@ -23,6 +23,7 @@ import triton.language as tl
 from .pairwise import _scal, split
 
 BLOCK_C, WARPS = 128, 4
+MERGE_BLOCK = 256   # rows / columns per program of the partial merges
 
 
 def _block_r(s):
@@ -98,6 +99,48 @@ def _siglip_chunk_kernel(S, SP, SG, r, m, s_s, s_p, s_hi, s_lo, b_hi, b_lo, SOFT
         tl.store(SG + row, tl.sum(tl.where(mask, p, 0.0), 1), mask=offs_r < r)
 
 
+@triton.jit
+def _merge(m, t, pm, ps):
+    """A running (max, sum) pair merged with a partial one, sums relative to the finite-safe max.
+    An exponent above 0 only arises for an empty pair (sum 0, max -inf, its safe value 0) or where
+    the new max is +inf (safe value 0), whose sum is +inf whatever the factor: the factors are
+    capped at 1 instead of overflowing."""
+    m_new = tl.maximum(m, pm)
+    safe = _finite_or_zero(m_new)
+    t = tl.where(t == 0, t, t * tl.exp(tl.minimum(_finite_or_zero(m) - safe, 0.0)))
+    return m_new, t + tl.where(ps == 0, ps, ps * tl.exp(tl.minimum(_finite_or_zero(pm) - safe, 0.0)))
+
+
+@triton.jit
+def _rows_lse_kernel(PMAX, PSUM, OUT, r, n_part, s_p, BLOCK: tl.constexpr):
+    """OUT <- the log-sum-exp of each row's n_part partial pairs."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < r
+    m = tl.full((BLOCK,), -float("inf"), PMAX.dtype.element_ty)
+    t = tl.zeros((BLOCK,), PSUM.dtype.element_ty)
+    for k in range(0, n_part):
+        pm = tl.load(PMAX + k * s_p + offs, mask=mask, other=-float("inf"))
+        ps = tl.load(PSUM + k * s_p + offs, mask=mask, other=0.0)
+        m, t = _merge(m, t, pm, ps)
+    lse = tl.where(t == 0, -float("inf"), _finite_or_zero(m) + tl.log(tl.where(t == 0, 1.0, t)))
+    tl.store(OUT + offs, lse, mask=mask)
+
+
+@triton.jit
+def _cols_fold_kernel(PMAX, PSUM, RMAX, RSUM, m, n_part, s_p, BLOCK: tl.constexpr):
+    """(RMAX, RSUM) <- each column's running pair merged with its n_part partial pairs, in place."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < m
+    mx = tl.load(RMAX + offs, mask=mask, other=-float("inf"))
+    t = tl.load(RSUM + offs, mask=mask, other=0.0)
+    for k in range(0, n_part):
+        pm = tl.load(PMAX + k * s_p + offs, mask=mask, other=-float("inf"))
+        ps = tl.load(PSUM + k * s_p + offs, mask=mask, other=0.0)
+        mx, t = _merge(mx, t, pm, ps)
+    tl.store(RMAX + offs, mx, mask=mask)
+    tl.store(RSUM + offs, t, mask=mask)
+
+
 def _grid(s):
     return (triton.cdiv(s.shape[0], _block_r(s)), triton.cdiv(s.shape[1], BLOCK_C))
 
@@ -106,23 +149,27 @@ def _launch(kernel, s, *args, **meta):
     kernel[_grid(s)](s, *args, BLOCK_R=_block_r(s), BLOCK_C=BLOCK_C, num_warps=WARPS, **meta)
 
 
-def lse_partials(g, scale, diag0, want_col):
+def chunk_lse_(g, scale, diag0, lse, col):
     """For the chunk of scores scale * g (g: the raw GEMM output; diag0: the column of its first
-    row's excluded diagonal, or None): ((row max, row sum) each (column tiles, rows), and with
-    want_col (column max, column sum) each (row tiles, m), else None), sums relative to the
-    finite-safe max."""
+    row's excluded diagonal, or None): lse <- each row's log-sum-exp, and col = (max, sum), every
+    column's running pair over the chunks so far (sums relative to the finite-safe max), folded
+    with this chunk's rows in place (col None: rows only). Four launches a chunk, so that a
+    forward of tens of chunks is not bound by the host's launches."""
     grid = _grid(g)
-    rmax, rsum = (g.new_empty(grid[1], g.shape[0]) for _ in range(2))
-    cmax, csum = (g.new_empty(grid[0] if want_col else 0, g.shape[1]) for _ in range(2))
-    _launch(_lse_chunk_kernel, g, rmax, rsum, cmax, csum, g.shape[0], g.shape[1], g.stride(0), rmax.stride(0),
-            max(cmax.stride(0), 1), *split(scale), 0 if diag0 is None else diag0, EXCL=diag0 is not None,
-            COLS=bool(want_col))
-    return (rmax, rsum), ((cmax, csum) if want_col else None)
+    r, m = g.shape
+    rmax, rsum = (g.new_empty(grid[1], r) for _ in range(2))
+    cmax, csum = (g.new_empty(grid[0] if col is not None else 0, m) for _ in range(2))
+    _launch(_lse_chunk_kernel, g, rmax, rsum, cmax, csum, r, m, g.stride(0), rmax.stride(0), max(cmax.stride(0), 1),
+            *split(scale), 0 if diag0 is None else diag0, EXCL=diag0 is not None, COLS=col is not None)
+    _rows_lse_kernel[(triton.cdiv(r, MERGE_BLOCK),)](rmax, rsum, lse, r, grid[1], rmax.stride(0), BLOCK=MERGE_BLOCK)
+    if col is not None:
+        _cols_fold_kernel[(triton.cdiv(m, MERGE_BLOCK),)](cmax, csum, col[0], col[1], m, grid[0], cmax.stride(0),
+                                                          BLOCK=MERGE_BLOCK)
 
 
 def softmax_weights_(g, scale, diag0, ra, rl, ca, cl):
     """g <- w, w_ij = ra_i e^{s_ij - rl_i} + ca_j e^{s_ij - cl_j} for s = scale * g (diagonal
-    excluded from diag0 as in lse_partials; a term absent when its pair is None)."""
+    excluded from diag0 as in chunk_lse_; a term absent when its pair is None)."""
     has_r, has_c = ra is not None, ca is not None
     dummy = g.new_empty(0)
     _launch(_softmax_chunk_kernel, g, ra.contiguous() if has_r else dummy, rl.contiguous() if has_r else dummy,
