@@ -1,6 +1,8 @@
 """How a call finds its kernel: ops declared once without a backend argument, C++ kernels
 registered by dispatch key, one context-local preference that backward keeps."""
+import os
 import threading
+import time
 
 import pytest
 import torch
@@ -104,3 +106,27 @@ def test_float32_reference_gradients_are_float32_accurate():
         grads[dt] = (val.detach(), xd.grad)
     assert_close(grads[torch.float32][0], grads[torch.float64][0], torch.float32)
     assert_close(grads[torch.float32][1], grads[torch.float64][1], torch.float32)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file locks")
+def test_interrupted_build_leaves_no_hang(tmp_path):
+    """A build killed part way leaves torch's `lock` file; the next build removes it instead of
+    waiting for it forever, and two builders in one directory take turns."""
+    import subprocess
+    import sys
+    from hotpath._ext import _build_dir_lock
+    (tmp_path / "lock").touch()
+    with pytest.warns(RuntimeWarning, match="interrupted build"):
+        with _build_dir_lock(str(tmp_path)):
+            assert not (tmp_path / "lock").exists()
+    # while this process holds the directory, another one waits for it
+    holder = ("import sys, time; sys.path.insert(0, %r); from hotpath._ext import _build_dir_lock\n"
+              "with _build_dir_lock(%r):\n    print('held', flush=True); time.sleep(1.5)\n"
+              % (os.path.dirname(hp.__path__[0]), str(tmp_path)))
+    with subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout.readline().strip() == "held"
+        t0 = time.perf_counter()
+        with _build_dir_lock(str(tmp_path)):
+            waited = time.perf_counter() - t0
+        proc.wait(timeout=30)
+    assert waited > 0.5, waited

@@ -4,6 +4,7 @@ C++ kernels register themselves with the dispatcher as the CPU (and CUDA) kernel
 declared in python/hotpath/_ops (TORCH_LIBRARY_IMPL(hotpath, CPU, m) in each source file), so
 loading the shared library is all that is needed.
 """
+import contextlib
 import glob
 import hashlib
 import os
@@ -62,9 +63,39 @@ def _jit_build():
     build_dir = os.environ.get("HOTPATH_BUILD_DIR", default)
     os.makedirs(build_dir, exist_ok=True)
     with_cuda = cuda_build_possible()
-    load(name="hotpath_C", sources=_sources(src, with_cuda), extra_cflags=cxx_flags(), extra_ldflags=link_flags(),
-         extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr", "-diag-suppress", "3306"], with_cuda=with_cuda,
-         build_directory=build_dir, is_python_module=False, verbose=os.environ.get("HOTPATH_VERBOSE_BUILD") == "1")
+    with _build_dir_lock(build_dir):
+        load(name="hotpath_C", sources=_sources(src, with_cuda), extra_cflags=cxx_flags(), extra_ldflags=link_flags(),
+             extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr", "-diag-suppress", "3306"], with_cuda=with_cuda,
+             build_directory=build_dir, is_python_module=False,
+             verbose=os.environ.get("HOTPATH_VERBOSE_BUILD") == "1")
+
+
+@contextlib.contextmanager
+def _build_dir_lock(build_dir):
+    """Hold an OS lock on build_dir while torch builds there, and drop torch's stale lock file.
+
+    torch marks a build in progress with an empty `lock` file and waits, without end or message,
+    for it to disappear. A build killed part way (Ctrl-C on the first import) leaves the file
+    behind and every later import hangs. The OS lock is released when its holder dies, so a
+    process holding it knows no other hotpath build is running there: a `lock` file it finds is
+    stale.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: torch's own lock file alone
+        yield
+        return
+    with open(os.path.join(build_dir, "hotpath-build.flock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            stale = os.path.join(build_dir, "lock")
+            if os.path.exists(stale):
+                warnings.warn(f"hotpath: removing the lock file of an interrupted build in {build_dir}",
+                              RuntimeWarning, stacklevel=4)
+                os.remove(stale)
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def load_extension():
