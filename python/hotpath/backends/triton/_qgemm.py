@@ -81,6 +81,19 @@ FMA_GEMM_CONFIGS = [(32, 64, 32, 4, 2), (64, 32, 32, 8, 2), (32, 32, 32, 8, 2)]
 # float32 activations under 3xTF32 hold both operands' high and low parts: compiled for sm_90, 64
 # accumulator elements a thread spill 36-680 B (128 x 64 over 4 warps, 128 x 128 over 8), 32 do not
 X3_GEMM_CONFIGS = [(128, 64, 64, 8, 3), (64, 128, 64, 8, 3), (64, 64, 64, 4, 3), (32, 64, 64, 4, 2)]
+# int8 x int8 dots (W8A8): 8-bit operands take twice the K step of the 16-bit configurations for
+# the same bytes a row (128-byte rows: the widest shared-memory swizzle, four k32 tensor-core
+# steps per tile), and the large tiles fit Hopper's 227 KB (pruned on smaller devices). Compiled
+# for sm_90: 128 x 128 x 128 over 4 warps spills 128 B (255 registers: the weight's 4-byte VNNI
+# gathers hold many addresses), so it is not listed; 128 x 256 spills 16 B with a bias only.
+I8_GEMM_CONFIGS = [
+    (128, 256, 128, 8, 3),
+    (128, 128, 128, 8, 4),
+    (128, 64, 128, 4, 4),
+    (64, 128, 128, 4, 4),
+    (64, 64, 128, 4, 3),
+    (32, 64, 64, 4, 2),
+]
 FMA_DECODE_BK = 32
 # the one configuration the interpreter runs (small tiles: odd test shapes stay cheap)
 INTERP_GEMM = (16, 32, 64, 4, 1)
@@ -89,11 +102,12 @@ DECODE_MAX_M = 8
 
 def gemm_configs(need, device, path="tc"):
     """Autotune list: GEMM_CONFIGS (FMA_GEMM_CONFIGS for FMA dots, path "fma"; X3_GEMM_CONFIGS for
-    3xTF32 ones, "x3") that fit the device's shared memory (need(cfg) -> bytes)."""
+    3xTF32 ones, "x3"; I8_GEMM_CONFIGS for int8 x int8 ones, "i8") that fit the device's shared
+    memory (need(cfg) -> bytes)."""
     if interpreting():
         return [INTERP_GEMM]
     lim = smem_limit(device)
-    base = {"tc": GEMM_CONFIGS, "fma": FMA_GEMM_CONFIGS, "x3": X3_GEMM_CONFIGS}[path]
+    base = {"tc": GEMM_CONFIGS, "fma": FMA_GEMM_CONFIGS, "x3": X3_GEMM_CONFIGS, "i8": I8_GEMM_CONFIGS}[path]
     ok = [c for c in base if need(c) <= lim]
     return ok or [pick([INTERP_GEMM], need, lim)]
 
@@ -203,7 +217,7 @@ def dequantize(kernel, args, N, K, dtype, BN=64, BK=128, **consts):
 
 
 def run_linear(kernel, tuner, fmt_args, fmt_consts, bias, x, N, K, need, step=16, fixed_bk=None, split_ok=True,
-               extra=(), y_dtype=torch.float32, flag_rows_of=None, dequant=None):
+               extra=(), y_dtype=torch.float32, flag_rows_of=None, dequant=None, int8_dots=False):
     """Launch a quantized-linear kernel with the calling convention
 
         kernel(*fmt_args, B, RF, Y, M, N, K, K_SPLIT, MB, *extra, HAS_BIAS=, HAS_RF=, **fmt_consts,
@@ -217,12 +231,13 @@ def run_linear(kernel, tuner, fmt_args, fmt_consts, bias, x, N, K, need, step=16
     dequant: dtype -> the (N, K) weight (weight-only formats), for the "library" prefill strategy.
     Decode (M <= DECODE_MAX_M) and the interpreter get one planned configuration; prefill GEMMs
     are autotuned over the configurations that fit the device's shared memory (need(cfg)).
-    fixed_bk: the K step the format's layout imposes (it replaces BK of every configuration)."""
+    fixed_bk: the K step the format's layout imposes (it replaces BK of every configuration).
+    int8_dots: the kernel's dots are int8 x int8 (its prefill GEMMs take I8_GEMM_CONFIGS)."""
     M = x.shape[0]
     dev = x.device
     fp32 = fmt_consts.get("DT") is tl.float32
     fma = fp32 and fmt_consts.get("PREC") == "ieee"
-    path = "fma" if fma else ("x3" if fp32 and fmt_consts.get("PREC") == "tf32x3" else "tc")
+    path = "fma" if fma else ("x3" if fp32 and fmt_consts.get("PREC") == "tf32x3" else "i8" if int8_dots else "tc")
     rf = row_flag(flag_rows_of) if flag_rows_of is not None else None
     if dequant is not None and prefill_strategy(M, x) == "library":
         # a NaN row of x is a NaN row of the GEMM: the flag goes on x (M x K), not on y

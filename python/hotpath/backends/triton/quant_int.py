@@ -186,7 +186,7 @@ def int8_dynamic_linear(x, qweight, scale, colsum, bias):
     # int8 tensor-core dots need K steps of 32
     return Q.run_linear(_w8a8_kernel, _w8a8_tuner, (q, sx, qweight.contiguous(), scale.contiguous()), {},
                         b, q, N, K, w8a8_smem, step=32, split_ok=False, extra=(qweight.shape[1],),
-                        y_dtype=Q.out_dtype(x))
+                        y_dtype=Q.out_dtype(x), int8_dots=True)
 
 
 # ------------------------------------------------------------------ W4A16
