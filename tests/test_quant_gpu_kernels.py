@@ -64,6 +64,10 @@ def test_every_planned_config_fits(limit, monkeypatch):
             # H100 / H200 keep the largest tiles; a 99 KB consumer part drops some but not all
             if limit >= 227 * 1024:
                 assert cfgs[0] == Q.GEMM_CONFIGS[0]
+        # the int8 x int8 list: Hopper keeps 128 x 256; 99 KB keeps the 64-row tiles
+        cfgs = Q.gemm_configs(QI.w8a8_smem, "cpu", "i8")
+        assert cfgs and all(QI.w8a8_smem(c) <= limit for c in cfgs)
+        assert (cfgs[0] == Q.I8_GEMM_CONFIGS[0]) == (limit >= 227 * 1024)
 
 
 def test_smem_limit_defaults():
