@@ -580,3 +580,21 @@ def test_fp8_dynamic_scaled_mm_prefill(bias, monkeypatch):
     y2 = QL.fp8_dynamic_linear(x[keep], bufs["codes"], bufs["scales"], b)
     assert QL._SCALED_MM_FAILED
     torch.testing.assert_close(y2.float(), r, atol=3e-2, rtol=1e-2)
+
+
+@needs_triton
+@pytest.mark.parametrize("runs", [False, True])
+@pytest.mark.parametrize("N,K,M", [(37, 160, 20), (33, 67, 17), (100, 300, 40)])
+def test_w8a8_weight_tile_loads(runs, N, K, M, monkeypatch):
+    """Both ways of reading the VNNI weight tile (4-byte gathers, or 64-byte runs reordered in
+    registers: the autotuner picks by time on a GPU) give the CPU kernel's exact sums."""
+    from hotpath.backends.triton import _qgemm as Q
+    from hotpath.backends.triton import quant_int as QI
+    if runs and not Q.interpreting():
+        pytest.skip("on a GPU the autotuner chooses; the interpreter runs the one configuration")
+    monkeypatch.setattr(Q, "INTERP_GEMM", Q.INTERP_GEMM[:5] + ((("VNNI_RUNS", runs),),))
+    bufs, b = _buffers(Int8Dynamic(), N, K, True)
+    x = torch.randn(M, K, device=DEV)
+    y = QI.int8_dynamic_linear(x, bufs["qweight"], bufs["scale"], bufs["colsum"], b)
+    r = ref_int.int8_dynamic_linear(x, bufs["qweight"], bufs["scale"], bufs["colsum"], b)
+    assert torch.equal(y, r.float())

@@ -63,7 +63,8 @@ def compute_dtype(x):
 
 
 # ------------------------------------------------------------------ configurations
-# (BM, BN, BK, num_warps, num_stages): prefill GEMM candidates, best-first; every format prunes
+# (BM, BN, BK, num_warps, num_stages[, ((constexpr, value), ...)]): prefill GEMM candidates,
+# best-first, the optional sixth entry being kernel-specific constexprs (meta); every format prunes
 # them by its shared-memory formula and the device limit before autotuning.
 GEMM_CONFIGS = [
     (128, 128, 64, 8, 3),
@@ -86,6 +87,7 @@ X3_GEMM_CONFIGS = [(128, 64, 64, 8, 3), (64, 128, 64, 8, 3), (64, 64, 64, 4, 3),
 # steps per tile), and the large tiles fit Hopper's 227 KB (pruned on smaller devices). Compiled
 # for sm_90: 128 x 128 x 128 over 4 warps spills 128 B (255 registers: the weight's 4-byte VNNI
 # gathers hold many addresses), so it is not listed; 128 x 256 spills 16 B with a bias only.
+_RUNS = (("VNNI_RUNS", True),)
 I8_GEMM_CONFIGS = [
     (128, 256, 128, 8, 3),
     (128, 128, 128, 8, 4),
@@ -93,6 +95,9 @@ I8_GEMM_CONFIGS = [
     (64, 128, 128, 4, 4),
     (64, 64, 128, 4, 3),
     (32, 64, 64, 4, 2),
+    (128, 256, 128, 8, 3, _RUNS),
+    (128, 128, 128, 8, 3, _RUNS),
+    (64, 128, 128, 4, 3, _RUNS),
 ]
 FMA_DECODE_BK = 32
 # the one configuration the interpreter runs (small tiles: odd test shapes stay cheap)
@@ -141,11 +146,16 @@ def autotuned(kernel, key):
     def get(configs):
         k = tuple(configs)
         if k not in cache:
-            cfgs = [triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w, num_stages=s)
-                    for bm, bn, bk, w, s in configs]
+            cfgs = [triton.Config({"BM": c[0], "BN": c[1], "BK": c[2], **meta(c)}, num_warps=c[3], num_stages=c[4])
+                    for c in configs]
             cache[k] = triton.autotune(cfgs, key=tune_key(kernel, key))(kernel)
         return cache[k]
     return get
+
+
+def meta(cfg):
+    """The kernel-specific constexprs of a GEMM configuration (its optional sixth entry)."""
+    return dict(cfg[5]) if len(cfg) > 5 and isinstance(cfg[5], tuple) else {}
 
 
 def m_bucket(M):
@@ -267,15 +277,17 @@ def run_linear(kernel, tuner, fmt_args, fmt_consts, bias, x, N, K, need, step=16
         if M <= DECODE_MAX_M:
             BM, BN, BK, warps, stages, split = fix(decode_config(N, K, need_fixed, dev,
                                                                  BK=FMA_DECODE_BK if fma else 128))
+            consts = {}
         else:
-            BM, BN, BK, warps, stages = pick([fix(INTERP_GEMM)], need, smem_limit(dev))
-            split = 1
+            cfg = pick([fix(INTERP_GEMM)], need, smem_limit(dev))
+            (BM, BN, BK, warps, stages), split, consts = cfg[:5], 1, meta(cfg)
         if not split_ok:
             split = 1
         k_split = triton.cdiv(triton.cdiv(K, split), max(BK, step)) * max(BK, step)
         split = triton.cdiv(K, k_split)
         grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN), split)
-        return launch(kernel, grid, split, k_split, BM=BM, BN=BN, BK=BK, num_warps=warps, num_stages=stages)
+        return launch(kernel, grid, split, k_split, BM=BM, BN=BN, BK=BK, num_warps=warps, num_stages=stages,
+                      **consts)
     cfgs = [fix(c) for c in gemm_configs(need_fixed, dev, path)]
     tuned = tuner(tuple(dict.fromkeys(cfgs)))
 

@@ -145,7 +145,8 @@ def int8_weight_only_linear(x, qweight, scale, bias):
 # ------------------------------------------------------------------ W8A8
 @triton.jit
 def _w8a8_kernel(Qx, SX, W, S, B, RF, Y, M, N, K, K_SPLIT, MB, K4, HAS_BIAS: tl.constexpr, HAS_RF: tl.constexpr,
-                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+                 VNNI_RUNS: tl.constexpr = False):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
@@ -153,12 +154,24 @@ def _w8a8_kernel(Qx, SX, W, S, B, RF, Y, M, N, K, K_SPLIT, MB, K4, HAS_BIAS: tl.
     nmask = offs_n < N
     # VNNI layout: (n, k) -> ((n // 16) * K4 + k // 4) * 64 + (n % 16) * 4 + k % 4
     w_n = (offs_n // 16) * K4 * 64 + (offs_n % 16) * 4
+    # VNNI_RUNS: the (BK, BN) tile is BN/16 x BK/4 runs of 64 contiguous bytes, loaded as such
+    # (16-byte copies) and reordered in registers into the K-major operand int8 tensor-core dots
+    # need; else gathered 4 bytes at a time straight into that operand. Which is faster is the
+    # autotuner's measurement (I8_GEMM_CONFIGS lists both).
+    g = pid_n * (BN // 16) + tl.arange(0, BN // 16)
+    w_g = (g * K4 * 64)[:, None, None] + tl.arange(0, 64)[None, None, :]
+    gmask = (g < (N + 15) // 16)[:, None, None]
     acc = tl.zeros((BM, BN), dtype=tl.int32)
     for k0 in range(0, K, BK):
         offs_k = k0 + tl.arange(0, BK)
         a = tl.load(Qx + offs_m[:, None] * K + offs_k[None, :], mask=mmask[:, None] & (offs_k[None, :] < K), other=0)
-        w = tl.load(W + w_n[None, :] + ((offs_k // 4) * 64 + offs_k % 4)[:, None],
-                    mask=nmask[None, :] & (offs_k[:, None] < K), other=0)
+        if VNNI_RUNS:
+            kg = k0 // 4 + tl.arange(0, BK // 4)
+            runs = tl.load(W + w_g + (kg * 64)[None, :, None], mask=gmask & (kg < K4)[None, :, None], other=0)
+            w = tl.reshape(tl.permute(tl.reshape(runs, (BN // 16, BK // 4, 16, 4)), (1, 3, 0, 2)), (BK, BN))
+        else:
+            w = tl.load(W + w_n[None, :] + ((offs_k // 4) * 64 + offs_k % 4)[:, None],
+                        mask=nmask[None, :] & (offs_k[:, None] < K), other=0)
         acc = tl.dot(a, w, acc, out_dtype=tl.int32)
     # epilogue: per-token activation scale x per-channel weight scale, one float32 rounding of
     # the exact int32 sum (the CPU kernel's order: acc * (sx * sw) + bias)
@@ -173,7 +186,9 @@ _w8a8_tuner = Q.autotuned(_w8a8_kernel, KEY)
 
 def w8a8_smem(cfg):
     BM, BN, BK, _, stages = cfg[:5]
-    return Q.smem_bytes(BM, BN, BK, 1, 1, stages)
+    # VNNI_RUNS reorders the tile into a second buffer, the dot's operand
+    runs = Q.meta(cfg).get("VNNI_RUNS", False)
+    return Q.smem_bytes(BM, BN, BK, 1, 1, stages, b_op_bytes=1 if runs else 0)
 
 
 def int8_dynamic_linear(x, qweight, scale, colsum, bias):
