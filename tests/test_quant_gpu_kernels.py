@@ -598,3 +598,41 @@ def test_w8a8_weight_tile_loads(runs, N, K, M, monkeypatch):
     y = QI.int8_dynamic_linear(x, bufs["qweight"], bufs["scale"], bufs["colsum"], b)
     r = ref_int.int8_dynamic_linear(x, bufs["qweight"], bufs["scale"], bufs["colsum"], b)
     assert torch.equal(y, r.float())
+
+
+@needs_triton
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("N,K", [(48, 128), (37, 128), (48, 132)])
+def test_w8a8_int_mm_prefill(bias, N, K, monkeypatch):
+    """Int8Dynamic's "library" prefill: torch._int_mm on the activation codes and the unpacked
+    weight codes, then the fused kernel's epilogue: the CPU kernel's float32 result exactly, NaN
+    rows kept, 16-bit outputs for 16-bit activations. Shapes torch._int_mm does not take (N or K
+    not a multiple of 8) and a torch that refuses the call run the fused kernel."""
+    from hotpath.backends.triton import quant_int as QI
+    monkeypatch.setenv("HOTPATH_QUANT_PREFILL", "library")
+    monkeypatch.setattr(QI, "_INT_MM_FAILED", set())
+    M = 20
+    bufs, b = _buffers(Int8Dynamic(), N, K, bias)
+    x = torch.randn(M, K, device=DEV) * 3
+    x[2, 9] = float("nan")
+    calls = []
+    real = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    args = (bufs["qweight"], bufs["scale"], bufs["colsum"], b)
+    y = QI.int8_dynamic_linear(x, *args)
+    assert bool(calls) == (N % 8 == 0 and K % 8 == 0)
+    r = ref_int.int8_dynamic_linear(x, *args)
+    assert torch.isnan(y[2]).all()
+    keep = torch.arange(M, device=DEV) != 2
+    assert torch.equal(y[keep], r[keep].float())
+    yb = QI.int8_dynamic_linear(x[keep].bfloat16(), *args)
+    assert yb.dtype == torch.bfloat16
+    torch.testing.assert_close(yb.float(), ref_int.int8_dynamic_linear(x[keep].bfloat16().float(), *args).float(),
+                               atol=0, rtol=8e-3)
+
+    def refuse(*a, **k):
+        raise RuntimeError("this build has no int8 GEMM")
+    monkeypatch.setattr(torch, "_int_mm", refuse)
+    y2 = QI.int8_dynamic_linear(x[keep], *args)
+    assert torch.equal(y2, r[keep].float())
+    assert (str(x.device) in QI._INT_MM_FAILED) == bool(calls)

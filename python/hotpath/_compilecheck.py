@@ -328,7 +328,9 @@ def _cases(family, small):
 
         def linear(cfg):
             qb = cfg.quantize_weight(w)
-            labels = _gpu.library_prefill(cfg) if type(cfg) is not q.FP8Dynamic else None
+            # FP8Dynamic's / Int8Dynamic's "library" prefill is torch's GEMM (it would run on the CPU
+            # here); Int8Dynamic's epilogue kernel is compiled on a small M below
+            labels = _gpu.library_prefill(cfg) if type(cfg) not in (q.FP8Dynamic, q.Int8Dynamic) else None
             for m in (1, 8, M):
                 for dt in (torch.bfloat16, torch.float32):
                     # both prefill strategies of the weight-only formats (FP8Dynamic's "library" one
@@ -337,6 +339,9 @@ def _cases(family, small):
                     for mode in (("fused", "library") if both and labels else ("fused",) if both else ("auto",)):
                         with _gpu.env("HOTPATH_QUANT_PREFILL", mode):
                             cfg.linear(torch.randn(m, K, dtype=dt), qb, None)
+            if type(cfg) is q.Int8Dynamic:
+                with _gpu.env("HOTPATH_QUANT_PREFILL", "library"):
+                    cfg.linear(torch.randn(32, K, dtype=torch.bfloat16), qb, None)
 
         def search():
             keys = torch.randn(n_(1_000_000, 4096), 384)

@@ -195,7 +195,8 @@ def store_tile(Y, B, RF, y, rm, rn, M, N, HAS_BIAS: tl.constexpr, HAS_RF: tl.con
 # these kernels prepare. For the weight-only formats, the weight is decoded into an (N, K) scratch in
 # the activations' dtype by one memory-bound launch, then F.linear (cuBLAS) runs. For FP8Dynamic,
 # torch._scaled_mm runs on the per-token E4M3 activations with row-wise scales (bf16 out, as
-# torchao's float8 layers do).
+# torchao's float8 layers do); for Int8Dynamic, torch._int_mm on the int8 activation codes and the
+# weight codes unpacked to (N, K), then the fused kernel's epilogue (quant_int.py).
 # At M = 4096, K = 4096, N = 16384 the GEMM is compute-bound, so the library's tiles are what the
 # fused kernels would have to match. The decode scratch costs about 45 us of HBM traffic next to a
 # 740 us bf16 GEMM. The fused kernels read 4x fewer weight bytes, which is what counts while M is
