@@ -600,39 +600,59 @@ def test_w8a8_weight_tile_loads(runs, N, K, M, monkeypatch):
     assert torch.equal(y, r.float())
 
 
+def _int8_library_case(cfg, N, K, bias):
+    """(launcher(x), reference(x)) of an int8 format with a torch._int_mm "library" prefill."""
+    from hotpath.backends.triton import quant_int as QI
+    from hotpath.backends.triton import quant_lowbit as QL
+    bufs, b = _buffers(cfg, N, K, bias)
+    if isinstance(cfg, Int8Dynamic):
+        args = (bufs["qweight"], bufs["scale"], bufs["colsum"], b)
+        return (lambda x: QI.int8_dynamic_linear(x, *args)), (lambda x: ref_int.int8_dynamic_linear(x, *args))
+    args = (bufs["pos"], bufs["neg"], bufs["wscale"], b)
+    return (lambda x: QL.ternary_linear(x, *args)), (lambda x: ref_low.ternary_linear(x, *args))
+
+
 @needs_triton
+@pytest.mark.parametrize("cfg", [Int8Dynamic(), Ternary()], ids=lambda c: type(c).__name__)
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("N,K", [(48, 128), (37, 128), (48, 132)])
-def test_w8a8_int_mm_prefill(bias, N, K, monkeypatch):
-    """Int8Dynamic's "library" prefill: torch._int_mm on the activation codes and the unpacked
-    weight codes, then the fused kernel's epilogue: the CPU kernel's float32 result exactly, NaN
-    rows kept, 16-bit outputs for 16-bit activations. Shapes torch._int_mm does not take (N or K
-    not a multiple of 8) and a torch that refuses the call run the fused kernel."""
-    from hotpath.backends.triton import quant_int as QI
+def test_int8_library_prefill(cfg, bias, N, K, monkeypatch):
+    """The int8 formats' "library" prefill: torch._int_mm on the activation codes and the weight
+    codes as (N, K) int8, then the fused kernels' epilogue: the CPU kernel's float32 result exactly,
+    NaN rows kept, 16-bit outputs for 16-bit activations. Shapes torch._int_mm does not take (N or
+    K not a multiple of 8) and a torch that refuses the call run the fused kernel."""
+    from hotpath.backends.triton import _qgemm as Q
     monkeypatch.setenv("HOTPATH_QUANT_PREFILL", "library")
-    monkeypatch.setattr(QI, "_INT_MM_FAILED", set())
+    monkeypatch.setattr(Q, "_INT_MM_FAILED", set())
     M = 20
-    bufs, b = _buffers(Int8Dynamic(), N, K, bias)
+    run, ref = _int8_library_case(cfg, N, K, bias)
     x = torch.randn(M, K, device=DEV) * 3
     x[2, 9] = float("nan")
     calls = []
     real = torch._int_mm
     monkeypatch.setattr(torch, "_int_mm", lambda *a, **k: calls.append(1) or real(*a, **k))
-    args = (bufs["qweight"], bufs["scale"], bufs["colsum"], b)
-    y = QI.int8_dynamic_linear(x, *args)
+    y = run(x)
     assert bool(calls) == (N % 8 == 0 and K % 8 == 0)
-    r = ref_int.int8_dynamic_linear(x, *args)
     assert torch.isnan(y[2]).all()
     keep = torch.arange(M, device=DEV) != 2
-    assert torch.equal(y[keep], r[keep].float())
-    yb = QI.int8_dynamic_linear(x[keep].bfloat16(), *args)
+    r = ref(x[keep]).float()
+    assert torch.equal(y[keep], r)
+    yb = run(x[keep].bfloat16())
     assert yb.dtype == torch.bfloat16
-    torch.testing.assert_close(yb.float(), ref_int.int8_dynamic_linear(x[keep].bfloat16().float(), *args).float(),
-                               atol=0, rtol=8e-3)
+    torch.testing.assert_close(yb.float(), ref(x[keep].bfloat16().float()).float(), atol=0, rtol=8e-3)
 
     def refuse(*a, **k):
         raise RuntimeError("this build has no int8 GEMM")
     monkeypatch.setattr(torch, "_int_mm", refuse)
-    y2 = QI.int8_dynamic_linear(x[keep], *args)
-    assert torch.equal(y2, r[keep].float())
-    assert (str(x.device) in QI._INT_MM_FAILED) == bool(calls)
+    assert torch.equal(run(x[keep]), r)
+    assert (str(x.device) in Q._INT_MM_FAILED) == bool(calls)
+
+
+@needs_triton
+@pytest.mark.parametrize("N,K", [(1, 1), (37, 67), (33, 128), (5, 300)])
+def test_ternary_codes_unpack_the_bit_planes(N, K):
+    from hotpath.backends.triton import quant_lowbit as QL
+    bufs, _ = _buffers(Ternary(), N, K, False)
+    codes = QL.ternary_codes(bufs["pos"], bufs["neg"], K)
+    assert codes.dtype == torch.int8 and codes.shape == (N, K)
+    assert torch.equal(codes.cpu().float(), ref_low.ternary_weight(bufs["pos"], bufs["neg"], K).cpu().float())

@@ -328,18 +328,18 @@ def _cases(family, small):
 
         def linear(cfg):
             qb = cfg.quantize_weight(w)
-            # FP8Dynamic's / Int8Dynamic's "library" prefill is torch's GEMM (it would run on the CPU
-            # here); Int8Dynamic's epilogue kernel is compiled on a small M below
-            labels = _gpu.library_prefill(cfg) if type(cfg) not in (q.FP8Dynamic, q.Int8Dynamic) else None
+            # the "library" prefill of FP8Dynamic / Int8Dynamic / Ternary is torch's GEMM (it would run
+            # on the CPU here); the int8 formats' own kernels of it are compiled on a small M below
+            torch_gemm = type(cfg) in (q.FP8Dynamic, q.Int8Dynamic, q.Ternary)
+            labels = _gpu.library_prefill(cfg) if not torch_gemm else None
             for m in (1, 8, M):
                 for dt in (torch.bfloat16, torch.float32):
-                    # both prefill strategies of the weight-only formats (FP8Dynamic's "library" one
-                    # is torch._scaled_mm: nothing of ours to compile, and it would run on the CPU)
+                    # both prefill strategies where both are our kernels (labels)
                     both = m == M and dt == torch.bfloat16
                     for mode in (("fused", "library") if both and labels else ("fused",) if both else ("auto",)):
                         with _gpu.env("HOTPATH_QUANT_PREFILL", mode):
                             cfg.linear(torch.randn(m, K, dtype=dt), qb, None)
-            if type(cfg) is q.Int8Dynamic:
+            if type(cfg) in (q.Int8Dynamic, q.Ternary):
                 with _gpu.env("HOTPATH_QUANT_PREFILL", "library"):
                     cfg.linear(torch.randn(32, K, dtype=torch.bfloat16), qb, None)
 

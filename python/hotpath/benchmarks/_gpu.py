@@ -160,7 +160,7 @@ def library_prefill(cfg):
     from hotpath import quant as Q
     if type(cfg) is Q.FP8Dynamic:
         return "hotpath fused fp8 GEMM", "hotpath torch._scaled_mm (row-wise scales)"
-    if type(cfg) is Q.Int8Dynamic:
+    if type(cfg) in (Q.Int8Dynamic, Q.Ternary):
         return "hotpath fused int8 GEMM", "hotpath torch._int_mm + epilogue"
     if type(cfg) in (Q.Int8WeightOnly, Q.Int4WeightOnly, Q.FP8WeightOnly, Q.MXFP4, Q.NVFP4):
         return "hotpath fused dequantizing GEMM", "hotpath dequant + cuBLAS"

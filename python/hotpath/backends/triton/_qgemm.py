@@ -195,8 +195,8 @@ def store_tile(Y, B, RF, y, rm, rn, M, N, HAS_BIAS: tl.constexpr, HAS_RF: tl.con
 # these kernels prepare. For the weight-only formats, the weight is decoded into an (N, K) scratch in
 # the activations' dtype by one memory-bound launch, then F.linear (cuBLAS) runs. For FP8Dynamic,
 # torch._scaled_mm runs on the per-token E4M3 activations with row-wise scales (bf16 out, as
-# torchao's float8 layers do); for Int8Dynamic, torch._int_mm on the int8 activation codes and the
-# weight codes unpacked to (N, K), then the fused kernel's epilogue (quant_int.py).
+# torchao's float8 layers do); for Int8Dynamic and Ternary, torch._int_mm on the int8 activation
+# codes and the weight codes unpacked to (N, K), then the fused kernels' epilogue (int_mm_prefill).
 # At M = 4096, K = 4096, N = 16384 the GEMM is compute-bound, so the library's tiles are what the
 # fused kernels would have to match. The decode scratch costs about 45 us of HBM traffic next to a
 # 740 us bf16 GEMM. The fused kernels read 4x fewer weight bytes, which is what counts while M is
@@ -216,6 +216,56 @@ def prefill_strategy(M, x):
         return mode
     sixteen = x.dtype in (torch.bfloat16, torch.float16)
     return "library" if sixteen and M >= LIBRARY_MIN_M and not interpreting() else "fused"
+
+
+# The int8 formats' "library" prefill (Int8Dynamic, Ternary): torch._int_mm (cuBLAS int8 GEMM,
+# exact int32 sums) on the activation codes and the weight codes as an (N, K) int8 scratch, then the
+# fused kernels' epilogue in one pass over the int32 product, so the result is theirs (and the CPU
+# kernels') bit for bit.
+_INT_MM_FAILED = set()   # devices where torch._int_mm refused the call once (fused kernel there)
+
+
+def int_mm_ok(q, N):
+    """torch._int_mm's CUDA limits: more than 16 rows, K and N multiples of 8."""
+    M, K = q.shape
+    return M > 16 and K % 8 == 0 and N % 8 == 0 and str(q.device) not in _INT_MM_FAILED
+
+
+@triton.jit
+def _int_mm_epilogue_kernel(ACC, R, C, B, RF, Y, M, N, HAS_COL: tl.constexpr, HAS_BIAS: tl.constexpr,
+                            HAS_RF: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr):
+    """y = acc * (r[m] * c[n]) (acc * r[m] without C) + bias, the fused kernels' float32 order."""
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(N, BN)
+    rm = (pid // n_tiles) * BM + tl.arange(0, BM)
+    rn = (pid % n_tiles) * BN + tl.arange(0, BN)
+    mmask = rm < M
+    nmask = rn < N
+    acc = tl.load(ACC + rm[:, None] * N + rn[None, :], mask=mmask[:, None] & nmask[None, :], other=0)
+    r = tl.load(R + rm, mask=mmask, other=1.0)
+    if HAS_COL:
+        y = acc.to(tl.float32) * (r[:, None] * tl.load(C + rn, mask=nmask, other=0.0)[None, :])
+    else:
+        y = acc.to(tl.float32) * r[:, None]
+    store_tile(Y, B, RF, y, rm, rn, M, N, HAS_BIAS, HAS_RF)
+
+
+def int_mm_prefill(q, w, row_scale, col_scale, bias, y_dtype):
+    """q (M, K) int8 codes, w (N, K) int8 contiguous, row_scale (M,), col_scale (N,) or None, bias
+    float32 or None -> y (M, N) in y_dtype; None when this torch refuses the call."""
+    M, N = q.shape[0], w.shape[0]
+    try:
+        acc = torch._int_mm(q, w.t())   # (K, N) column-major, as cuBLAS's int8 GEMM wants
+    except (RuntimeError, NotImplementedError):
+        _INT_MM_FAILED.add(str(q.device))
+        return None
+    direct = not interpreting()   # the interpreter stores float32 (run_linear's rule)
+    y = torch.empty(M, N, dtype=y_dtype if direct else torch.float32, device=q.device)
+    BM, BN = 64, 128
+    _int_mm_epilogue_kernel[(triton.cdiv(M, BM) * triton.cdiv(N, BN), 1)](
+        acc, row_scale, col_scale if col_scale is not None else row_scale, bias if bias is not None else row_scale,
+        row_scale, y, M, N, HAS_COL=col_scale is not None, HAS_BIAS=bias is not None, HAS_RF=False, BM=BM, BN=BN)
+    return y.to(y_dtype)
 
 
 def dequantize(kernel, args, N, K, dtype, BN=64, BK=128, **consts):

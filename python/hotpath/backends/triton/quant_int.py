@@ -10,8 +10,8 @@ state_dict round-trips stay bit-exact:
 - W8A8: activations quantized per token by a small kernel (amax pass, then round-half-even
   codes), then int8 x int8 tl.dot with int32 accumulation on the VNNI layout (16 channels x 4 k
   per 64-byte chunk, gathered in-kernel); epilogue acc * (sx * sw) + bias. The signed x signed
-  product needs no +128 offset, so `colsum` is not read. Its "library" prefill runs
-  torch._int_mm and the same epilogue.
+  product needs no +128 offset, so `colsum` is not read. Its "library" prefill
+  (_qgemm.int_mm_prefill) runs torch._int_mm on the codes unpacked to (N, K) and the same epilogue.
 - W4A16: row-major halves (each 64-k block of a row in 32 bytes, low nibbles = first 32 k). The
   K loop steps by 64: one 32-byte load per channel gives both halves, each inside one group
   (group_size % 32 == 0), dequantized in registers as (code - zero) * scale (fp32, then the
@@ -196,62 +196,16 @@ def int8_dynamic_linear(x, qweight, scale, colsum, bias):
         return torch.zeros(M, N, dtype=Q.out_dtype(x), device=x.device)
     q, sx = quantize_activations(x.float().contiguous())
     b = bias.contiguous().float() if bias is not None else None
-    if _int_mm_ok(q, N) and Q.prefill_strategy(M, x) == "library":
-        y = _w8a8_int_mm(q, sx, qweight, scale, b, N, Q.out_dtype(x))
+    if Q.int_mm_ok(q, N) and Q.prefill_strategy(M, x) == "library":
+        nb, k4, _ = qweight.shape
+        w = qweight.view(nb, k4, 16, 4).permute(0, 2, 1, 3).reshape(nb * 16, k4 * 4)[:N, :K].contiguous()
+        y = Q.int_mm_prefill(q, w, sx, scale, b, Q.out_dtype(x))
         if y is not None:
             return y
     # int8 tensor-core dots need K steps of 32
     return Q.run_linear(_w8a8_kernel, _w8a8_tuner, (q, sx, qweight.contiguous(), scale.contiguous()), {},
                         b, q, N, K, w8a8_smem, step=32, split_ok=False, extra=(qweight.shape[1],),
                         y_dtype=Q.out_dtype(x), int8_dots=True)
-
-
-# ------------------------------------------------------------------ W8A8 "library" prefill
-# torch._int_mm (cuBLAS int8 GEMM, exact int32 sums) on our activation codes and the weight codes
-# unpacked from VNNI into an (N, K) int8 scratch (a copy of N x K bytes), then the fused kernel's
-# epilogue in one pass over the int32 product: the same float32 result bit for bit.
-_INT_MM_FAILED = set()   # devices where torch._int_mm refused the call once (fused kernel there)
-
-
-def _int_mm_ok(q, N):
-    """torch._int_mm's CUDA limits: more than 16 rows, K and N multiples of 8."""
-    M, K = q.shape
-    return M > 16 and K % 8 == 0 and N % 8 == 0 and str(q.device) not in _INT_MM_FAILED
-
-
-@triton.jit
-def _w8a8_epilogue_kernel(ACC, SX, S, B, RF, Y, M, N, HAS_BIAS: tl.constexpr, HAS_RF: tl.constexpr,
-                          BM: tl.constexpr, BN: tl.constexpr):
-    pid = tl.program_id(0)
-    n_tiles = tl.cdiv(N, BN)
-    offs_m = (pid // n_tiles) * BM + tl.arange(0, BM)
-    offs_n = (pid % n_tiles) * BN + tl.arange(0, BN)
-    mmask = offs_m < M
-    nmask = offs_n < N
-    acc = tl.load(ACC + offs_m[:, None] * N + offs_n[None, :], mask=mmask[:, None] & nmask[None, :], other=0)
-    sx = tl.load(SX + offs_m, mask=mmask, other=1.0)
-    sw = tl.load(S + offs_n, mask=nmask, other=0.0)
-    y = acc.to(tl.float32) * (sx[:, None] * sw[None, :])
-    store_tile(Y, B, RF, y, offs_m, offs_n, M, N, HAS_BIAS, HAS_RF)
-
-
-def _w8a8_int_mm(q, sx, qweight, scale, bias, N, y_dtype):
-    """None when this torch refuses the call: the fused kernel runs instead."""
-    M, K = q.shape
-    nb, k4, _ = qweight.shape
-    w = qweight.view(nb, k4, 16, 4).permute(0, 2, 1, 3).reshape(nb * 16, k4 * 4)[:N, :K].contiguous()
-    try:
-        acc = torch._int_mm(q, w.t())   # (K, N) column-major, as cuBLAS's int8 GEMM wants
-    except (RuntimeError, NotImplementedError):
-        _INT_MM_FAILED.add(str(q.device))
-        return None
-    direct = not Q.interpreting()   # the interpreter stores float32 (run_linear's rule)
-    y = torch.empty(M, N, dtype=y_dtype if direct else torch.float32, device=q.device)
-    BM, BN = 64, 128
-    _w8a8_epilogue_kernel[(triton.cdiv(M, BM) * triton.cdiv(N, BN), 1)](
-        acc, sx, scale.contiguous(), bias if bias is not None else sx, sx, y, M, N,
-        HAS_BIAS=bias is not None, HAS_RF=False, BM=BM, BN=BN)
-    return y.to(y_dtype)
 
 
 # ------------------------------------------------------------------ W4A16

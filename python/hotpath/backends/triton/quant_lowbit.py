@@ -457,8 +457,37 @@ def ternary_linear(x, pos, neg, wscale, bias):
     _ternary_act_kernel[(M,)](x, xq, f, wscale.float().reshape(-1), K,
                               BLOCK_K=min(1024, triton.next_power_of_2(max(K, 16))))
     b = bias.contiguous().float() if bias is not None else None
-    return Q.run_linear(_ternary_kernel, _ternary_tuner, (xq, pos.contiguous(), neg.contiguous(), f), {}, b, xq, N, K,
+    pos, neg = pos.contiguous(), neg.contiguous()
+    if Q.int_mm_ok(xq, N) and Q.prefill_strategy(M, x) == "library":
+        y = Q.int_mm_prefill(xq, ternary_codes(pos, neg, K), f, None, b, Q.out_dtype(x))
+        if y is not None:
+            return y
+    return Q.run_linear(_ternary_kernel, _ternary_tuner, (xq, pos, neg, f), {}, b, xq, N, K,
                         ternary_smem, step=32, split_ok=False, extra=(NW,), y_dtype=Q.out_dtype(x))
+
+
+@triton.jit
+def _ternary_codes_kernel(POS, NEG, OUT, N, K, NW, BN: tl.constexpr, BW: tl.constexpr):
+    """(BN channels x BW words) of the two bit planes -> their {-1, 0, 1} int8 codes, (N, K) row-major."""
+    rn = tl.program_id(0) * BN + tl.arange(0, BN)
+    widx = tl.program_id(1) * BW + tl.arange(0, BW)
+    wm = (rn < N)[:, None] & (widx < NW)[None, :]
+    bit32 = tl.arange(0, 32)
+    p = tl.load(POS + rn[:, None] * NW + widx[None, :], mask=wm, other=0)
+    q = tl.load(NEG + rn[:, None] * NW + widx[None, :], mask=wm, other=0)
+    t = ((p[:, :, None] >> bit32[None, None, :]) & 1) - ((q[:, :, None] >> bit32[None, None, :]) & 1)
+    k = widx[None, :, None] * 32 + bit32[None, None, :]
+    tl.store(OUT + rn[:, None, None] * K + k, t.to(tl.int8), mask=(rn < N)[:, None, None] & (k < K))
+
+
+def ternary_codes(pos, neg, K):
+    """The ternary weight as an (N, K) int8 {-1, 0, 1} scratch (the int8 library prefill's operand)."""
+    N, NW = pos.shape
+    out = torch.empty(N, K, dtype=torch.int8, device=pos.device)
+    BN, BW = 32, 4
+    if N and K:
+        _ternary_codes_kernel[(triton.cdiv(N, BN), triton.cdiv(NW, BW))](pos, neg, out, N, K, NW, BN=BN, BW=BW)
+    return out
 
 
 # ---------------- embedding search: score tiles + running top-k over chunks of keys ----------------
