@@ -86,7 +86,9 @@ X3_GEMM_CONFIGS = [(128, 64, 64, 8, 3), (64, 128, 64, 8, 3), (64, 64, 64, 4, 3),
 # the same bytes a row (128-byte rows: the widest shared-memory swizzle, four k32 tensor-core
 # steps per tile), and the large tiles fit Hopper's 227 KB (pruned on smaller devices). Compiled
 # for sm_90: 128 x 128 x 128 over 4 warps spills 128 B (255 registers: the weight's 4-byte VNNI
-# gathers hold many addresses), so it is not listed; 128 x 256 spills 16 B with a bias only.
+# gathers hold many addresses), so it is not listed; 128 x 256 spills 16 B with a bias only. The
+# _RUNS entries set the W8A8 kernel's VNNI_RUNS, so this list is that kernel's: W4A8 and Ternary
+# widen their packed codes in registers and spill with these tiles (76-1,816 B), and keep GEMM_CONFIGS.
 _RUNS = (("VNNI_RUNS", True),)
 I8_GEMM_CONFIGS = [
     (128, 256, 128, 8, 3),
@@ -293,7 +295,7 @@ def run_linear(kernel, tuner, fmt_args, fmt_consts, bias, x, N, K, need, step=16
     Decode (M <= DECODE_MAX_M) and the interpreter get one planned configuration; prefill GEMMs
     are autotuned over the configurations that fit the device's shared memory (need(cfg)).
     fixed_bk: the K step the format's layout imposes (it replaces BK of every configuration).
-    int8_dots: the kernel's dots are int8 x int8 (its prefill GEMMs take I8_GEMM_CONFIGS)."""
+    int8_dots: the W8A8 kernel's int8 x int8 dots (its prefill GEMMs take I8_GEMM_CONFIGS)."""
     M = x.shape[0]
     dev = x.device
     fp32 = fmt_consts.get("DT") is tl.float32
