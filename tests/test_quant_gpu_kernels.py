@@ -656,3 +656,34 @@ def test_ternary_codes_unpack_the_bit_planes(N, K):
     codes = QL.ternary_codes(bufs["pos"], bufs["neg"], K)
     assert codes.dtype == torch.int8 and codes.shape == (N, K)
     assert torch.equal(codes.cpu().float(), ref_low.ternary_weight(bufs["pos"], bufs["neg"], K).cpu().float())
+
+
+@needs_triton
+@pytest.mark.parametrize("G,K", [(32, 96), (64, 192), (128, 256)])
+def test_w4a8_library_prefill(G, K, monkeypatch):
+    """Int4Dynamic's "library" prefill: the weight decoded from the int4 VNNI layout equals the
+    format's dequantize_weight exactly; the layer is the reference within the one rounding of each
+    operand to the activations' dtype; NaN rows kept."""
+    from hotpath.backends.triton import _qgemm as Q
+    from hotpath.backends.triton import quant_int as QI
+    monkeypatch.setenv("HOTPATH_QUANT_PREFILL", "library")
+    cfg = Int4Dynamic(group_size=G)
+    N, M = 40, 17
+    bufs, b = _buffers(cfg, N, K)
+    seen = []
+    real = Q.dequantize
+    monkeypatch.setattr(Q, "dequantize", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    args = (bufs["qweight"], bufs["scale"], bufs["zero"], b)
+    x = torch.randn(M, K, device=DEV)
+    x[4, 3] = float("inf")
+    y = QI.int4_dynamic_linear(x, *args)
+    assert len(seen) == 1, "the library strategy did not run"
+    assert torch.equal(seen[0].cpu(), cfg.dequantize_weight(bufs).float().cpu())
+    assert torch.isnan(y[4]).all()
+    keep = torch.arange(M, device=DEV) != 4
+    r = ref_int.int4_dynamic_linear(x[keep], *args).float()
+    torch.testing.assert_close(y[keep], r, atol=2e-5 * K ** 0.5, rtol=1e-5)
+    yb = QI.int4_dynamic_linear(x[keep].bfloat16(), *args)
+    assert yb.dtype == torch.bfloat16
+    torch.testing.assert_close(yb.float(), ref_int.int4_dynamic_linear(x[keep].bfloat16().float(), *args).float(),
+                               atol=3e-2, rtol=2e-2)

@@ -162,7 +162,7 @@ def library_prefill(cfg):
         return "hotpath fused fp8 GEMM", "hotpath torch._scaled_mm (row-wise scales)"
     if type(cfg) in (Q.Int8Dynamic, Q.Ternary):
         return "hotpath fused int8 GEMM", "hotpath torch._int_mm + epilogue"
-    if type(cfg) in (Q.Int8WeightOnly, Q.Int4WeightOnly, Q.FP8WeightOnly, Q.MXFP4, Q.NVFP4):
+    if type(cfg) in (Q.Int8WeightOnly, Q.Int4WeightOnly, Q.FP8WeightOnly, Q.MXFP4, Q.NVFP4, Q.Int4Dynamic):
         return "hotpath fused dequantizing GEMM", "hotpath dequant + cuBLAS"
     return None
 

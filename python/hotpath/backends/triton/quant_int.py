@@ -330,6 +330,21 @@ def w4a8_smem(cfg):
     return Q.smem_bytes(BM, BN, BK, 1, 0.5, stages, b_op_bytes=1)
 
 
+@triton.jit
+def _w4v_dequant_kernel(W, S, Z, K8, G, OUT, N, K, BN: tl.constexpr, BK: tl.constexpr):
+    """(BN, BK) of the W4A8 weight, (code - zero) * scale in float32, from the int4 VNNI layout."""
+    rn = tl.program_id(0) * BN + tl.arange(0, BN)
+    rk = tl.program_id(1) * BK + tl.arange(0, BK)
+    m = (rn < N)[:, None] & (rk < K)[None, :]
+    byte = tl.load(W + ((rn // 16) * K8 * 64 + (rn % 16) * 4)[:, None] + ((rk // 8) * 64 + rk % 4)[None, :],
+                   mask=m, other=0)
+    code = (byte >> (((rk % 8) // 4) * 4)[None, :]) & 15
+    g = (rk // G)[None, :]
+    s = tl.load(S + g * N + rn[:, None], mask=m, other=0.0)
+    z = tl.load(Z + g * N + rn[:, None], mask=m, other=0)
+    tl.store(OUT + rn[:, None] * K + rk[None, :], (code.to(tl.float32) - z.to(tl.float32)) * s, mask=m)
+
+
 def int4_dynamic_linear(x, qweight, scale, zero, bias):
     M, K = x.shape
     ng, N = scale.shape
@@ -338,6 +353,15 @@ def int4_dynamic_linear(x, qweight, scale, zero, bias):
         return torch.zeros(M, N, dtype=Q.out_dtype(x), device=x.device)
     q, sx = quantize_activations(x.float().contiguous())
     b = bias.contiguous().float() if bias is not None else None
+    if Q.prefill_strategy(M, x) == "library":
+        # No int8 library GEMM applies a scale per group of K, so the "library" prefill is a 16-bit
+        # one: the quantized activations q * sx and the weight (code - zero) * scale, each rounded
+        # once to x's dtype (2^-9 relative in bf16: the weight-only formats' library rounding), into
+        # F.linear. A NaN sx (non-finite row) makes a NaN row.
+        xs = (q.float() * sx[:, None]).to(x.dtype)
+        w = Q.dequantize(_w4v_dequant_kernel, (qweight.contiguous(), scale.contiguous(), zero.contiguous(), K // 8, G),
+                         N, K, x.dtype)
+        return torch.nn.functional.linear(xs, w, None if b is None else b.to(x.dtype))
     return Q.run_linear(_w4a8_kernel, _w4a8_tuner, (q, sx, qweight.contiguous(), scale.contiguous(), zero.contiguous()),
                         {}, b, q, N, K, w4a8_smem, step=32, fixed_bk=64 if G % 64 == 0 else 32, split_ok=False,
                         extra=(K // 8, G, ng), y_dtype=Q.out_dtype(x))
