@@ -201,7 +201,10 @@ def main(out="gpucheck-results", quick=True, exitfirst=True, tests=True, bench=T
         cmd = bench_command(out, quick, families)
         print(f"\n== benchmarks: {' '.join(cmd)}", flush=True)
         limit = None if budget is None else max(30.0, budget - (time.time() - t_start))
-        rc, secs = _tee(cmd, os.path.join(out, "bench.log"), env, timeout=limit)
+        # the autotuners' picks go into bench.log: which tile (and W8A8 weight read) won is what
+        # the next tuning round starts from
+        benv = dict(env, TRITON_PRINT_AUTOTUNING=env.get("TRITON_PRINT_AUTOTUNING", "1"))
+        rc, secs = _tee(cmd, os.path.join(out, "bench.log"), benv, timeout=limit)
         rec["bench"] = {"exit": rc, "seconds": round(secs, 1), "command": cmd,
                         "results": os.path.join(out, "bench", "results.md")}
         if rc != 0 and status == 0:
