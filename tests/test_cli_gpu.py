@@ -101,9 +101,10 @@ def fake_gpu(monkeypatch):
 
 
 @pytest.mark.parametrize("tests_rc,bench_rc,status", [(0, 0, 0), (1, 0, 1), (0, 1, 1)])
-def test_gpucheck_flow_and_status(tests_rc, bench_rc, status, tmp_path, fake_gpu):
+def test_gpucheck_flow_and_status(tests_rc, bench_rc, status, tmp_path, fake_gpu, monkeypatch):
     """With CUDA (faked here): tests, then the benchmark even after a failed test; the exit status
     and summary.json say what failed."""
+    monkeypatch.delenv("TRITON_PRINT_AUTOTUNING", raising=False)
     ran = []
 
     def fake_tee(cmd, log_path, env, cwd=None, timeout=None):
