@@ -128,8 +128,10 @@ def test_library_sweeps_nonfinite_rows(small_chunks, backend):
 
 
 @pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
-def test_library_widens_16bit_operands(half, backend):
-    """16-bit operands are scored in float32 (a 16-bit GEMM would round the scores to 16 bits)."""
+def test_library_16bit_operands(half, backend):
+    """16-bit operands are scored with float32 sums of exact products (a 16-bit GEMM output would
+    round the scores to 16 bits): float32-accurate statistics. The accumulating GEMMs take the
+    weights rounded to 16 bits, as the fused kernels' 16-bit dots do: 16-bit-accurate gradients."""
     x, y = _sweep_cases(17, 13, 8, False, torch.float32)
     x, y = x.to(half), y.to(half)
     lr, lc = L.lse_sweep_library(x, y, 3.0, True, False)
@@ -140,8 +142,14 @@ def test_library_widens_16bit_operands(half, backend):
     acc, rows = L.siglip_acc_library(x, y, 3.0, -1.0)
     want_acc, want_rows = ops.siglip_acc.default(x.double(), y.double(), 3.0, -1.0)
     assert acc.dtype == torch.float32
-    assert_close(acc, want_acc, torch.float32)
+    assert_close(acc, want_acc, half)
     assert_close(rows, want_rows, torch.float32)
+    ra, ca = torch.rand(17, dtype=torch.float64), torch.rand(13, dtype=torch.float64)
+    ax, ay = L.softmax_acc_xy_library(x, y, 3.0, ra.float(), want_r.float(), ca.float(), want_c.float(), False)
+    wx, wy = ops.softmax_acc_xy.default(x.double(), y.double(), 3.0, ra, want_r, ca, want_c, False)
+    assert ax.dtype == ay.dtype == torch.float32
+    assert_close(ax, wx, half)
+    assert_close(ay, wy, half)
 
 
 def test_library_empty_operands(backend):

@@ -162,10 +162,9 @@ def run_cuda(h, quick):
             h.case(f"{name} fwd+bwd B={B} d={d} {tag}", work=B * B, unit="pairs")
             ours = fwd_bwd(call(getattr(C, name)), *leaves)
             h.measure("hotpath", _gpu.under_tf32(on, ours), value=float)
-            if dtype == torch.float32:
-                # both sweep strategies (backends/cuda/contrastive.py); "hotpath" is what auto picks
-                for mode, label in (("fused", "hotpath fused Triton sweeps"), ("library", "hotpath cuBLAS row chunks")):
-                    h.measure(label, _gpu.under_tf32(on, _gpu.under_env("HOTPATH_CONTRASTIVE", mode, ours)), value=float)
+            # both sweep strategies (backends/cuda/contrastive.py); "hotpath" is what auto picks
+            for mode, label in (("fused", "hotpath fused Triton sweeps"), ("library", "hotpath cuBLAS row chunks")):
+                h.measure(label, _gpu.under_tf32(on, _gpu.under_env("HOTPATH_CONTRASTIVE", mode, ours)), value=float)
             if oc is not None:
                 h.measure("open_clip", _gpu.under_tf32(on, fwd_bwd(call(getattr(oc, name)), *leaves)), value=float)
                 h.target("open_clip", speed, what=f"speed-up (time <= {1 / speed:.2g}x)")

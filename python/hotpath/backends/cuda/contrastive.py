@@ -21,21 +21,25 @@ backward forms each side's scores once per span and accumulates once, (spans + 1
 6 under TF32 and 10 under 3xTF32 (each a 3-pass product); the library takes 3 units for both
 sides at cuBLAS's efficiency plus five passes over the scores in memory (written, read and
 rewritten by the epilogue, read by two GEMMs: ~20 GB, ~5 ms at 4.8 TB/s). 16-bit operands stay
-fused: one span at d <= 512, and the library would score them in float32. `bench contrastive
---device cuda` times both strategies side by side in every float32 row to move this line. The
-forward sweeps follow the same choice, so that the forward and the backward score each chunk
+fused under auto: one span at d <= 512. The library takes them too (HOTPATH_CONTRASTIVE=library):
+torch's out_dtype GEMMs score them on the 16-bit tensor cores into a float32 scratch (exact
+products, float32 sums, as the fused dots), and the weights are rounded to 16 bits for the
+accumulating GEMMs, as the fused kernels round them for their dots. By count that is 4 GEMMs for
+CLIP against open_clip's 6 in bf16, so it may well beat the fused sweeps there too. `bench
+contrastive --device cuda` times both strategies side by side in every row to move this line.
+The forward sweeps follow the same choice, so that the forward and the backward score each chunk
 with the same GEMM.
 
 The library sweeps run on any device: off CUDA (and without Triton) their epilogues are torch's
 elementwise passes, about six to eight reads and writes of the chunk (tests run both kinds on
-CPU tensors, the Triton one through the interpreter). 16-bit operands are widened to float32
-there: cuBLAS would round their scores to 16 bits.
+CPU tensors, the Triton one through the interpreter). 16-bit operands are widened to float32 for
+each GEMM there (no out_dtype GEMM on the CPU): the same exact products.
 """
 import os
 
 import torch
 
-from .. import OPS, triton_available, widen
+from .. import OPS, triton_available
 
 ENV = "HOTPATH_CONTRASTIVE"
 MODES = ("auto", "fused", "library")
@@ -115,8 +119,43 @@ def _chunks(n, m, itemsize):
     return ((r0, min(n, r0 + rows)) for r0 in range(0, n, rows))
 
 
+_SIXTEEN = (torch.float16, torch.bfloat16)
+_OUT_DTYPE_MM = [True]   # torch's mm / addmm with out_dtype (16-bit operands, float32 output) work here
+
+
+def _operands(x, y):
+    """x, y contiguous, and the dtype of the scores and accumulators: float32 for 16-bit operands
+    (which stay 16-bit: _mm scores them on the 16-bit tensor cores with float32 sums)."""
+    return x.contiguous(), y.contiguous(), torch.float32 if x.dtype in _SIXTEEN else x.dtype
+
+
+def _mm(a, b, out=None, accumulate=False):
+    """a @ b (out = / += a @ b with out) with float32 results for 16-bit a and b: exact products,
+    float32 sums, as in a tensor-core dot. On CUDA, torch's out_dtype GEMMs do that at 16-bit
+    speed; elsewhere (and where this torch lacks them) the operands are widened to float32."""
+    if a.dtype in _SIXTEEN and a.is_cuda and _OUT_DTYPE_MM[0]:
+        try:
+            if accumulate:
+                return torch.addmm(out, a, b, out_dtype=torch.float32, out=out)
+            return torch.mm(a, b, out_dtype=torch.float32, out=out) if out is not None else \
+                torch.mm(a, b, out_dtype=torch.float32)
+        except (TypeError, RuntimeError, NotImplementedError):
+            _OUT_DTYPE_MM[0] = False
+    if a.dtype in _SIXTEEN:
+        a, b = a.float(), b.float()
+    if accumulate:
+        return out.addmm_(a, b)
+    return torch.mm(a, b, out=out) if out is not None else torch.mm(a, b)
+
+
 def _gemm(x, y, r0, r1):
-    return torch.mm(x[r0:r1], y.T)
+    return _mm(x[r0:r1], y.T)
+
+
+def _weights_for(w, v):
+    """The score-shaped weights as the accumulating GEMM's operand: v's dtype for 16-bit v (the
+    fused kernels round them so for their 16-bit dots too)."""
+    return w.to(v.dtype) if v.dtype in _SIXTEEN else w
 
 
 def _scores(x, y, r0, r1, scale, exclude_diag):
@@ -176,15 +215,15 @@ def _chunk_lse(x, y, r0, r1, scale, exclude_diag, lse, col, kernels):
 
 
 def lse_sweep_library(x, y, scale, want_col, exclude_diag):
-    x, y = widen(x.contiguous(), y.contiguous())
+    x, y, cd = _operands(x, y)
     n, m = x.shape[0], y.shape[0]
-    lse = x.new_full((n,), -float("inf"))
+    lse = x.new_full((n,), -float("inf"), dtype=cd)
     # every column's running (max, sum) over the chunks so far, as _fold keeps it
-    col = (x.new_full((m,), -float("inf")), x.new_zeros(m)) if want_col else None
+    col = (x.new_full((m,), -float("inf"), dtype=cd), x.new_zeros(m, dtype=cd)) if want_col else None
     kernels = _chunk_kernels(x)
-    for r0, r1 in _chunks(n, m, x.element_size()) if m > 0 else ():
+    for r0, r1 in _chunks(n, m, cd.itemsize) if m > 0 else ():
         col = _chunk_lse(x, y, r0, r1, scale, exclude_diag, lse[r0:r1], col, kernels)
-    return lse, (_lse_of(*col) if want_col else x.new_zeros(0))
+    return lse, (_lse_of(*col) if want_col else x.new_zeros(0, dtype=cd))
 
 
 def _softmax_weights(x, y, r0, r1, scale, exclude_diag, ra, rl, ca, cl, kernels):
@@ -213,21 +252,21 @@ def softmax_acc_xy_library(x, y, scale, ra, rl, ca, cl, exclude_diag):
 def _softmax_library(x, y, scale, ra, rl, ca, cl, exclude_diag, both):
     """(acc_x, acc_y): acc_x_i = sum_j w_ij y_j and, if both, acc_y_j = sum_i w_ij x_i (else an
     empty tensor), w_ij = ra_i exp(s_ij - rl_i) + ca_j exp(s_ij - cl_j)."""
-    x, y = widen(x.contiguous(), y.contiguous())
+    x, y, cd = _operands(x, y)
     n, m, d = x.shape[0], y.shape[0], y.shape[1]
-    acc = x.new_zeros(n, d)
-    acc_y = x.new_zeros(m if both else 0, d)
+    acc = x.new_zeros(n, d, dtype=cd)
+    acc_y = x.new_zeros(m if both else 0, d, dtype=cd)
     if n == 0 or m == 0 or d == 0 or (ra is None and ca is None):
         return acc, acc_y
     rl = _dead_to_inf(rl) if ra is not None else None
     cl = _dead_to_inf(cl) if ca is not None else None
     kernels = _chunk_kernels(x)
-    for r0, r1 in _chunks(n, m, x.element_size()):
-        w = _softmax_weights(x, y, r0, r1, scale, exclude_diag, None if ra is None else ra[r0:r1],
-                             None if ra is None else rl[r0:r1], ca, cl, kernels)
-        torch.mm(w, y, out=acc[r0:r1])
+    for r0, r1 in _chunks(n, m, cd.itemsize):
+        w = _weights_for(_softmax_weights(x, y, r0, r1, scale, exclude_diag, None if ra is None else ra[r0:r1],
+                                          None if ra is None else rl[r0:r1], ca, cl, kernels), y)
+        _mm(w, y, out=acc[r0:r1])
         if both:
-            acc_y.addmm_(w.T, x[r0:r1])
+            _mm(w.T, x[r0:r1], out=acc_y, accumulate=True)
     return acc, acc_y
 
 
@@ -258,23 +297,24 @@ def _siglip_library(x, y, scale, bias, loss, grad, both):
     """(loss_i = sum_j softplus(z_ij) if loss, acc_x_i = sum_j sigmoid(z_ij) y_j if grad,
     acc_y_j = sum_i sigmoid(z_ij) x_i if both, rsum_i = sum_j sigmoid(z_ij) if grad),
     z = scale <x_i, y_j> + bias; empty tensors for what is not asked."""
-    x, y = widen(x.contiguous(), y.contiguous())
+    x, y, cd = _operands(x, y)
     n, m, d = x.shape[0], y.shape[0], y.shape[1]
-    sp = x.new_zeros(n if loss else 0)
-    rsum = x.new_zeros(n if grad else 0)
-    acc = x.new_zeros(n if grad else 0, d)
-    acc_y = x.new_zeros(m if both else 0, d)
+    sp = x.new_zeros(n if loss else 0, dtype=cd)
+    rsum = x.new_zeros(n if grad else 0, dtype=cd)
+    acc = x.new_zeros(n if grad else 0, d, dtype=cd)
+    acc_y = x.new_zeros(m if both else 0, d, dtype=cd)
     if n == 0 or m == 0:
         return sp, acc, acc_y, rsum
     kernels = _chunk_kernels(x)
-    for r0, r1 in _chunks(n, m, x.element_size()):
+    for r0, r1 in _chunks(n, m, cd.itemsize):
         p = _gemm(x, y, r0, r1)
         sp_c, rs_c = _siglip_rows(p, scale, bias, loss, grad, kernels)
         if loss:
             sp[r0:r1] = sp_c
         if grad:
             rsum[r0:r1] = rs_c
-            torch.mm(p, y, out=acc[r0:r1])
+            p = _weights_for(p, y)
+            _mm(p, y, out=acc[r0:r1])
         if both:
-            acc_y.addmm_(p.T, x[r0:r1])
+            _mm(p.T, x[r0:r1], out=acc_y, accumulate=True)
     return sp, acc, acc_y, rsum
