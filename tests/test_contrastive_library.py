@@ -272,3 +272,23 @@ def test_cuda_strategies_match_reference(backend, mode, monkeypatch):
                          (ops.siglip_rows, (x, y, 2.0, -1.0)), (ops.siglip_acc, (x, y, 2.0, -1.0)),
                          (ops.siglip_grads, (x, y, 2.0, -1.0, True))):
             torch.library.opcheck(op.overload, args)
+
+
+@pytest.mark.parametrize("backend", backend_param(["cuda"]))
+@pytest.mark.parametrize("mode", ["fused", "library"])
+def test_cuda_strategies_bf16(backend, mode, monkeypatch):
+    """GPU mode: bf16 ClipLoss / SigLipLoss under each strategy (the library's out_dtype GEMMs)
+    against the float64 reference of the same bf16 values, at bf16 tolerance."""
+    monkeypatch.setenv(L.ENV, mode)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    img, txt = (torch.randn(300, 160, device="cuda", generator=g) for _ in range(2))
+    img, txt = ((t / t.norm(dim=1, keepdim=True)).bfloat16() for t in (img, txt))
+    leaves = [t.clone().requires_grad_() for t in (img, txt)]
+    wide = [t.double().requires_grad_() for t in (img, txt)]
+    for ours, ref in ((lambda a, b: C.clip_loss(a, b, 30.0), lambda a, b: R.clip_loss(a, b, 30.0)),
+                      (lambda a, b: C.siglip_loss(a, b, 10.0, -10.0), lambda a, b: R.siglip_loss(a, b, 10.0, -10.0))):
+        got, want = ours(*leaves), ref(*wide)
+        assert got.dtype == torch.bfloat16
+        assert_close(got, want, torch.bfloat16)
+        for a, b in zip(_grads(got, leaves), _grads(want, wide)):
+            assert_close(a, b, torch.bfloat16, scale=2)
