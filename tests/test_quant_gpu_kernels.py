@@ -641,6 +641,14 @@ def test_int8_library_prefill(cfg, bias, N, K, monkeypatch):
     assert yb.dtype == torch.bfloat16
     torch.testing.assert_close(yb.float(), ref(x[keep].bfloat16().float()).float(), atol=0, rtol=8e-3)
 
+    def out_of_memory(*a, **k):
+        raise torch.cuda.OutOfMemoryError("out of memory")
+    monkeypatch.setattr(torch, "_int_mm", out_of_memory)
+    if calls:   # running out of memory is the caller's to see, not a reason to stop using the library
+        with pytest.raises(torch.cuda.OutOfMemoryError):
+            run(x[keep])
+        assert not Q._INT_MM_FAILED
+
     def refuse(*a, **k):
         raise RuntimeError("this build has no int8 GEMM")
     monkeypatch.setattr(torch, "_int_mm", refuse)

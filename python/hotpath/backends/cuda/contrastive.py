@@ -139,7 +139,9 @@ def _mm(a, b, out=None, accumulate=False):
                 return torch.addmm(out, a, b, out_dtype=torch.float32, out=out)
             return torch.mm(a, b, out_dtype=torch.float32, out=out) if out is not None else \
                 torch.mm(a, b, out_dtype=torch.float32)
-        except (TypeError, RuntimeError, NotImplementedError):
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except (TypeError, RuntimeError, NotImplementedError):   # a torch without them
             _OUT_DTYPE_MM[0] = False
     if a.dtype in _SIXTEEN:
         a, b = a.float(), b.float()

@@ -258,6 +258,8 @@ def int_mm_prefill(q, w, row_scale, col_scale, bias, y_dtype):
     M, N = q.shape[0], w.shape[0]
     try:
         acc = torch._int_mm(q, w.t())   # (K, N) column-major, as cuBLAS's int8 GEMM wants
+    except torch.cuda.OutOfMemoryError:
+        raise
     except (RuntimeError, NotImplementedError):
         _INT_MM_FAILED.add(str(q.device))
         return None

@@ -377,10 +377,14 @@ def _fp8_scaled_mm(qx, sx, codes, scales, bias):
     try:
         return torch._scaled_mm(a, w, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16,
                                 bias=None if bias is None else bias.to(torch.bfloat16))
+    except torch.cuda.OutOfMemoryError:
+        raise
     except (RuntimeError, TypeError, NotImplementedError):
         try:   # some builds take no bias with row-wise scales
             y = torch._scaled_mm(a, w, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)
             return y if bias is None else y + bias.to(torch.bfloat16)
+        except torch.cuda.OutOfMemoryError:
+            raise
         except (RuntimeError, TypeError, NotImplementedError):
             _SCALED_MM_FAILED.add(str(qx.device))
             return None
