@@ -597,7 +597,10 @@ def test_w8a8_weight_tile_loads(runs, N, K, M, monkeypatch):
     x = torch.randn(M, K, device=DEV)
     y = QI.int8_dynamic_linear(x, bufs["qweight"], bufs["scale"], bufs["colsum"], b)
     r = ref_int.int8_dynamic_linear(x, bufs["qweight"], bufs["scale"], bufs["colsum"], b)
-    assert torch.equal(y, r.float())
+    if GPU_MODE:   # the kernel may fuse its epilogue's multiply-add
+        torch.testing.assert_close(y, r.float(), atol=1e-6, rtol=1e-6)
+    else:
+        assert torch.equal(y, r.float())
 
 
 def _int8_library_case(cfg, N, K, bias):
@@ -636,7 +639,13 @@ def test_int8_library_prefill(cfg, bias, N, K, monkeypatch):
     assert torch.isnan(y[2]).all()
     keep = torch.arange(M, device=DEV) != 2
     r = ref(x[keep]).float()
-    assert torch.equal(y[keep], r)
+
+    def same(a, b):   # the exact int32 sums; a GPU kernel may fuse the epilogue's multiply-add
+        if GPU_MODE:
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+        else:
+            assert torch.equal(a, b)
+    same(y[keep], r)
     yb = run(x[keep].bfloat16())
     assert yb.dtype == torch.bfloat16
     torch.testing.assert_close(yb.float(), ref(x[keep].bfloat16().float()).float(), atol=0, rtol=8e-3)
@@ -652,7 +661,7 @@ def test_int8_library_prefill(cfg, bias, N, K, monkeypatch):
     def refuse(*a, **k):
         raise RuntimeError("this build has no int8 GEMM")
     monkeypatch.setattr(torch, "_int_mm", refuse)
-    assert torch.equal(run(x[keep]), r)
+    same(run(x[keep]), r)
     assert (str(x.device) in Q._INT_MM_FAILED) == bool(calls)
 
 
