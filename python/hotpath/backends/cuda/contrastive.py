@@ -137,8 +137,7 @@ def _mm(a, b, out=None, accumulate=False):
         try:
             if accumulate:
                 return torch.addmm(out, a, b, out_dtype=torch.float32, out=out)
-            return torch.mm(a, b, out_dtype=torch.float32, out=out) if out is not None else \
-                torch.mm(a, b, out_dtype=torch.float32)
+            return torch.mm(a, b, out_dtype=torch.float32, out=out)
         except torch.cuda.OutOfMemoryError:
             raise
         except (TypeError, RuntimeError, NotImplementedError):   # a torch without them
@@ -147,7 +146,7 @@ def _mm(a, b, out=None, accumulate=False):
         a, b = a.float(), b.float()
     if accumulate:
         return out.addmm_(a, b)
-    return torch.mm(a, b, out=out) if out is not None else torch.mm(a, b)
+    return torch.mm(a, b, out=out)
 
 
 def _gemm(x, y, r0, r1):

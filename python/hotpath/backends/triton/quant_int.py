@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 
 from . import _qgemm as Q
+from ...quant.packing import unpack_int8_vnni
 from ._qgemm import KEY, _x_and_policy, grouped_tile, store_tile
 
 
@@ -197,8 +198,7 @@ def int8_dynamic_linear(x, qweight, scale, colsum, bias):
     q, sx = quantize_activations(x.float().contiguous())
     b = bias.contiguous().float() if bias is not None else None
     if Q.int_mm_ok(q, N) and Q.prefill_strategy(M, x) == "library":
-        nb, k4, _ = qweight.shape
-        w = qweight.view(nb, k4, 16, 4).permute(0, 2, 1, 3).reshape(nb * 16, k4 * 4)[:N, :K].contiguous()
+        w = unpack_int8_vnni(qweight, N, K).contiguous()
         y = Q.int_mm_prefill(q, w, sx, scale, b, Q.out_dtype(x))
         if y is not None:
             return y
@@ -358,7 +358,7 @@ def int4_dynamic_linear(x, qweight, scale, zero, bias):
         # one: the quantized activations q * sx and the weight (code - zero) * scale, each rounded
         # once to x's dtype (2^-9 relative in bf16: the weight-only formats' library rounding), into
         # F.linear. A NaN sx (non-finite row) makes a NaN row.
-        xs = (q.float() * sx[:, None]).to(x.dtype)
+        xs = (q * sx[:, None]).to(x.dtype)
         w = Q.dequantize(_w4v_dequant_kernel, (qweight.contiguous(), scale.contiguous(), zero.contiguous(), K // 8, G),
                          N, K, x.dtype)
         return torch.nn.functional.linear(xs, w, None if b is None else b.to(x.dtype))
