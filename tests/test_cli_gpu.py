@@ -61,10 +61,10 @@ def test_gpucheck_cli_options(monkeypatch):
     seen = {}
     monkeypatch.setattr(_gpucheck, "main", lambda **kw: seen.update(kw) or 0)
     assert cli.main(["gpucheck", "--out", "d", "--full", "--keep-going", "--no-bench"]) == 0
-    assert seen == {"out": "d", "quick": False, "exitfirst": False, "tests": True, "bench": False, "tests_dir": None,
+    assert seen == {"out": "d", "quick": False, "maxfail": None, "tests": True, "bench": False, "tests_dir": None,
                     "budget": None, "families": (), "all_tests": False}
     assert cli.main(["gpucheck", "--budget", "540", "--family", "quant", "--family", "ot", "--all-tests"]) == 0
-    assert seen["budget"] == 540.0 and seen["families"] == ("quant", "ot") and seen["all_tests"] is True
+    assert seen["maxfail"] == _gpucheck.MAXFAIL and seen["budget"] == 540.0 and seen["families"] == ("quant", "ot") and seen["all_tests"] is True
 
 
 def test_gpucheck_commands_and_environment(tmp_path, monkeypatch):
@@ -73,8 +73,12 @@ def test_gpucheck_commands_and_environment(tmp_path, monkeypatch):
     tests = _gpucheck.find_tests()
     assert tests is not None and os.path.isfile(os.path.join(tests, "conftest.py"))
     cmd = _gpucheck.pytest_command(tests, str(tmp_path))
-    assert cmd[:4] == [sys.executable, "-m", "pytest", tests] and "-x" in cmd and "-q" in cmd
-    assert "-x" not in _gpucheck.pytest_command(tests, str(tmp_path), exitfirst=False)
+    assert cmd[:4] == [sys.executable, "-m", "pytest", tests] and f"--maxfail={_gpucheck.MAXFAIL}" in cmd
+    assert "-q" in cmd and "-n" not in cmd
+    assert not any(c.startswith("--maxfail") for c in _gpucheck.pytest_command(tests, str(tmp_path), maxfail=None))
+    spread = _gpucheck.pytest_command(tests, str(tmp_path), workers=8)
+    assert spread[spread.index("-n") + 1] == "8"
+    assert 1 <= _gpucheck.test_workers() <= 8
     b = _gpucheck.bench_command(str(tmp_path))
     assert b[1:] == ["-m", "hotpath", "bench", "--device", "cuda", "--out", str(tmp_path / "bench"), "--quick"]
     assert "--quick" not in _gpucheck.bench_command(str(tmp_path), quick=False)
@@ -95,9 +99,20 @@ def fake_gpu(monkeypatch):
         monkeypatch.setattr(_gpucheck, "_device_record", lambda: {"gpu": "Fake GPU", "capability": "sm_90",
                                                                    "memory_gib": 1.0, "torch": torch.__version__,
                                                                    "cuda": "13.0", "triton": "3.6.0"})
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
         monkeypatch.setattr(_gpucheck, "_tee", fake_tee)
         monkeypatch.setattr(_gpucheck.shutil, "which", lambda name: None)
     return use
+
+
+def _fake_bench_results(cmd):
+    """What a benchmark child run as cmd would leave: one case of its family in --out."""
+    out, fam = cmd[cmd.index("--out") + 1], cmd[4]
+    os.makedirs(out, exist_ok=True)
+    case = {"case": f"{fam} case", "work": None, "unit": None, "family": fam,
+            "impls": {"hotpath": {"seconds": 1e-3, "peak_mb": 1.0, "runs": 3}}}
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"meta": {}, "cases": [case], "targets": [], "notes": []}, f)
 
 
 @pytest.mark.parametrize("tests_rc,bench_rc,status", [(0, 0, 0), (1, 0, 1), (0, 1, 1)])
@@ -107,26 +122,34 @@ def test_gpucheck_flow_and_status(tests_rc, bench_rc, status, tmp_path, fake_gpu
     monkeypatch.delenv("TRITON_PRINT_AUTOTUNING", raising=False)
     ran = []
 
-    def fake_tee(cmd, log_path, env, cwd=None, timeout=None):
+    def fake_tee(cmd, log_path, env, cwd=None, timeout=None, append=False):
         is_pytest = cmd[1:3] == ["-m", "pytest"]
-        ran.append("pytest" if is_pytest else "bench")
+        ran.append("pytest" if is_pytest else cmd[4])
         assert timeout is None and (env.get("HOTPATH_GPU_TESTS_ONLY") == "1") == is_pytest
         # the benchmark's log records each autotuner's pick; the tests' log stays quiet
         assert (env.get("TRITON_PRINT_AUTOTUNING") == "1") != is_pytest
-        with open(log_path, "w") as f:
+        with open(log_path, "a" if append else "w") as f:
             f.write("1 failed, 9 passed in 1.0s\n" if is_pytest and tests_rc else "10 passed in 1.0s\n")
+        if not is_pytest:
+            _fake_bench_results(cmd)
         return (tests_rc if is_pytest else bench_rc), 1.0
     fake_gpu(fake_tee)
+    fams = harness.families()
     assert _gpucheck.main(out=str(tmp_path)) == status
-    assert ran == ["pytest", "bench"]
+    assert ran == ["pytest"] + fams  # one benchmark process per family
     rec = json.loads((tmp_path / "summary.json").read_text())
     assert rec["device"]["gpu"] == "Fake GPU" and rec["exit"] == status
     assert rec["tests"]["exit"] == tests_rc and rec["bench"]["exit"] == bench_rc
+    assert sorted(rec["bench"]["families"]) == sorted(fams)
     assert ("failed" in rec["tests"]["summary"]) == bool(tests_rc)
+    merged = json.loads((tmp_path / "bench" / "results.json").read_text())
+    assert [c["family"] for c in merged["cases"]] == fams and merged["meta"]["gpu"] == "Fake GPU"
+    assert "quant case" in (tmp_path / "bench" / "results.md").read_text()
+    assert (tmp_path / "bench.log").read_text().count("10 passed") == len(fams)
     ran.clear()
-    assert _gpucheck.main(out=str(tmp_path), tests=False) == (1 if bench_rc else 0) and ran == ["bench"]
+    assert _gpucheck.main(out=str(tmp_path), tests=False) == (1 if bench_rc else 0) and ran == fams
     ran.clear()
-    assert _gpucheck.main(out=str(tmp_path), tests_dir=str(tmp_path / "nowhere")) == 2 and ran == ["bench"]
+    assert _gpucheck.main(out=str(tmp_path), tests_dir=str(tmp_path / "nowhere")) == 2 and ran == fams
 
 
 def test_gpucheck_budget_splits_time(tmp_path, fake_gpu):
@@ -134,21 +157,41 @@ def test_gpucheck_budget_splits_time(tmp_path, fake_gpu):
     benchmark what is left; a stopped step makes the status 1."""
     seen = []
 
-    def fake_tee(cmd, log_path, env, cwd=None, timeout=None):
+    def fake_tee(cmd, log_path, env, cwd=None, timeout=None, append=False):
         seen.append((cmd, timeout, env))
-        with open(log_path, "w") as f:
+        with open(log_path, "a" if append else "w") as f:
             f.write("gpucheck: stopped after 1 s (--budget)\n")
-        return _gpucheck.TIMED_OUT if cmd[1:3] == ["-m", "pytest"] else 0, 1.0
+        if cmd[1:3] == ["-m", "pytest"]:
+            return _gpucheck.TIMED_OUT, 1.0
+        _fake_bench_results(cmd)
+        return 0, 1.0
     fake_gpu(fake_tee)
-    assert _gpucheck.main(out=str(tmp_path), budget=400, families=("quant",), all_tests=True) == 1
-    (tcmd, tlimit, tenv), (bcmd, blimit, _) = seen
+    assert _gpucheck.main(out=str(tmp_path), budget=400, families=("quant", "pairwise"), all_tests=True) == 1
+    (tcmd, tlimit, tenv), (qcmd, qlimit, _), (pcmd, plimit, _) = seen
     assert tlimit == pytest.approx(400 * _gpucheck.TESTS_SHARE)
     if any(c.startswith("--timeout=") for c in tcmd):
         assert f"--timeout={int(tlimit)}" in tcmd
     assert "HOTPATH_GPU_TESTS_ONLY" not in tenv
-    assert bcmd[3:5] == ["bench", "quant"] and 30 <= blimit <= 400
+    # what the tests leave (here all of it) shared by weight, quant 2, pairwise 1; what quant
+    # leaves goes to pairwise
+    assert qcmd[3:5] == ["bench", "quant"] and pcmd[3:5] == ["bench", "pairwise"]
+    rest = 400
+    assert qlimit == pytest.approx(rest * 2 / 3, rel=0.05) and plimit == pytest.approx(rest, rel=0.05)
     rec = json.loads((tmp_path / "summary.json").read_text())
     assert rec["tests"]["exit"] == _gpucheck.TIMED_OUT and "stopped" in rec["tests"]["summary"]
+
+
+def test_harness_keeps_finished_cases_on_disk(tmp_path):
+    """A benchmark process stopped by a time limit leaves every case it had finished in results.*."""
+    h = harness.Harness(quick=True, device="cpu")
+    h.out = str(tmp_path)
+    h.family = "tinyfake"
+    h.case("first")
+    h.measure("hotpath", lambda: torch.ones(4).sum())
+    h.case("second")  # the process is killed while this one runs
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert [c["case"] for c in res["cases"]] == ["first"] and "seconds" in res["cases"][0]["impls"]["hotpath"]
+    assert "| tinyfake | first | hotpath |" in (tmp_path / "results.md").read_text()
 
 
 def test_gpucheck_tee_stops_at_timeout(tmp_path):

@@ -19,7 +19,8 @@ def main(argv=None):
                                         "bench --device cuda --quick; logs and tables under --out")
     g.add_argument("--out", default="gpucheck-results", help="folder for pytest.log, bench.log, bench/results.*")
     g.add_argument("--full", action="store_true", help="full benchmark sizes instead of --quick")
-    g.add_argument("--keep-going", action="store_true", help="run every test (no -x)")
+    g.add_argument("--keep-going", action="store_true",
+                   help="run every test (by default the tests stop after 10 failures)")
     g.add_argument("--no-tests", action="store_true", help="benchmarks only")
     g.add_argument("--no-bench", action="store_true", help="tests only")
     g.add_argument("--tests", default=None, help="the tests folder (default: the repository's tests/)")
@@ -47,7 +48,7 @@ def main(argv=None):
         return 0
     if args.cmd == "gpucheck":
         from hotpath import _gpucheck
-        return _gpucheck.main(out=args.out, quick=not args.full, exitfirst=not args.keep_going,
+        return _gpucheck.main(out=args.out, quick=not args.full, maxfail=None if args.keep_going else _gpucheck.MAXFAIL,
                               tests=not args.no_tests, bench=not args.no_bench, tests_dir=args.tests,
                               budget=args.budget, families=tuple(args.family or ()), all_tests=args.all_tests)
     from hotpath.benchmarks import harness

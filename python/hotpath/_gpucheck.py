@@ -1,17 +1,18 @@
 """`python -m hotpath gpucheck`: the whole library checked on one GPU in one command.
 
 1. the test suite in GPU mode (tests/conftest.py runs the Triton / CUDA parametrizations on CUDA
-   tensors, compiled, when CUDA is present), `pytest tests -q -x --timeout=600`, without the
-   parametrizations pinned to the CPU backends (HOTPATH_GPU_TESTS_ONLY=1; --all-tests keeps them);
-2. `python -m hotpath bench --device cuda --quick` (the GPU cases of the speed issues, peers where
-   installed; --family limits it).
+   tensors, compiled, when CUDA is present), `pytest tests -q --maxfail=10 --timeout=600`, spread
+   over pytest-xdist workers where it is installed, without the parametrizations pinned to the CPU
+   backends (HOTPATH_GPU_TESTS_ONLY=1; --all-tests keeps them);
+2. `python -m hotpath bench FAMILY --device cuda --quick` for each family in turn (the GPU cases
+   of the speed issues, peers where installed; --family limits it), merged into bench/results.*.
 
-Both run as child processes (a fresh CUDA context each; a crash in one still leaves the other's
+They run as child processes (a fresh CUDA context each; a crash in one still leaves the other's
 record) whose output goes to the terminal and, line by line, to files under --out, so a run cut
 short by a time limit keeps what it printed. Nothing is installed: missing peers skip their rows.
 --budget SECONDS bounds the whole run: the tests get at most TESTS_SHARE of it and are stopped
-there, the benchmark the rest, so that a lent GPU's time limit never ends the run before the
-benchmark has printed.
+there, the benchmark the rest, shared among its families (FAMILY_WEIGHT), so that a lent GPU's
+time limit never ends the run before every family has printed.
 
 Exit status: 0 when the tests pass and the benchmark completes, 1 when a test fails, a step is
 stopped by the budget or the benchmark process crashes, 2 when there is no CUDA device or no way
@@ -25,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -36,6 +38,13 @@ _OFF_GPU_ENV = ("TRITON_INTERPRET", "HOTPATH_TEST_DEVICE", "HOTPATH_BACKEND")
 # under --budget: the tests' share of it (the benchmark, the point of a GPU run, gets the rest)
 TESTS_SHARE = 0.45
 TIMED_OUT = 124
+# a first GPU run should show many failures, not only the first, yet not spend its budget on a
+# cascade of them
+MAXFAIL = 10
+# under --budget each benchmark family runs in its own process, stopped at its share of what is
+# left (weights below, 1 for a family not named), so a family that compiles or runs long cannot
+# leave the later ones without a row; time a family leaves unused goes to the next
+FAMILY_WEIGHT = {"assignment": 0.25, "contrastive": 2.0, "ot": 2.0, "quant": 2.0}
 
 
 def no_cuda_message():
@@ -65,11 +74,21 @@ def child_env():
     return env, dropped
 
 
-def pytest_command(tests_dir, out, exitfirst=True, per_test=600):
+def test_workers():
+    """pytest-xdist workers for the GPU-mode tests: compiling Triton kernels is CPU work, so half
+    the cores (at most 8) share the one GPU; 1 (no -n) without pytest-xdist."""
+    if importlib.util.find_spec("xdist") is None:
+        return 1
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+def pytest_command(tests_dir, out, maxfail=MAXFAIL, per_test=600, workers=1):
     cmd = [sys.executable, "-m", "pytest", tests_dir, "-q", "-p", "no:cacheprovider",
            f"--junitxml={os.path.join(out, 'pytest.xml')}"]
-    if exitfirst:
-        cmd.append("-x")
+    if maxfail:
+        cmd.append(f"--maxfail={int(maxfail)}")
+    if workers > 1:
+        cmd += ["-n", str(int(workers))]
     if importlib.util.find_spec("pytest_timeout") is not None:
         cmd.append(f"--timeout={max(1, int(per_test))}")
     return cmd
@@ -80,11 +99,11 @@ def bench_command(out, quick=True, families=()):
             "--out", os.path.join(out, "bench")] + (["--quick"] if quick else [])
 
 
-def _tee(cmd, log_path, env, cwd=None, timeout=None):
-    """Run cmd with its output on stdout and in log_path; returns (exit status, seconds). Past
-    timeout seconds its process group is killed and the status is TIMED_OUT."""
+def _tee(cmd, log_path, env, cwd=None, timeout=None, append=False):
+    """Run cmd with its output on stdout and in log_path (appended to with append); returns (exit
+    status, seconds). Past timeout seconds its process group is killed and the status is TIMED_OUT."""
     t0 = time.time()
-    with open(log_path, "w") as log:
+    with open(log_path, "a" if append else "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         try:
@@ -134,6 +153,38 @@ def _last_line(path, starts=None):
     return lines[-1] if lines else ""
 
 
+def _run_bench(out, quick, families, env, budget):
+    """The benchmark, one process per family (each stopped at its share of budget), logged in turn
+    to bench.log; the families' results merged into bench/results.*."""
+    from .benchmarks import harness
+    fams = list(families or harness.families())
+    # the autotuners' picks go into bench.log: which tile (and W8A8 weight read) won is what the
+    # next tuning round starts from
+    benv = dict(env, TRITON_PRINT_AUTOTUNING=env.get("TRITON_PRINT_AUTOTUNING", "1"))
+    log = os.path.join(out, "bench.log")
+    parts = tempfile.mkdtemp(prefix="gpucheck-bench-")
+    t0, exit_, runs = time.time(), 0, {}
+    for i, fam in enumerate(fams):
+        limit = None
+        if budget is not None:
+            left = budget - (time.time() - t0)
+            weights = [FAMILY_WEIGHT.get(f, 1.0) for f in fams[i:]]
+            limit = max(30.0, left * weights[0] / sum(weights))
+        cmd = bench_command(os.path.join(parts, fam), quick, (fam,))
+        print(f"\n== benchmarks: {' '.join(cmd)}" + ("" if limit is None else f" (at most {limit:.0f} s)"), flush=True)
+        rc, secs = _tee(cmd, log, benv, timeout=limit, append=i > 0)
+        runs[fam] = {"exit": rc, "seconds": round(secs, 1), "limit": limit, "command": cmd}
+        exit_ = exit_ or rc
+    try:
+        harness.merge([os.path.join(parts, f, "bench", "results.json") for f in fams], os.path.join(out, "bench"),
+                      quick=quick, device="cuda")
+    except Exception as exc:  # the logs still hold every row
+        print(f"gpucheck: could not merge the benchmark results: {type(exc).__name__}: {exc}", flush=True)
+    shutil.rmtree(parts, ignore_errors=True)
+    return {"exit": exit_, "seconds": round(time.time() - t0, 1), "families": runs,
+            "results": os.path.join(out, "bench", "results.md")}
+
+
 def _device_record():
     p = torch.cuda.get_device_properties(0)
     try:
@@ -147,7 +198,7 @@ def _device_record():
             "python": platform.python_version(), "platform": platform.platform()}
 
 
-def main(out="gpucheck-results", quick=True, exitfirst=True, tests=True, bench=True, tests_dir=None,
+def main(out="gpucheck-results", quick=True, maxfail=MAXFAIL, tests=True, bench=True, tests_dir=None,
          budget=None, families=(), all_tests=False):
     t_start = time.time()
     if not torch.cuda.is_available():
@@ -185,7 +236,8 @@ def main(out="gpucheck-results", quick=True, exitfirst=True, tests=True, bench=T
             status = 2
         else:
             limit = None if budget is None else budget * (TESTS_SHARE if bench else 1.0)
-            cmd = pytest_command(tdir, out, exitfirst, per_test=600 if limit is None else min(600, limit))
+            cmd = pytest_command(tdir, out, maxfail, per_test=600 if limit is None else min(600, limit),
+                                 workers=test_workers())
             if not any(c.startswith("--timeout=") for c in cmd):
                 print("(pytest-timeout not installed: tests run without a per-test time limit)", flush=True)
             print(f"\n== tests (GPU mode): {' '.join(cmd)}", flush=True)
@@ -198,16 +250,8 @@ def main(out="gpucheck-results", quick=True, exitfirst=True, tests=True, bench=T
             if rc != 0:
                 status = 1
     if bench:
-        cmd = bench_command(out, quick, families)
-        print(f"\n== benchmarks: {' '.join(cmd)}", flush=True)
-        limit = None if budget is None else max(30.0, budget - (time.time() - t_start))
-        # the autotuners' picks go into bench.log: which tile (and W8A8 weight read) won is what
-        # the next tuning round starts from
-        benv = dict(env, TRITON_PRINT_AUTOTUNING=env.get("TRITON_PRINT_AUTOTUNING", "1"))
-        rc, secs = _tee(cmd, os.path.join(out, "bench.log"), benv, timeout=limit)
-        rec["bench"] = {"exit": rc, "seconds": round(secs, 1), "command": cmd,
-                        "results": os.path.join(out, "bench", "results.md")}
-        if rc != 0 and status == 0:
+        rec["bench"] = _run_bench(out, quick, families, env, None if budget is None else budget - (time.time() - t_start))
+        if rec["bench"]["exit"] != 0 and status == 0:
             status = 1
     rec["exit"] = status
     with open(os.path.join(out, "summary.json"), "w") as f:

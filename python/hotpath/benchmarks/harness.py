@@ -125,12 +125,17 @@ class Harness:
         self.targets = []
         self.notes = []
         self._case = None
+        # where results.json / results.md are rewritten at each case: a process killed by a time
+        # limit (gpucheck --budget) leaves every case it finished on disk
+        self.out = None
 
     def _sync(self):
         if self.cuda:
             torch.cuda.synchronize()
 
     def case(self, name, work=None, unit=None, family=None):
+        if self.out is not None:
+            self.save(self.out, plot=False)
         self._case = {"case": name, "work": work, "unit": unit, "family": family or self.family, "impls": {}}
         self.rows.append(self._case)
         if self.cuda:  # blocks cached by the previous case's peers (tens of GB) must not crowd this one
@@ -264,7 +269,7 @@ class Harness:
             lines.append(f"| {t['family']} | {t['case']} | {t['vs']} | {t['what']} | {m} | {t['target']} | {s} |")
         return "\n".join(lines)
 
-    def save(self, out):
+    def save(self, out, plot=True):
         os.makedirs(out, exist_ok=True)
         meta = {"platform": platform.platform(), **self.hardware(), "torch": torch.__version__,
                 "quick": self.quick, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -272,6 +277,8 @@ class Harness:
             json.dump({"meta": meta, "cases": self.rows, "targets": self.targets, "notes": self.notes}, f, indent=1)
         with open(os.path.join(out, "results.md"), "w") as f:
             f.write(self.markdown() + "\n")
+        if not plot:
+            return
         try:
             self._plot(os.path.join(out, "speedups.png"))
         except Exception as exc:
@@ -313,6 +320,24 @@ class Harness:
         plt.close(fig)
 
 
+def merge(sources, out, quick=False, device="cpu"):
+    """One results.json / .md / speedups.png in out from the results.json of several runs (one
+    benchmark process per family under gpucheck --budget); a missing source adds a note."""
+    h = Harness(quick=quick, device=device)
+    for src in sources:
+        try:
+            with open(src) as f:
+                part = json.load(f)
+        except (OSError, ValueError) as exc:
+            h.notes.append(f"no results from {src}: {type(exc).__name__}")
+            continue
+        h.rows += part.get("cases", [])
+        h.targets += part.get("targets", [])
+        h.notes += part.get("notes", [])
+    h.save(out)
+    return h
+
+
 def main(names, quick=False, out="bench-results", device=None):
     avail = families()
     names = names or avail
@@ -328,6 +353,7 @@ def main(names, quick=False, out="bench-results", device=None):
     import hotpath
     print(hotpath.info())
     h = Harness(quick=quick, device=device)
+    h.out = out
     if h.cuda:
         from ._gpu import tf32_state
         print(f"GPU: {torch.cuda.get_device_name(device)}, TF32 for float32 matmuls: {tf32_state()} "
