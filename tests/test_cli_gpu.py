@@ -101,6 +101,7 @@ def fake_gpu(monkeypatch):
                                                                    "cuda": "13.0", "triton": "3.6.0"})
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
         monkeypatch.setattr(_gpucheck, "_tee", fake_tee)
+        monkeypatch.setattr(_gpucheck, "warm_shards", lambda: 0)
         monkeypatch.setattr(_gpucheck.shutil, "which", lambda name: None)
     return use
 
@@ -179,6 +180,36 @@ def test_gpucheck_budget_splits_time(tmp_path, fake_gpu):
     assert qlimit == pytest.approx(rest * 2 / 3, rel=0.05) and plimit == pytest.approx(rest, rel=0.05)
     rec = json.loads((tmp_path / "summary.json").read_text())
     assert rec["tests"]["exit"] == _gpucheck.TIMED_OUT and "stopped" in rec["tests"]["summary"]
+
+
+def test_gpucheck_warm_shards_run_beside_and_are_stopped(tmp_path, monkeypatch):
+    """The cache-warming shards start in the background and are stopped when the checks end;
+    summary.json says how many finished and what each printed last."""
+    assert _gpucheck.warm_command(1, 4, ("contrastive", "quant"))[1:] == [
+        "-m", "hotpath", "compilecheck", "--warm", "--shard", "1/4", "--family", "contrastive", "--family", "quant"]
+    monkeypatch.setattr(_gpucheck, "warm_shards", lambda: 2)
+    done = "compilecheck --warm (shard 0/2): 3 kernel configurations compiled or found in the cache in 1 s"
+
+    def fake_command(i, n, families):
+        code = f"print({done!r}, flush=True)" if i == 0 else "import time; time.sleep(120)"
+        return [sys.executable, "-c", code]
+    monkeypatch.setattr(_gpucheck, "warm_command", fake_command)
+    procs, log, t0 = _gpucheck._start_warm(str(tmp_path), dict(os.environ), ("quant",))
+    procs[0].wait(timeout=120)
+    rec = _gpucheck._stop_warm(procs, log, t0)
+    assert rec["shards"] == 2 and rec["finished"] == 1 and rec["summaries"] == [done]
+    assert all(p.poll() is not None for p in procs) and rec["seconds"] < 100
+    assert done in (tmp_path / "warm.log").read_text()
+    # nothing to warm: no family that compilecheck knows
+    assert _gpucheck._start_warm(str(tmp_path), dict(os.environ), ("assignment",)) is None
+
+
+def test_warm_shards_leave_the_test_workers_their_cores(monkeypatch):
+    monkeypatch.setattr(_gpucheck, "test_workers", lambda: 8)
+    monkeypatch.setattr(_gpucheck.os, "cpu_count", lambda: 16)
+    assert _gpucheck.warm_shards() in (0, 7)   # 0 where triton is not installed
+    monkeypatch.setattr(_gpucheck.os, "cpu_count", lambda: 2)
+    assert _gpucheck.warm_shards() == 0
 
 
 def test_harness_keeps_finished_cases_on_disk(tmp_path):

@@ -76,3 +76,30 @@ def test_unknown_target_is_refused(capsys):
     from hotpath import _compilecheck as CC
     assert CC.main(targets=("h300",)) == 2
     assert "unknown target" in capsys.readouterr().err
+
+
+def test_warm_fills_the_cache_that_the_next_compile_reads(tmp_path):
+    """`compilecheck --warm` compiles into Triton's ordinary cache (TRITON_CACHE_DIR): the same
+    launches a second time find every kernel there; a shard takes its share of the cases."""
+    if not _ptxas():
+        pytest.skip("this triton wheel ships no ptxas")
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "cache")
+    cmd = [sys.executable, "-m", "hotpath", "compilecheck", "--warm", "--small", "--family", "quant",
+           "--case", "Int8Dynamic", "--shard", "0/1"]
+
+    def run():
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        assert p.returncode == 0, p.stdout + p.stderr
+        line = [ln for ln in p.stdout.splitlines() if ln.startswith("compilecheck --warm")][-1]
+        return int(line.split(": ")[1].split()[0]), float(line.rsplit(" in ", 1)[1].split()[0])
+    n1, s1 = run()
+    cached = sum(len(files) for _, _, files in os.walk(tmp_path / "cache"))
+    assert n1 > 0 and cached > 0
+    n2, s2 = run()
+    assert n2 == n1 and sum(len(files) for _, _, files in os.walk(tmp_path / "cache")) == cached
+    assert s2 < s1
+    p = subprocess.run(cmd[:-2] + ["--shard", "1/1"], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "--shard" in p.stderr

@@ -1,7 +1,20 @@
 """python -m hotpath info | bench [family ...] [--quick] [--device cpu|cuda] [--out DIR] | gpucheck [--out DIR] [--budget S] [--family F]
-                 | compilecheck [--target NAME ...] [--family F ...] [--small] [--out DIR]"""
+                 | compilecheck [--target NAME ...] [--family F ...] [--small] [--out DIR] [--warm [--shard I/N]]"""
 import argparse
 import sys
+
+
+def _shard(parser, text):
+    """"I/N" -> (I, N) with 0 <= I < N; None for None."""
+    if text is None:
+        return None
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        parser.error(f"--shard must be I/N with integers, got {text!r}")
+    if not 0 <= i < n:
+        parser.error(f"--shard I/N needs 0 <= I < N, got {text!r}")
+    return i, n
 
 
 def main(argv=None):
@@ -37,9 +50,15 @@ def main(argv=None):
     c.add_argument("--case", default=None, help="only the cases whose name contains this text")
     c.add_argument("--small", action="store_true", help="small problem sizes (fast; some size-dependent configs differ)")
     c.add_argument("--out", default=None, help="folder for <target>.json records (default: a temporary folder)")
+    c.add_argument("--warm", action="store_true",
+                   help="compile for this machine's GPU into Triton's cache (what gpucheck runs beside the tests)")
+    c.add_argument("--shard", default=None, help="I/N: every N-th case from the I-th (with --warm)")
     args = parser.parse_args(argv)
     if args.cmd == "compilecheck":
         from hotpath import _compilecheck
+        if args.warm:
+            return _compilecheck.warm(families=tuple(args.family or _compilecheck.FAMILIES), only=args.case,
+                                      shard=_shard(parser, args.shard), small=args.small)
         return _compilecheck.main(targets=tuple(args.target or ["h200"]),
                                   families=tuple(args.family or _compilecheck.FAMILIES), small=args.small, out=args.out, only=args.case)
     if args.cmd == "info":

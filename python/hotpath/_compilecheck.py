@@ -21,6 +21,13 @@ spills (a fixed launch has one configuration; an autotuned one times its candida
 drops spilling ones by their time, so those are only reported).
 
 Each target runs in its own process (Triton caches the target per kernel).
+
+`--warm` (what `gpucheck` runs beside the GPU-mode tests) compiles the same launches for the GPU
+of the machine it runs on into Triton's ordinary cache, reading back nothing: a compiled kernel's
+cache key is its source, specialization, options and target, none of which depend on the driver
+that asked for it, so the benchmark that follows finds its kernels and autotuning candidates
+compiled instead of compiling them one after another in its one process. `--shard I/N` takes
+every N-th case, so that N processes share the work.
 """
 import contextlib
 import dataclasses
@@ -154,8 +161,9 @@ class Record:
 
 
 @contextlib.contextmanager
-def compile_only(t, records, case_name):
-    """Inside: launches compile their kernel for target t and record it; nothing runs."""
+def compile_only(t, records, case_name, read=True):
+    """Inside: launches compile their kernel for target t and record it (read=False: without its
+    registers, spills and SASS); nothing runs."""
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
 
@@ -184,11 +192,12 @@ def compile_only(t, records, case_name):
                 launch[0] += 1
             rec = Record(case_name[0], self.__name__, params, md.num_warps, md.num_stages, md.shared,
                          compile_s=round(time.time() - t0, 2), launch=launch[1] or launch[0])
-            r = resources(kernel.asm["cubin"])
-            rec.regs, rec.local, rec.stack, rec.sass = r["regs"], r["local"], r["stack"], r["sass"]
-            sp = spills(log.getvalue())
-            if sp:
-                rec.stack, rec.spill_stores, rec.spill_loads = sp
+            if read:
+                r = resources(kernel.asm["cubin"])
+                rec.regs, rec.local, rec.stack, rec.sass = r["regs"], r["local"], r["stack"], r["sass"]
+                sp = spills(log.getvalue())
+                if sp:
+                    rec.stack, rec.spill_stores, rec.spill_loads = sp
             seen[key] = rec
             records.append(rec)
         return kernel
@@ -326,8 +335,17 @@ def _cases(family, small):
                 ("FP8Dynamic", q.FP8Dynamic()), ("MXFP4", q.MXFP4()), ("NVFP4", q.NVFP4()),
                 ("NVFP4 no Hadamard", q.NVFP4(hadamard=False)), ("Ternary", q.Ternary())]
 
+        quantized = {}
+
         def linear(cfg):
-            qb = cfg.quantize_weight(w)
+            # once per case, not per precision, and with round-to-nearest scales: the kernels do
+            # not depend on the scales, and the int4 formats' clipping search takes half a minute
+            # at this size on a CPU
+            if "scale_method" in {f.name for f in dataclasses.fields(cfg)}:
+                cfg = dataclasses.replace(cfg, scale_method="rtn")
+            qb = quantized.get(repr(cfg))
+            if qb is None:
+                qb = quantized[repr(cfg)] = cfg.quantize_weight(w)
             # the "library" prefill of FP8Dynamic / Int8Dynamic / Ternary is torch's GEMM (it would run
             # on the CPU here); the int8 formats' own kernels of it are compiled on a small M below
             torch_gemm = type(cfg) in (q.FP8Dynamic, q.Int8Dynamic, q.Ternary)
@@ -353,8 +371,14 @@ def _cases(family, small):
     return cases
 
 
-def run_target(name, families=FAMILIES, small=False, log=print, only=None):
-    """Compile every case of `families` for TARGETS[name]; (records, failures, notes)."""
+# float32 dots in 3xTF32 (torch's default precision), TF32, and IEEE FMAs (the opt-out)
+PRECISIONS = (("highest", ""), ("high", ""), ("highest", "ieee"))
+
+
+def run_target(name, families=FAMILIES, small=False, log=print, only=None, warm=False, shard=None):
+    """Compile every case of `families` for TARGETS[name] ("local": this machine's GPU);
+    (records, failures, notes). warm: into Triton's cache, reading nothing back, in the two float32
+    precisions the benchmark times; shard (i, n): every n-th case from the i-th."""
     os.environ["TRITON_INTERPRET"] = "0"
     import torch
     import triton
@@ -362,36 +386,37 @@ def run_target(name, families=FAMILIES, small=False, log=print, only=None):
     from hotpath.backends.triton import target as T
     from hotpath.benchmarks import _gpu
 
-    t = T.TARGETS[name]
+    t = T.local_target() if name == "local" else T.TARGETS[name]
     triton.runtime.driver.set_active(CompileOnlyDriver(t))
     records, failures = [], []
     case = [""]
-    with T.stand_in(t), backends.prefer("triton"), compile_only(t, records, case):
-        for fam in families:
-            for cname, fn in _cases(fam, small):
-                if only and only not in cname:
-                    continue
-                case[0] = f"{fam}: {cname}"
-                # float32 dots in 3xTF32 (torch's default precision), TF32, and IEEE FMAs (the opt-out)
-                for prec, fp32_dot in (("highest", ""), ("high", ""), ("highest", "ieee")):
-                    before = len(records)
-                    t0 = time.time()
-                    torch.set_float32_matmul_precision(prec)
-                    if fp32_dot:
-                        prec += f", HOTPATH_FP32_DOT={fp32_dot}"
-                    try:
-                        with _gpu.env("HOTPATH_FP32_DOT", fp32_dot or None):
-                            fn()
-                        err = None
-                    except Exception as exc:  # noqa: BLE001 - a compile error, or garbage outputs downstream
-                        err = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-                        if _is_compile_error(exc):
-                            failures.append(f"{case[0]} ({prec}): compile error: {err}")
-                            log(traceback.format_exc(limit=-3))
-                    finally:
-                        torch.set_float32_matmul_precision("highest")
-                    log(f"[{t.name}] {case[0]} (fp32 matmul precision {prec}): {len(records) - before} new kernels, "
-                        f"{time.time() - t0:.1f} s" + (f"; stopped: {err}" if err else ""))
+    todo = [(fam, cname, fn) for fam in families for cname, fn in _cases(fam, small) if not only or only in cname]
+    if shard is not None:
+        todo = todo[shard[0]::shard[1]]
+    with T.stand_in(t), backends.prefer("triton"), compile_only(t, records, case, read=not warm):
+        for fam, cname, fn in todo:
+            case[0] = f"{fam}: {cname}"
+            for prec, fp32_dot in PRECISIONS[:2] if warm else PRECISIONS:
+                before = len(records)
+                t0 = time.time()
+                torch.set_float32_matmul_precision(prec)
+                if fp32_dot:
+                    prec += f", HOTPATH_FP32_DOT={fp32_dot}"
+                try:
+                    with _gpu.env("HOTPATH_FP32_DOT", fp32_dot or None):
+                        fn()
+                    err = None
+                except Exception as exc:  # noqa: BLE001 - a compile error, or garbage outputs downstream
+                    err = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+                    if _is_compile_error(exc):
+                        failures.append(f"{case[0]} ({prec}): compile error: {err}")
+                        log(traceback.format_exc(limit=-3))
+                finally:
+                    torch.set_float32_matmul_precision("highest")
+                log(f"[{t.name}] {case[0]} (fp32 matmul precision {prec}): {len(records) - before} new kernels, "
+                    f"{time.time() - t0:.1f} s" + (f"; stopped: {err}" if err else ""))
+    if warm:
+        return records, failures, []
     notes = []
     for (case_name, kernel, spec), recs in groups(records).items():
         spilled = [r for r in recs if spills_of(r)]
@@ -471,6 +496,22 @@ def table(records, t):
         rows.append(f"| {r.case} | {r.kernel} | {params} | {r.num_warps} | {r.num_stages} | {r.regs} | "
                     f"{r.spill_stores} | {r.shared} | {sass} |")
     return "\n".join(rows)
+
+
+def warm(families=FAMILIES, shard=None, only=None, small=False):
+    """Compile into Triton's cache, in this process, for this machine's GPU (the H200 description
+    where torch sees none); 0 unless a kernel failed to compile."""
+    import torch
+    name = "local" if torch.cuda.is_available() else "h200"
+    t0 = time.time()
+    records, failures, _ = run_target(name, families, small, log=lambda s: print(s, flush=True), only=only,
+                                      warm=True, shard=shard)
+    part = "" if shard is None else f" (shard {shard[0]}/{shard[1]})"
+    print(f"compilecheck --warm{part}: {len(records)} kernel configurations compiled or found in the cache "
+          f"in {time.time() - t0:.0f} s" + (f"; {len(failures)} failed" if failures else ""), flush=True)
+    for f_ in failures:
+        print("  - " + f_, flush=True)
+    return 1 if failures else 0
 
 
 def main(targets=("h200",), families=FAMILIES, small=False, out=None, only=None):

@@ -7,6 +7,10 @@
 2. `python -m hotpath bench FAMILY --device cuda --quick` for each family in turn (the GPU cases
    of the speed issues, peers where installed; --family limits it), merged into bench/results.*.
 
+While the tests run, `compilecheck --warm` shards (the cores the test workers leave) compile the
+benchmark's kernels and autotuning candidates into Triton's cache, so that the benchmark, one
+process, finds them compiled; they are stopped when the benchmark ends.
+
 They run as child processes (a fresh CUDA context each; a crash in one still leaves the other's
 record) whose output goes to the terminal and, line by line, to files under --out, so a run cut
 short by a time limit keeps what it printed. Nothing is installed: missing peers skip their rows.
@@ -153,6 +157,59 @@ def _last_line(path, starts=None):
     return lines[-1] if lines else ""
 
 
+def warm_shards():
+    """Background `compilecheck --warm` processes beside the tests: the cores the test workers
+    leave, less one, at most 8; none on a machine of 4 cores or fewer, or without Triton."""
+    if importlib.util.find_spec("triton") is None:
+        return 0
+    cores = os.cpu_count() or 1
+    return max(0, min(8, cores - test_workers() - 1)) if cores > 4 else 0
+
+
+def warm_command(i, n, families):
+    return [sys.executable, "-m", "hotpath", "compilecheck", "--warm", "--shard", f"{i}/{n}"] + \
+        [a for f in families for a in ("--family", f)]
+
+
+def _start_warm(out, env, families):
+    """Start the shards of `compilecheck --warm` (the benchmark's kernels compiled into Triton's
+    cache while the tests run); (processes, log file, start time)."""
+    n = warm_shards()
+    if n == 0:
+        return None
+    from . import _compilecheck
+    from .benchmarks import harness
+    # in the benchmark's family order, so that its first families find their kernels first
+    fams = [f for f in (families or harness.families()) if f in _compilecheck.FAMILIES]
+    if not fams:
+        return None
+    log = open(os.path.join(out, "warm.log"), "a")
+    wenv = dict(env, OMP_NUM_THREADS="1")   # the compile is single-threaded; leave the cores to the others
+    procs = []
+    for i in range(n):
+        procs.append(subprocess.Popen(warm_command(i, n, fams), stdout=log, stderr=subprocess.STDOUT, env=wenv,
+                                      start_new_session=True))
+    print(f"\n== warming Triton's cache in the background: {n} x `hotpath compilecheck --warm --shard I/{n}` "
+          f"({', '.join(fams)}; warm.log)", flush=True)
+    return procs, log, time.time()
+
+
+def _stop_warm(procs, log, t0):
+    """Stop the shards still running; what they did, for summary.json."""
+    finished = sum(p.poll() is not None for p in procs)
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        p.wait()
+    log.close()
+    with open(log.name, errors="replace") as f:
+        done = [ln.strip() for ln in f if ln.startswith("compilecheck --warm")]
+    return {"shards": len(procs), "finished": finished, "seconds": round(time.time() - t0, 1), "summaries": done}
+
+
 def _run_bench(out, quick, families, env, budget):
     """The benchmark, one process per family (each stopped at its share of budget), logged in turn
     to bench.log; the families' results merged into bench/results.*."""
@@ -198,31 +255,8 @@ def _device_record():
             "python": platform.python_version(), "platform": platform.platform()}
 
 
-def main(out="gpucheck-results", quick=True, maxfail=MAXFAIL, tests=True, bench=True, tests_dir=None,
-         budget=None, families=(), all_tests=False):
-    t_start = time.time()
-    if not torch.cuda.is_available():
-        print(no_cuda_message(), flush=True)
-        return 2
-    out = os.path.abspath(out)
-    os.makedirs(out, exist_ok=True)
-    rec = {"device": _device_record(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": quick}
-    env, dropped = child_env()
-    rec["env_dropped"] = dropped
-    print(f"gpucheck on {rec['device']['gpu']} ({rec['device']['capability']}, {rec['device']['memory_gib']} GiB), "
-          f"torch {torch.__version__}, CUDA {torch.version.cuda}, Triton {rec['device']['triton']}", flush=True)
-    if dropped:
-        print(f"(not passed to the checks: {', '.join(dropped)}: they would take them off the GPU path)", flush=True)
-    if rec["device"]["triton"] is None:
-        print("WARNING: triton is not installed: the Triton kernels cannot run; their tests skip", flush=True)
-    if shutil.which("nvidia-smi"):
-        try:
-            smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout
-            with open(os.path.join(out, "nvidia-smi.txt"), "w") as f:
-                f.write(smi)
-        except (OSError, subprocess.SubprocessError):
-            pass
-
+def _checks(rec, out, env, t_start, quick, maxfail, tests, bench, tests_dir, budget, families, all_tests):
+    """The tests, then the benchmark; their records in rec; the exit status."""
     status = 0
     if tests:
         tdir = find_tests(tests_dir)
@@ -253,6 +287,40 @@ def main(out="gpucheck-results", quick=True, maxfail=MAXFAIL, tests=True, bench=
         rec["bench"] = _run_bench(out, quick, families, env, None if budget is None else budget - (time.time() - t_start))
         if rec["bench"]["exit"] != 0 and status == 0:
             status = 1
+    return status
+
+
+def main(out="gpucheck-results", quick=True, maxfail=MAXFAIL, tests=True, bench=True, tests_dir=None,
+         budget=None, families=(), all_tests=False):
+    t_start = time.time()
+    if not torch.cuda.is_available():
+        print(no_cuda_message(), flush=True)
+        return 2
+    out = os.path.abspath(out)
+    os.makedirs(out, exist_ok=True)
+    rec = {"device": _device_record(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": quick}
+    env, dropped = child_env()
+    rec["env_dropped"] = dropped
+    print(f"gpucheck on {rec['device']['gpu']} ({rec['device']['capability']}, {rec['device']['memory_gib']} GiB), "
+          f"torch {torch.__version__}, CUDA {torch.version.cuda}, Triton {rec['device']['triton']}", flush=True)
+    if dropped:
+        print(f"(not passed to the checks: {', '.join(dropped)}: they would take them off the GPU path)", flush=True)
+    if rec["device"]["triton"] is None:
+        print("WARNING: triton is not installed: the Triton kernels cannot run; their tests skip", flush=True)
+    if shutil.which("nvidia-smi"):
+        try:
+            smi = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=30).stdout
+            with open(os.path.join(out, "nvidia-smi.txt"), "w") as f:
+                f.write(smi)
+        except (OSError, subprocess.SubprocessError):
+            pass
+
+    warmers = _start_warm(out, env, families) if bench else None
+    try:
+        status = _checks(rec, out, env, t_start, quick, maxfail, tests, bench, tests_dir, budget, families, all_tests)
+    finally:
+        if warmers:
+            rec["warm"] = _stop_warm(*warmers)
     rec["exit"] = status
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(rec, f, indent=1)
@@ -265,5 +333,9 @@ def main(out="gpucheck-results", quick=True, maxfail=MAXFAIL, tests=True, bench=
     if "bench" in rec:
         b = rec["bench"]
         print(f"bench: exit {b['exit']}, {b['seconds']:.0f} s, table in {b['results']}")
-    print(f"records under {out}: summary.json, pytest.log, pytest.xml, bench.log, bench/results.json|md")
+    if "warm" in rec:
+        w = rec["warm"]
+        print(f"warm: {w['finished']} of {w['shards']} shards finished in {w['seconds']:.0f} s")
+    print(f"records under {out}: summary.json, pytest.log, pytest.xml, bench.log, bench/results.json|md"
+          + (", warm.log" if "warm" in rec else ""))
     return status

@@ -36,6 +36,14 @@ TARGETS = {
 _STAND_IN = None   # a Target while compilecheck runs
 
 
+def local_target(device=0):
+    """The Target of this machine's CUDA device: what `compilecheck --warm` compiles for."""
+    p = torch.cuda.get_device_properties(device)
+    smem = getattr(p, "shared_memory_per_block_optin", None) or getattr(p, "shared_memory_per_block", None)
+    return Target(f"{p.name} (sm_{p.major}{p.minor})", p.major * 10 + p.minor, p.multi_processor_count,
+                  int(smem) if smem else DEFAULT_SMEM)
+
+
 @contextlib.contextmanager
 def stand_in(target):
     """Launchers see `target` (CPU tensors stand for tensors on it) inside the block."""
