@@ -70,7 +70,8 @@ def round_to_format(x: Tensor, fmt: Minifloat, rounding="nearest", seed=0, gener
         r = torch.round(v)                   # half to even
     elif rounding == "stochastic":
         g = generator if generator is not None else _generator(seed, x.device)
-        u = torch.rand(v.shape, generator=g, device=x.device, dtype=dt)
+        # drawn where the generator lives (a CPU generator may round CUDA data), then moved
+        u = torch.rand(v.shape, generator=g, device=g.device, dtype=dt).to(x.device)
         r = torch.floor(v + u)
     else:
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")

@@ -38,9 +38,11 @@ def default_block(K, largest=MAX_BLOCK):
 
 def hadamard_signs(K, seed=0, dtype=torch.float32, device=None):
     """The seeded +-1 vector (K,) of the transform (CPU generator: the same on every device)."""
-    g = torch.Generator()
+    g = torch.Generator(device="cpu")
     g.manual_seed(int(seed))
-    bits = torch.randint(0, 2, (K,), generator=g)
+    # device="cpu" too: under torch.set_default_device("cuda") a bare randint would ask a CUDA
+    # draw of this CPU generator, which torch refuses
+    bits = torch.randint(0, 2, (K,), generator=g, device="cpu")
     return (1 - 2 * bits).to(dtype=dtype, device=device)
 
 
