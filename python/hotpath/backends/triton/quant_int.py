@@ -289,7 +289,7 @@ def int4_weight_only_linear(x, qweight, scale, zero, bias):
 
 # ------------------------------------------------------------------ W4A8
 @triton.jit
-def _w4a8_kernel(Qx, SX, W, S, Z, B, RF, Y, M, N, K, K_SPLIT, MB, K8, G, NG,
+def _w4a8_kernel(Qx, SX, W, S, Z, B, RF, Y, M, N, K, K_SPLIT, MB, K8, G: tl.constexpr, NG,
                  HAS_BIAS: tl.constexpr, HAS_RF: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
     pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BM, BN, GROUP_M)
@@ -304,19 +304,24 @@ def _w4a8_kernel(Qx, SX, W, S, Z, B, RF, Y, M, N, K, K_SPLIT, MB, K8, G, NG,
     w_k = (kk // 8) * 64 + kk % 4
     shift_k = ((kk % 8) // 4) * 4
     f = tl.zeros((BM, BN), dtype=tl.float32)
+    # one group an iteration, its G / BK K steps unrolled (G is a constexpr): the group loop is
+    # the innermost loop, the one Triton software-pipelines, so the next groups' tiles load while
+    # this one's dots run. (A runtime inner loop over a group's two or four steps would be the
+    # pipelined one, drained and refilled at every group.)
     for g in range(0, NG):
+        # the zero point leaves the codes before the dots (code - zero is in [-15, 15], an int8):
+        # the group's int32 sum is the CPU kernel's acc - zero * sum(qx) exactly, without the
+        # activation row sums
+        z = tl.load(Z + g * N + offs_n, mask=nmask, other=0).to(tl.int32)
         acc = tl.zeros((BM, BN), dtype=tl.int32)
-        xs = tl.zeros((BM,), dtype=tl.int32)
-        for kb in range(0, G, BK):   # BK divides G: every step lies in group g
+        for kb in tl.static_range(0, G, BK):   # BK divides G: every step lies in group g
             k0 = g * G + kb
             a = tl.load(Qx + offs_m[:, None] * K + (k0 + kk)[None, :], mask=mmask[:, None], other=0)
             byte = tl.load(W + w_n[None, :] + ((k0 // 8) * 64 + w_k)[:, None], mask=nmask[None, :], other=0)
-            code = ((byte >> shift_k[:, None]) & 15).to(tl.int8)
+            code = (((byte >> shift_k[:, None]) & 15).to(tl.int32) - z[None, :]).to(tl.int8)
             acc = tl.dot(a, code, acc, out_dtype=tl.int32)
-            xs += tl.sum(a.to(tl.int32), 1)
-        z = tl.load(Z + g * N + offs_n, mask=nmask, other=0).to(tl.int32)
         s = tl.load(S + g * N + offs_n, mask=nmask, other=0.0)
-        f += (acc - xs[:, None] * z[None, :]).to(tl.float32) * s[None, :]
+        f += acc.to(tl.float32) * s[None, :]
     sx = tl.load(SX + offs_m, mask=mmask, other=1.0)
     y = f * sx[:, None]
     store_tile(Y, B, RF, y, offs_m, offs_n, M, N, HAS_BIAS, HAS_RF)
@@ -325,9 +330,10 @@ def _w4a8_kernel(Qx, SX, W, S, Z, B, RF, Y, M, N, K, K_SPLIT, MB, K8, G, NG,
 _w4a8_tuner = Q.autotuned(_w4a8_kernel, KEY)
 
 
-def w4a8_smem(cfg):
+def w4a8_smem(cfg, G):
+    """A pipeline stage holds a whole group's G / BK steps (they are unrolled in the loop body)."""
     BM, BN, BK, _, stages = cfg[:5]
-    return Q.smem_bytes(BM, BN, BK, 1, 0.5, stages, b_op_bytes=1)
+    return Q.smem_bytes(BM, BN, BK * (G // BK), 1, 0.5, stages, b_op_bytes=1)
 
 
 @triton.jit
@@ -363,5 +369,6 @@ def int4_dynamic_linear(x, qweight, scale, zero, bias):
                          N, K, x.dtype)
         return torch.nn.functional.linear(xs, w, None if b is None else b.to(x.dtype))
     return Q.run_linear(_w4a8_kernel, _w4a8_tuner, (q, sx, qweight.contiguous(), scale.contiguous(), zero.contiguous()),
-                        {}, b, q, N, K, w4a8_smem, step=32, fixed_bk=64 if G % 64 == 0 else 32, split_ok=False,
+                        {}, b, q, N, K, lambda c: w4a8_smem(c, G), step=32, fixed_bk=64 if G % 64 == 0 else 32,
+                        split_ok=False,
                         extra=(K // 8, G, ng), y_dtype=Q.out_dtype(x))
