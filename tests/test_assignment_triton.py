@@ -38,7 +38,8 @@ def _check(C, maximize, backend):
 @pytest.mark.parametrize("maximize", [False, True])
 def test_integer_costs_with_ties(backend, n, m, maximize):
     g = torch.Generator().manual_seed(n * 31 + m)
-    C = torch.randint(-3, 4, (3, n, m), generator=g).double()
+    # drawn on the CPU (the generator's device), then moved to the test's device (CUDA in GPU mode)
+    C = torch.randint(-3, 4, (3, n, m), generator=g, device="cpu").double()
     _check(C.to(torch.get_default_device()), maximize, backend)
 
 
@@ -47,7 +48,7 @@ def test_integer_costs_with_ties(backend, n, m, maximize):
                                                  (7, 2, False, torch.float32)])
 def test_float_costs(backend, n, m, maximize, dtype):
     g = torch.Generator().manual_seed(n + 100 * m)
-    C = torch.rand(1, n, m, generator=g, dtype=torch.float64).to(dtype) * 10 - 3
+    C = torch.rand(1, n, m, generator=g, dtype=torch.float64, device="cpu").to(dtype) * 10 - 3
     _check(C.to(torch.get_default_device()), maximize, backend)
 
 
@@ -55,12 +56,13 @@ def test_float_costs(backend, n, m, maximize, dtype):
 @pytest.mark.parametrize("n,m,maximize", [(5, 5, False), (7, 12, True), (12, 5, False), (2, 2, True)])
 def test_forbidden_pairs(backend, n, m, maximize):
     g = torch.Generator().manual_seed(7 * n + m)
-    C = torch.randint(0, 6, (2, n, m), generator=g).double()
-    banned = torch.rand(2, n, m, generator=g) < 0.3
+    # built on the CPU (the generator's device), then moved to the test's device (CUDA in GPU mode)
+    C = torch.randint(0, 6, (2, n, m), generator=g, device="cpu").double()
+    banned = torch.rand(2, n, m, generator=g, device="cpu") < 0.3
     # a guaranteed complete matching stays allowed
     k = min(n, m)
-    keep = torch.zeros(n, m, dtype=torch.bool)
-    keep[torch.arange(k), torch.arange(k)] = True
+    keep = torch.zeros(n, m, dtype=torch.bool, device="cpu")
+    keep[torch.arange(k, device="cpu"), torch.arange(k, device="cpu")] = True
     banned &= ~keep
     C[banned] = -math.inf if maximize else math.inf
     _check(C.to(torch.get_default_device()), maximize, backend)
@@ -102,6 +104,8 @@ def test_kernel_result_needs_no_fallback(backend, monkeypatch):
     def no_fallback(C, maximize):
         raise AssertionError("fell back to the CPU kernel")
     monkeypatch.setattr(tri, "_cpu_solve", no_fallback)
-    g = torch.Generator().manual_seed(3)
-    _check(torch.randint(0, 5, (2, 6, 6), generator=g).double().to(torch.get_default_device()), False, backend)
-    _check(torch.rand(1, 4, 6, generator=g, dtype=torch.float64).to(torch.get_default_device()), True, backend)
+    g = torch.Generator().manual_seed(3)  # a CPU generator: draw on the CPU, then move
+    _check(torch.randint(0, 5, (2, 6, 6), generator=g, device="cpu").double().to(torch.get_default_device()), False,
+           backend)
+    _check(torch.rand(1, 4, 6, generator=g, dtype=torch.float64, device="cpu").to(torch.get_default_device()), True,
+           backend)

@@ -37,9 +37,9 @@ def small_chunks(monkeypatch):
 
 
 def _sweep_cases(n, m, d, exclude_diag, dtype=torch.float64):
-    g = torch.Generator().manual_seed(n * 1000 + m)
-    x = torch.randn(n, d, dtype=dtype, generator=g).to(torch.get_default_device())
-    y = x if exclude_diag else torch.randn(m, d, dtype=dtype, generator=g).to(x.device)
+    g = torch.Generator().manual_seed(n * 1000 + m)  # a CPU generator: draw on the CPU, then move
+    x = torch.randn(n, d, dtype=dtype, generator=g, device="cpu").to(torch.get_default_device())
+    y = x if exclude_diag else torch.randn(m, d, dtype=dtype, generator=g, device="cpu").to(x.device)
     return x, y
 
 
@@ -229,14 +229,16 @@ def _check(fn, ref, inputs):
 def test_losses_through_library_sweeps(library_ops, backend):
     g = torch.Generator().manual_seed(3)
     dev = torch.get_default_device()
-    img, txt = (torch.randn(23, 10, dtype=torch.float64, generator=g).to(dev).requires_grad_() for _ in range(2))
+    # drawn on the CPU (the generator's device), then moved to the test's device (CUDA in GPU mode)
+    img, txt = (torch.randn(23, 10, dtype=torch.float64, generator=g, device="cpu").to(dev).requires_grad_()
+                for _ in range(2))
     scale = torch.tensor(7.0, dtype=torch.float64, requires_grad=True)
     bias = torch.tensor(-3.0, dtype=torch.float64, requires_grad=True)
     _check(lambda: C.clip_loss(img, txt, scale), lambda: R.clip_loss(img, txt, scale), [img, txt, scale])
     _check(lambda: C.siglip_loss(img, txt, scale, bias), lambda: R.siglip_loss(img, txt, scale, bias),
            [img, txt, scale, bias])
     _check(lambda: C.info_nce(img, txt, temperature=0.3), lambda: R.info_nce(img, txt, 0.3), [img, txt])
-    lab = torch.randint(0, 4, (23,), generator=g).to(dev)
+    lab = torch.randint(0, 4, (23,), generator=g, device="cpu").to(dev)
     _check(lambda: C.supcon_loss(img, lab, temperature=0.2), lambda: R.supcon_loss(img, lab, 0.2), [img])
     # gradcheck through the chunked backward (the scale is differentiable too)
     a, b = (t.detach()[:7, :4].clone().requires_grad_() for t in (img, txt))

@@ -18,8 +18,8 @@ NAN, INF = float("nan"), float("inf")
 
 
 def _labels(n, classes, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, classes, (n,), generator=g)
+    g = torch.Generator().manual_seed(seed)  # a CPU generator: draw on the CPU, then move to the test's device
+    return torch.randint(0, classes, (n,), generator=g, device="cpu").to(torch.get_default_device())
 
 
 # -- NaN / inf -------------------------------------------------------------------------------------------

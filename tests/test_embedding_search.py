@@ -11,10 +11,14 @@ from hotpath.reference import quant_lowbit as ref
 
 def _data(n, d, Q, seed=0):
     g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(16, d, generator=g)
-    keys = centers[torch.randint(0, 16, (n,), generator=g)] + 0.5 * torch.randn(n, d, generator=g)
-    queries = centers[torch.randint(0, 16, (Q,), generator=g)] + 0.5 * torch.randn(Q, d, generator=g)
-    return torch.nn.functional.normalize(keys, dim=1), torch.nn.functional.normalize(queries, dim=1)
+    # drawn on the CPU (the generator's device), then moved to the test's device (CUDA in GPU mode)
+    centers = torch.randn(16, d, generator=g, device="cpu")
+    keys = centers[torch.randint(0, 16, (n,), generator=g, device="cpu")] + 0.5 * torch.randn(n, d, generator=g,
+                                                                                               device="cpu")
+    queries = centers[torch.randint(0, 16, (Q,), generator=g, device="cpu")] + 0.5 * torch.randn(Q, d, generator=g,
+                                                                                                  device="cpu")
+    dev = torch.get_default_device()
+    return torch.nn.functional.normalize(keys, dim=1).to(dev), torch.nn.functional.normalize(queries, dim=1).to(dev)
 
 
 def test_int8_codes():

@@ -312,14 +312,17 @@ def test_backends_agree(backend, path):
     assert_close(got, want, torch.float32, scale=10)
 
 
-def test_triton_backend_small():
+# a backend parameter: in GPU mode the body makes CUDA tensors (compiled Triton rejects CPU ones
+# outside the interpreter)
+@pytest.mark.parametrize("backend", backend_param(["triton"]))
+def test_triton_backend_small(backend):
     pytest.importorskip("triton")
     x, y = clouds(1, 6, 7, 2)
     want = hp.ot.sinkhorn(x, y, p=1, backend="reference", max_iter=5)
     old = SK.SMALL
     SK.SMALL = 0
     try:
-        got = hp.ot.sinkhorn(x, y, p=1, backend="triton", max_iter=5)
+        got = hp.ot.sinkhorn(x, y, p=1, backend=backend, max_iter=5)
     finally:
         SK.SMALL = old
     assert_close(got.loss, want.loss, D64)

@@ -32,10 +32,12 @@ def _ref(x, y, scale, metric, col_bias=None, values=None):
 def _inputs(B, n, m, d, k, dtype, bias=True, seed=0):
     g = torch.Generator().manual_seed(seed)
     shape = (lambda *s: (B, *s)) if B else (lambda *s: s)
-    x = torch.randn(shape(n, d), generator=g, dtype=torch.float64).to(dtype)
-    y = torch.randn(shape(m, d), generator=g, dtype=torch.float64).to(dtype)
-    cb = torch.randn(shape(m), generator=g, dtype=torch.float64).to(dtype) if bias else None
-    v = torch.randn(shape(m, k), generator=g, dtype=torch.float64).to(dtype) if k else None
+    # drawn on the CPU (the generator's device), then moved to the test's device (CUDA in GPU mode)
+    dev = torch.get_default_device()
+    x = torch.randn(shape(n, d), generator=g, dtype=torch.float64, device="cpu").to(dev, dtype)
+    y = torch.randn(shape(m, d), generator=g, dtype=torch.float64, device="cpu").to(dev, dtype)
+    cb = torch.randn(shape(m), generator=g, dtype=torch.float64, device="cpu").to(dev, dtype) if bias else None
+    v = torch.randn(shape(m, k), generator=g, dtype=torch.float64, device="cpu").to(dev, dtype) if k else None
     return x, y, cb, v
 
 

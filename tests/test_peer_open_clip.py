@@ -39,8 +39,10 @@ def _open_clip_loss():
 
 def _inputs(B=64, D=32, seed=0, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    img = F.normalize(torch.randn(B, D, generator=g, dtype=dtype), dim=-1)
-    txt = F.normalize(torch.randn(B, D, generator=g, dtype=dtype), dim=-1)
+    # drawn on the CPU (the generator's device), then moved to the test's device (CUDA in GPU mode)
+    dev = torch.get_default_device()
+    img = F.normalize(torch.randn(B, D, generator=g, dtype=dtype, device="cpu").to(dev), dim=-1)
+    txt = F.normalize(torch.randn(B, D, generator=g, dtype=dtype, device="cpu").to(dev), dim=-1)
     return img, txt, torch.tensor(10.0, dtype=dtype), torch.tensor(-10.0, dtype=dtype)
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from conftest import HAS_CPP, HAS_TRITON, backend_param
+from conftest import GPU_MODE, HAS_CPP, HAS_TRITON, backend_param
 import hotpath as hp
 from hotpath.quant import (Int4Dynamic, Int4WeightOnly, Int8Dynamic, Int8WeightOnly, QuantLinear, convert_qat,
                            fake_quantize, prepare_qat, quantize_)
@@ -89,8 +89,9 @@ def test_integer_paths_bit_exact(cfg, M, K, N, backend):
     qx = torch.randint(-127, 128, (M, K))
     qx[:, 0] = 127
     y = cfg.linear(qx.float(), _unit_scale_buffers(cfg, codes), None, backend)
-    exact = (qx.long() @ codes.long().t()).float()  # |acc| < 2**24: exact in float32
-    assert torch.equal(y, exact)
+    # on the CPU: CUDA has no int64 matmul
+    exact = (qx.cpu().long() @ codes.cpu().long().t()).float()  # |acc| < 2**24: exact in float32
+    assert torch.equal(y.cpu(), exact)
 
 
 @pytest.mark.parametrize("backend", backend_param(["reference", "cpu"]))
@@ -146,14 +147,17 @@ def test_zero_rows_and_nan(cfg):
     wd = q.dequantize().weight
     assert torch.isfinite(wd).all() and (wd[3] == 0).all() and (wd[5, :32] == 0).all()
     for b in ["reference"] + (["cpu"] if HAS_CPP else []) + (["triton"] if HAS_TRITON else []):
-        q.backend = b
+        # compiled Triton (a GPU machine: no interpreter) takes CUDA tensors: its leg runs there
+        dev = "cuda" if b == "triton" and GPU_MODE else "cpu"
+        qb = q if dev == "cpu" else copy.deepcopy(q).to(dev)
+        qb.backend = b
         x = torch.randn(4, K)
         x[1, 2] = float("nan")
         x[2] = 0
-        y = q(x)
+        y = qb(x.to(dev))
         assert torch.isnan(y[1]).all()
         assert torch.isfinite(y[[0, 2, 3]]).all()
-        torch.testing.assert_close(y[2], q.bias.detach())
+        torch.testing.assert_close(y[2], qb.bias.detach())
 
 
 def test_packing_round_trip():

@@ -162,7 +162,9 @@ def test_hadamard_orthogonal_and_invertible(backend, block):
     x = torch.randn(7, K, dtype=torch.float64)
     y = L.random_hadamard(x, block, seed=5, backend=backend)
     torch.testing.assert_close(L.random_hadamard(y, block, seed=5, inverse=True, backend=backend), x, atol=1e-12, rtol=0)
-    torch.testing.assert_close(y, ref.fwht(x, L.hadamard_signs(K, 5, torch.float64), block, False), atol=1e-12, rtol=0)
+    # the signs on x's device (hadamard_signs draws them on the CPU unless told a device)
+    torch.testing.assert_close(y, ref.fwht(x, L.hadamard_signs(K, 5, torch.float64, x.device), block, False),
+                               atol=1e-12, rtol=0)
     w = torch.randn(5, K, dtype=torch.float64)
     wt = L.random_hadamard(w, block, seed=5, backend=backend)
     torch.testing.assert_close(y @ wt.T, x @ w.T, atol=1e-11, rtol=0)   # matmul unchanged

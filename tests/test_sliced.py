@@ -15,11 +15,13 @@ from conftest import assert_close, backend_param
 def _clouds(B, N, M, D, dtype=torch.float64, weighted=False, seed=0):
     g = torch.Generator().manual_seed(seed)
     shape = (lambda *s: (B, *s)) if B else (lambda *s: s)
-    x = torch.randn(shape(N, D), generator=g, dtype=torch.float64)
-    y = torch.randn(shape(M, D), generator=g, dtype=torch.float64) * 0.7 + 0.5
-    a = torch.rand(shape(N), generator=g, dtype=torch.float64) + 0.05 if weighted else None
-    b = torch.rand(shape(M), generator=g, dtype=torch.float64) + 0.05 if weighted else None
-    cast = (lambda t: None if t is None else t.to(dtype))
+    # drawn on the CPU (the generator's device), then moved to the test's device (CUDA in GPU mode)
+    x = torch.randn(shape(N, D), generator=g, dtype=torch.float64, device="cpu")
+    y = torch.randn(shape(M, D), generator=g, dtype=torch.float64, device="cpu") * 0.7 + 0.5
+    a = torch.rand(shape(N), generator=g, dtype=torch.float64, device="cpu") + 0.05 if weighted else None
+    b = torch.rand(shape(M), generator=g, dtype=torch.float64, device="cpu") + 0.05 if weighted else None
+    dev = torch.get_default_device()
+    cast = (lambda t: None if t is None else t.to(dev, dtype))
     return cast(x), cast(y), cast(a), cast(b)
 
 
@@ -51,7 +53,7 @@ def test_matches_reference(backend, B, N, M, D, p, weighted, dtype):
 @pytest.mark.parametrize("backend", backend_param(["triton"]))
 def test_triton_matches_reference(backend):
     x, y, a, b = _clouds(2, 9, 6, 3, torch.float32, True)
-    theta = hp.ot.random_projections(3, 4, generator=torch.Generator().manual_seed(1))
+    theta = hp.ot.random_projections(3, 4, generator=torch.Generator().manual_seed(1), device=x.device)
     out = hp.ot.sliced_wasserstein(x, y, a, b, projections=theta, p=2, backend=backend)
     assert_close(out, _ref(x, y, a, b, theta, 2), torch.float32, scale=4.0)
 
@@ -86,7 +88,9 @@ def test_generator_reproducible_and_default_projections():
 @pytest.mark.parametrize("backend", backend_param(["reference", "cpu", "triton"]))
 def test_gradcheck(backend):
     x, y, a, b = _clouds(0, 6, 4, 3, torch.float64, True, seed=4)
-    theta = torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    # a CPU generator: drawn on the CPU, then moved to x's device
+    theta = torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(5),
+                        device="cpu").to(x.device)
     ins = [t.requires_grad_() for t in (x, y, a, b, theta)]
     for p in ([2] if backend == "triton" else [1, 2, 1.5]):
         assert torch.autograd.gradcheck(
@@ -133,7 +137,8 @@ def test_batched_equals_looped(backend):
 def test_equal_inputs_zero_and_zero_grad(backend):
     x, _, _, _ = _clouds(0, 12, 12, 3, torch.float64, seed=12)
     x[3] = x[5]  # ties
-    theta = hp.ot.random_projections(3, 6, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    theta = hp.ot.random_projections(3, 6, generator=torch.Generator().manual_seed(13), dtype=torch.float64,
+                                     device=x.device)
     xa = x.clone().requires_grad_()
     out = hp.ot.sliced_wasserstein(xa, x.clone(), projections=theta, p=2, backend=backend)
     assert out.item() == 0.0
@@ -224,7 +229,7 @@ def test_double_backward(backend):
     x, y, a, b = _clouds(0, 4 if backend == "triton" else 6, 3 if backend == "triton" else 5, 3, torch.float64, True,
                          seed=30)
     theta = torch.randn(3, 2 if backend == "triton" else 4, dtype=torch.float64,
-                        generator=torch.Generator().manual_seed(31))
+                        generator=torch.Generator().manual_seed(31), device="cpu").to(x.device)  # CPU generator
     ins = [t.requires_grad_() for t in (x, y, a, b, theta)]
     for p in ([2] if backend == "triton" else [2, 1.5, 3]):
         f = (lambda x_, y_, a_, b_, t_: hp.ot.sliced_wasserstein(x_, y_, a_, b_, projections=t_, p=p, backend=backend))
@@ -259,7 +264,8 @@ def test_double_backward_log_and_max_sliced():
 @pytest.mark.parametrize("backend", backend_param(["reference", "cpu", "triton"]))
 def test_nonfinite_inputs_give_nan(backend):
     x, y, a, b = _clouds(2, 7, 5, 3, torch.float64, True, seed=36)
-    theta = hp.ot.random_projections(3, 4, generator=torch.Generator().manual_seed(37), dtype=torch.float64)
+    theta = hp.ot.random_projections(3, 4, generator=torch.Generator().manual_seed(37), dtype=torch.float64,
+                                     device=x.device)
     for bad in (float("nan"), float("inf")):
         for which in ("x", "a"):
             xs, As = x.clone(), a.clone()

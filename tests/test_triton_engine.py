@@ -222,6 +222,24 @@ def test_tile_configs_fit_shared_memory():
                        for c in kept)
 
 
+def test_flattened_candidates_only_where_nothing_accumulates():
+    """FLAT (one flattened, pipelined loop over column blocks and feature chunks) sits in the
+    log-sum-exp, SigLIP forward and top-k autotuners' lists, never in an accumulating launch's:
+    compiled for sm_90 those need more shared memory than Hopper has (docs/gpu.md)."""
+    flat = [c for c in TC._CONFIGS + TC._FLAT if c.kwargs["FLAT"]]
+    assert flat and all(c in TC._lse_rows_tuned.configs for c in flat)
+    assert any(c.kwargs["FLAT"] for c in TC._ROWCOL_CONFIGS) and any(c.kwargs["FLAT"] for c in TC._topk_tuned.configs)
+    for dt in (torch.bfloat16, torch.float32):
+        x = {"X": torch.empty(0, dtype=dt)}
+        lse = TC._early_prune(TC._lse_rows_tuned.configs, x, EXCL=False, COLS=False, BLOCK_DO=0)
+        assert any(c.kwargs["FLAT"] for c in lse) == (dt == torch.bfloat16 or not TC.fma(dt))
+        fwd = TC._early_prune(TC._siglip_tuned.configs, x, GRAD=False, NACC=1, BLOCK_DO=16)
+        assert any(c.kwargs["FLAT"] for c in fwd) == (dt == torch.bfloat16 or not TC.fma(dt))
+        for kw in (dict(GRAD=True, NACC=4, BLOCK_DO=128), dict(HAS_R=True, HAS_C=True, NACC=4, BLOCK_DO=128)):
+            acc = TC._early_prune(TC._siglip_tuned.configs, x, **kw)
+            assert acc and not any(c.kwargs["FLAT"] for c in acc), kw
+
+
 # -- contrastive ---------------------------------------------------------------------------------------
 
 CT_SHAPES = [(1, 3, 1), (17, 33, 16), (33, 17, 3), (3, 1, 64)]

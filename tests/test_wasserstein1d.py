@@ -13,11 +13,13 @@ from conftest import assert_close, backend_param
 
 def _samples(n, m, batch=(), dtype=torch.float64, weighted=True, seed=0):
     g = torch.Generator().manual_seed(seed)
-    u = torch.randn(n, *batch, generator=g, dtype=torch.float64)
-    v = 1.5 * torch.randn(m, *batch, generator=g, dtype=torch.float64) + 0.3
-    uw = torch.rand(n, *batch, generator=g, dtype=torch.float64) + 0.05 if weighted else None
-    vw = torch.rand(m, *batch, generator=g, dtype=torch.float64) + 0.05 if weighted else None
-    cast = (lambda t: None if t is None else t.to(dtype))
+    # drawn on the CPU (the generator's device), then moved to the test's device (CUDA in GPU mode)
+    u = torch.randn(n, *batch, generator=g, dtype=torch.float64, device="cpu")
+    v = 1.5 * torch.randn(m, *batch, generator=g, dtype=torch.float64, device="cpu") + 0.3
+    uw = torch.rand(n, *batch, generator=g, dtype=torch.float64, device="cpu") + 0.05 if weighted else None
+    vw = torch.rand(m, *batch, generator=g, dtype=torch.float64, device="cpu") + 0.05 if weighted else None
+    dev = torch.get_default_device()
+    cast = (lambda t: None if t is None else t.to(dev, dtype))
     return cast(u), cast(v), cast(uw), cast(vw)
 
 
@@ -144,7 +146,8 @@ def test_ties_and_zero_weights(backend):
     vw = torch.tensor([0.25, 0.25, 0.25, 0.25], dtype=torch.float64)
     out = hp.ot.wasserstein_1d(u, v, uw, vw, p=1, backend=backend)
     stats = pytest.importorskip("scipy.stats")
-    assert abs(out.item() - stats.wasserstein_distance(u.numpy(), v.numpy(), uw.numpy(), vw.numpy())) < 1e-12
+    np_ = (lambda t: t.cpu().numpy())  # scipy reads numpy: CPU copies of (possibly CUDA) tensors
+    assert abs(out.item() - stats.wasserstein_distance(np_(u), np_(v), np_(uw), np_(vw))) < 1e-12
     u2 = torch.cat([u, torch.tensor([100.0], dtype=torch.float64)])
     uw2 = torch.cat([uw, torch.zeros(1, dtype=torch.float64)])
     assert abs(hp.ot.wasserstein_1d(u2, v, uw2, vw, p=2, backend=backend).item()
@@ -222,9 +225,11 @@ def test_bad_input():
 # ---------------------------------------------------------------------------- histograms
 def _hists(B, K, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
-    p = torch.randn(B, K, generator=g, dtype=torch.float64).softmax(-1)
-    q = torch.rand(B, K, generator=g, dtype=torch.float64)
-    return p.to(dtype), q.to(dtype)
+    # drawn on the CPU (the generator's device), then moved to the test's device (CUDA in GPU mode)
+    p = torch.randn(B, K, generator=g, dtype=torch.float64, device="cpu").softmax(-1)
+    q = torch.rand(B, K, generator=g, dtype=torch.float64, device="cpu")
+    dev = torch.get_default_device()
+    return p.to(dev, dtype), q.to(dev, dtype)
 
 
 @pytest.mark.parametrize("backend", backend_param(["reference", "cpu", "triton"]))

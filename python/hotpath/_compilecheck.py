@@ -443,8 +443,13 @@ def spills_of(r):
 
 
 def _describe(r):
-    tiles = {k: v for k, v in r.params.items() if k.startswith("BLOCK") or k in ("BM", "BN", "BK")}
+    tiles = {k: v for k, v in r.params.items() if (k.startswith("BLOCK") or k in _CANDIDATE_PARAMS) and k != "GROUP_M"}
     return f"{tiles} w{r.num_warps} s{r.num_stages}: {spills_of(r)} B ({r.regs} regs)"
+
+
+# constexprs that only tell one autotuning candidate from another: tiles, and the alternative
+# loop forms the autotuner times against each other (the W8A8 weight read, the flattened sweeps)
+_CANDIDATE_PARAMS = ("BM", "BN", "BK", "GROUP_M", "VNNI_RUNS", "FLAT")
 
 
 def groups(records):
@@ -453,7 +458,7 @@ def groups(records):
     out = {}
     for r in records:
         spec = tuple((k, v) for k, v in r.params.items()
-                     if not (k.startswith("BLOCK") or k in ("BM", "BN", "BK", "GROUP_M")))
+                     if not (k.startswith("BLOCK") or k in _CANDIDATE_PARAMS))
         out.setdefault((r.case, r.kernel, spec + (("launch", r.launch),)), []).append(r)
     return out
 

@@ -43,7 +43,8 @@ def hadamard_signs(K, seed=0, dtype=torch.float32, device=None):
     # device="cpu" too: under torch.set_default_device("cuda") a bare randint would ask a CUDA
     # draw of this CPU generator, which torch refuses
     bits = torch.randint(0, 2, (K,), generator=g, device="cpu")
-    return (1 - 2 * bits).to(dtype=dtype, device=device)
+    # device=None: torch's default device, as a factory function's
+    return (1 - 2 * bits).to(dtype=dtype, device=torch.get_default_device() if device is None else device)
 
 
 @backends.takes_backend

@@ -39,7 +39,8 @@ _LOG2E = tl.constexpr(LOG2E)
 @triton.jit
 def _lse_rows_kernel(X, Y, LSE, PMAX, PSUM, n, m, d, s_hi, s_lo, s_x, s_y, s_p, n_bucket, m_bucket,
                      EXCL: tl.constexpr, COLS: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr):
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
+                     FLAT: tl.constexpr):
     """Online row log-sum-exp of scale * <x_i, y_j>. COLS: from the same score tiles, also each
     column's partial base-2 max and sum over this program's row block (PMAX, PSUM row pid; the
     host merges the row blocks), the sum relative to the finite-safe max as the rows' sums are."""
@@ -49,7 +50,7 @@ def _lse_rows_kernel(X, Y, LSE, PMAX, PSUM, n, m, d, s_hi, s_lo, s_x, s_y, s_p, 
     scale2 = _scal(s_hi, s_lo, dt)  # scale * log2(e)
     m_i = tl.full((BLOCK_M,), -float("inf"), dtype=dt)
     l_i = tl.zeros((BLOCK_M,), dtype=dt)
-    for n0 in range(0, m, BLOCK_N):
+    for n0 in tl.range(0, m, BLOCK_N, flatten=FLAT):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         s = _dots(X, Y, offs_m, offs_n, n, m, d, s_x, s_y, tl.zeros((BLOCK_M, BLOCK_N), dtype=dt),
                   BLOCK_D, PREC, UPCAST) * scale2
@@ -112,7 +113,7 @@ def _store_span(ACC, a0, a1, a2, a3, offs_m, n, d, s_acc, c0, BLOCK_DO: tl.const
 def _softmax_acc_kernel(X, Y, RA, RL, CA, CL, ACC, n, m, d, s_hi, s_lo, s_x, s_y, s_acc, n_bucket, m_bucket,
                         HAS_R: tl.constexpr, HAS_C: tl.constexpr, EXCL: tl.constexpr, NACC: tl.constexpr,
                         PREC: tl.constexpr, UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr):
+                        BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr, FLAT: tl.constexpr):
     pid = tl.program_id(0)
     c0 = tl.program_id(1) * (NACC * BLOCK_DO)   # this program's span of output features
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -127,7 +128,7 @@ def _softmax_acc_kernel(X, Y, RA, RL, CA, CL, ACC, n, m, d, s_hi, s_lo, s_x, s_y
         rl = tl.load(RL + offs_m, mask=offs_m < n, other=0.0).to(dt)
         r_ok = rl != -float("inf")  # a row with every entry masked has weight 0
         rl = tl.where(r_ok, rl, 0.0) * _LOG2E
-    for n0 in range(0, m, BLOCK_N):
+    for n0 in tl.range(0, m, BLOCK_N, flatten=FLAT):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         s = _dots(X, Y, offs_m, offs_n, n, m, d, s_x, s_y, tl.zeros((BLOCK_M, BLOCK_N), dtype=dt),
                   BLOCK_D, PREC, UPCAST) * scale2
@@ -152,7 +153,7 @@ def _softmax_acc_kernel(X, Y, RA, RL, CA, CL, ACC, n, m, d, s_hi, s_lo, s_x, s_y
 def _siglip_kernel(X, Y, RSUM, ACC, LOSS, n, m, d, s_hi, s_lo, b_hi, b_lo, s_x, s_y, s_acc, n_bucket, m_bucket,
                    GRAD: tl.constexpr, WITH_LOSS: tl.constexpr, NACC: tl.constexpr, PREC: tl.constexpr,
                    UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                   BLOCK_DO: tl.constexpr):
+                   BLOCK_DO: tl.constexpr, FLAT: tl.constexpr):
     """RSUM: per row sum_j softplus(z_ij), or with GRAD sum_j sigmoid(z_ij) and ACC sum_j
     sigmoid(z_ij) y_j; WITH_LOSS (GRAD only): LOSS gets the softplus sums too, from the same tiles."""
     pid = tl.program_id(0)
@@ -168,7 +169,7 @@ def _siglip_kernel(X, Y, RSUM, ACC, LOSS, n, m, d, s_hi, s_lo, b_hi, b_lo, s_x, 
     a1 = a0
     a2 = a0
     a3 = a0
-    for n0 in range(0, m, BLOCK_N):
+    for n0 in tl.range(0, m, BLOCK_N, flatten=FLAT):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         z = _dots(X, Y, offs_m, offs_n, n, m, d, s_x, s_y, tl.zeros((BLOCK_M, BLOCK_N), dtype=dt),
                   BLOCK_D, PREC, UPCAST) * scale + bias
@@ -233,7 +234,8 @@ def _hard_mine_kernel(X, NRM, LAB, PI, NI, n, d, s_x, PREC: tl.constexpr, UPCAST
 @triton.jit
 def _topk_kernel(Q, K, KS, VALS, IDX, n, m, d, s_q, s_k, span, s_split, n_bucket, m_bucket,
                  KTOP: tl.constexpr, K_PAD: tl.constexpr, INT8: tl.constexpr, PREC: tl.constexpr,
-                 UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+                 UPCAST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                 FLAT: tl.constexpr):
     """The top-k of this program's query block over keys [span * split, span * (split + 1)), split
     = program_id(1), into VALS / IDX + split * s_split (the host merges the splits). INT8: int8
     query and key codes, scores = exact int32 dot * KS[key] (embedding search)."""
@@ -251,7 +253,7 @@ def _topk_kernel(Q, K, KS, VALS, IDX, n, m, d, s_q, s_k, span, s_split, n_bucket
     # key indices as int32 (the launcher refuses 2^31 keys): half the registers of int64 ones
     bi = tl.full((BLOCK_M, K_PAD), -1, dtype=tl.int32)
     filled = 0
-    for n0 in range(k_lo, k_hi, BLOCK_N):
+    for n0 in tl.range(k_lo, k_hi, BLOCK_N, flatten=FLAT):
         offs_n = n0 + ncols
         if INT8:
             si = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
@@ -296,8 +298,20 @@ def _topk_kernel(Q, K, KS, VALS, IDX, n, m, d, s_q, s_k, span, s_split, n_bucket
 
 # -- configs -----------------------------------------------------------------------------------------
 
-def _cfg(bm, bn, bd, w, s):
-    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd}, num_warps=w, num_stages=s)
+def _cfg(bm, bn, bd, w, s, flat=False):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_D": bd, "FLAT": flat}, num_warps=w, num_stages=s)
+
+
+# The score tile of a column block is a loop over the feature dimension (8 chunks of 64 at
+# d = 512) inside the loop over column blocks. Triton pipelines the innermost loop, so each
+# column block fills and drains its own pipeline, and the softmax of a block does not overlap the
+# next block's loads. FLAT=True asks Triton to flatten the two loops into one pipelined loop
+# (`tl.range(..., flatten=True)`); whether that is faster is the GPU's to say, so these
+# candidates sit beside the plain ones in the autotuners' lists. Launches without accumulators
+# only: compiled for sm_90 (Triton 3.6), the flattened loop also pipelines the accumulators' y
+# tiles, and at d = 512 the CLIP / SigLIP gradient sweeps then need 261-267 KB of shared memory
+# (and spill); the log-sum-exp sweep (68 KB) and top-k (49 KB) compile spill-free.
+_FLAT = [_cfg(128, 64, 64, 8, 2, flat=True), _cfg(128, 128, 64, 8, 2, flat=True), _cfg(64, 128, 64, 8, 2, flat=True)]
 
 
 # (rows, cols, dot chunk, warps, stages); 64-128 wide tiles, pruned by the shared-memory estimate
@@ -312,6 +326,9 @@ _CONFIGS = [_cfg(128, 64, 64, 8, 2), _cfg(64, 128, 64, 8, 2), _cfg(128, 128, 64,
 _FMA_CONFIGS = [_cfg(32, 32, 32, 4, 2), _cfg(64, 32, 32, 8, 2), _cfg(32, 64, 32, 8, 2), _cfg(128, 32, 32, 8, 2)]
 FMA_CHUNK = 32
 _INTERP = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_D": 16}   # several tiles and chunks even at tiny sizes
+# the fixed launch of the column-sweeping kernels under the interpreter (flattening is a compiler
+# matter: the interpreter runs the loops as written)
+_INTERP_SWEEP = dict(_INTERP, FLAT=False)
 
 # Output features per accumulator (a tl.dot N tile) and accumulators per program: a span of 512.
 # The interpreter uses 16-wide chunks, so that tiny test shapes run several accumulators and spans.
@@ -373,12 +390,15 @@ def _early_prune(configs, nargs, **kw):
         # (5 words per kept entry: the value, the index and the merge's temporaries. With K_PAD = 64
         # under Triton 3.6 only 32 x 128 over 8 warps is spill-free among those kept: docs/gpu.md)
         regs = lambda c: c.kwargs["BLOCK_M"] * (c.kwargs["BLOCK_N"] + 5 * kw["K_PAD"])  # noqa: E731
-        ok = [c for c in configs if regs(c) <= _ACC_PER_WARP * c.num_warps]
+        # flattened top-k with 4-byte operands spills (260 B under 3xTF32, Triton 3.6): 16-bit only
+        ok = [c for c in configs if regs(c) <= _ACC_PER_WARP * c.num_warps
+              and not (c.kwargs.get("FLAT") and x.element_size() >= 4)]
         return prune(ok or configs[-1:], lambda c: _need(c, x.element_size(), 0), smem_limit(x.device))
     acc = "NACC" in kw and kw.get("GRAD", True) and (kw.get("HAS_R", True) or kw.get("HAS_C", True))
     if not acc:
         return prune(configs, lambda c: _need(c, x.element_size(), 0), smem_limit(x.device))
     bdo, nacc = kw["BLOCK_DO"], kw["NACC"]
+    # _fitting draws from the plain tiles: an accumulating launch never runs a FLAT one
     return _fitting(x.element_size(), bdo, nacc, smem_limit(x.device), x.dtype) or configs[-1:]
 
 
@@ -388,14 +408,14 @@ _KEY = ["d", "n_bucket", "m_bucket", "PREC", "EXCL", "COLS", "HAS_R", "HAS_C", "
 
 def _tune(kernel):
     # every kernel writes each output element once, so timing runs need no reset
-    return triton.autotune(configs=_CONFIGS + _FMA_CONFIGS, key=tune_key(kernel, _KEY),
+    return triton.autotune(configs=_CONFIGS + _FLAT + _FMA_CONFIGS, key=tune_key(kernel, _KEY),
                            prune_configs_by={"early_config_prune": _early_prune})(kernel)
 
 
 _lse_rows_tuned = _tune(_lse_rows_kernel)
 # the fused row + column sweep: one row-block height, so the host knows the partials' shape
 _ROWCOL_BM = 128
-_ROWCOL_CONFIGS = [c for c in _CONFIGS + _FMA_CONFIGS if c.kwargs["BLOCK_M"] == _ROWCOL_BM]
+_ROWCOL_CONFIGS = [c for c in _CONFIGS + _FLAT + _FMA_CONFIGS if c.kwargs["BLOCK_M"] == _ROWCOL_BM]
 _lse_rowcol_tuned = triton.autotune(configs=_ROWCOL_CONFIGS, key=tune_key(_lse_rows_kernel, _KEY),
                                     prune_configs_by={"early_config_prune": _early_prune})(_lse_rows_kernel)
 # column partials of the fused sweep (2 x row blocks x columns x 4 bytes) at most this; past it
@@ -407,7 +427,7 @@ _siglip_tuned = _tune(_siglip_kernel)
 # elements; 32-row blocks re-read 1M x 384 keys 300 times at Q = 10k); the merge runs rarely
 _TOPK_CONFIGS = [_cfg(64, 128, 64, 8, 2), _cfg(128, 64, 64, 8, 2), _cfg(128, 128, 32, 8, 2), _cfg(64, 64, 64, 4, 3),
                  _cfg(32, 128, 64, 8, 2), _cfg(32, 64, 64, 8, 2)]
-_topk_tuned = triton.autotune(configs=_TOPK_CONFIGS + _FMA_CONFIGS, key=tune_key(_topk_kernel, _KEY + ["KTOP"]),
+_topk_tuned = triton.autotune(configs=_TOPK_CONFIGS + _FLAT[2:] + _FMA_CONFIGS, key=tune_key(_topk_kernel, _KEY + ["KTOP"]),
                               prune_configs_by={"early_config_prune": _early_prune})(_topk_kernel)
 
 
@@ -415,7 +435,7 @@ def _launch(plain, tuned, n, *args, spans=1, **kw):
     """One fixed small config under the interpreter (it cannot time), autotuned on a GPU; grid
     axis 1 runs the feature spans of the accumulating kernels, or the key splits of top-k."""
     if interpreting():
-        plain[(triton.cdiv(n, _INTERP["BLOCK_M"]), spans)](*args, **kw, **_INTERP)
+        plain[(triton.cdiv(n, _INTERP["BLOCK_M"]), spans)](*args, **kw, **_INTERP_SWEEP)
     else:
         tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), spans)](*args, **kw)
 
