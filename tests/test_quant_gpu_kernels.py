@@ -704,3 +704,54 @@ def test_w4a8_library_prefill(G, K, monkeypatch):
     assert yb.dtype == torch.bfloat16
     torch.testing.assert_close(yb.float(), ref_int.int4_dynamic_linear(x[keep].bfloat16().float(), *args).float(),
                                atol=3e-2, rtol=2e-2)
+
+
+# ------------------------------------------------------------------ decode steps: no host sync
+def test_metadata_scalars_read_once_per_value():
+    """A layer's K (Ternary) and Hadamard block (NVFP4 / MXFP4) are one-element buffers: read from
+    the device once, not at every call (a host sync per decode step), and read again after an
+    in-place write such as load_state_dict's."""
+    from hotpath.quant._lowbit_common import host_int
+    t = torch.tensor([64])
+    assert host_int(t) == 64 and host_int(t) == 64
+    with torch.no_grad():
+        t.copy_(torch.tensor([128]))
+    assert host_int(t) == 128
+    # through a layer: a state dict with another block loads into the same buffers
+    a = QuantLinear.from_linear(nn.Linear(256, 8), NVFP4(hadamard=True, hadamard_mode="always", hadamard_block=64))
+    b = QuantLinear.from_linear(nn.Linear(256, 8), NVFP4(hadamard=True, hadamard_mode="always", hadamard_block=128))
+    x = torch.randn(3, 256)
+    a(x)   # caches a's block
+    want = b(x)
+    a.load_state_dict(b.state_dict())
+    torch.testing.assert_close(a(x), want, rtol=0, atol=0)
+
+
+@needs_triton
+@pytest.mark.skipif(not GPU_MODE, reason="CUDA: host syncs and graph capture are CUDA matters")
+@pytest.mark.parametrize("cfg", EVERY_FORMAT + [NVFP4(hadamard=True, hadamard_mode="always")],
+                         ids=lambda c: f"{type(c).__name__}-{getattr(c, 'hadamard', '')}")
+def test_decode_step_has_no_host_sync_and_replays_as_cuda_graph(cfg):
+    """A decode step (M = 1, bf16) of every format issues no host sync once warm, and captures into
+    a CUDA graph whose replay gives the eager output: how served models run their decode steps."""
+    lin = QuantLinear.from_linear(nn.Linear(256, 512), cfg).cuda()
+    x = torch.randn(1, 256, device="cuda", dtype=torch.bfloat16)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):   # warm-up: compiles and plans the launches
+        want = lin(x)
+        lin(x)
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        lin(x)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        y = lin(x)
+    x.copy_(torch.randn_like(x))
+    g.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(y, lin(x), rtol=0, atol=0)
+    assert y.shape == want.shape and y.dtype == want.dtype

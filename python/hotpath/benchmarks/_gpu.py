@@ -167,6 +167,38 @@ def library_prefill(cfg):
     return None
 
 
+def graphed(fn, warmup=2):
+    """fn as a CUDA graph replay, the way served models run a decode step (no Python or launch
+    cost per kernel): the first call warms fn up on a side stream (compiles, plans the launches)
+    and captures it; every call replays the capture and returns its output."""
+    state = {}
+
+    def run():
+        if "graph" not in state:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    fn()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                state["out"] = fn()
+            state["graph"] = graph
+        state["graph"].replay()
+        return state["out"]
+    return run
+
+
+def _gemv_targets(h, gemv_target, bandwidth, wbytes):
+    if gemv_target:
+        h.target("torch bf16 F.linear", gemv_target)
+        ours = h._case["impls"].get("hotpath", {})
+        if bandwidth and "seconds" in ours:
+            h.target_value(f"fraction of HBM bandwidth ({wbytes >> 20} MB of weights)",
+                           wbytes / ours["seconds"] / bandwidth, at_least=0.6)
+
+
 def quant_format_cases(h, name, cfg, p, gemv_target=None, gemm_target=None, bandwidth=None, int_mm=False):
     """One format's GEMV and GEMM cases. hotpath is fed bf16 activations, as served models feed
     it (the weight tiles are dequantized to bf16 for the tensor cores), and float32 activations
@@ -189,12 +221,15 @@ def quant_format_cases(h, name, cfg, p, gemv_target=None, gemm_target=None, band
     h.measure("hotpath f32 activations", lambda: cfg.linear(x1, q, None))
     h.measure("torch bf16 F.linear", lambda: F.linear(p["x1b"], p["wb"]))
     h.measure("torch f32 F.linear", under_tf32(False, lambda: F.linear(x1, w)))
-    if gemv_target:
-        h.target("torch bf16 F.linear", gemv_target)
-        ours = h._case["impls"].get("hotpath", {})
-        if bandwidth and "seconds" in ours:
-            h.target_value(f"fraction of HBM bandwidth ({wbytes >> 20} MB of weights)",
-                           wbytes / ours["seconds"] / bandwidth, at_least=0.6)
+    _gemv_targets(h, gemv_target, bandwidth, wbytes)
+    if h.cuda:
+        # the same step replayed from a CUDA graph, ours and bf16's: the kernels' time without the
+        # Python and launch cost of each call, which at a few microseconds of weights is most of
+        # an eager call
+        h.case(f"{name} GEMV M=1 K={K} N={N}, CUDA graph replay", work=wbytes, unit="B weights")
+        h.measure("hotpath", graphed(lambda: cfg.linear(p["x1b"], q, None)))
+        h.measure("torch bf16 F.linear", graphed(lambda: F.linear(p["x1b"], p["wb"])))
+        _gemv_targets(h, gemv_target, bandwidth, wbytes)
 
     h.case(f"{name} GEMM M={M} K={K} N={N}", work=2 * M * N * K, unit="flop")
     h.measure("hotpath", lambda: cfg.linear(p["xmb"], q, None))

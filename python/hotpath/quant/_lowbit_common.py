@@ -14,6 +14,22 @@ def check_weight(weight, *, name="weight", finite=True):
     return weight
 
 
+def host_int(t):
+    """int(t) of a one-element metadata buffer (a layer's K, its Hadamard block), read from the
+    device once per value: a read per call would be a host sync every decode step (and CUDA graph
+    capture refuses one). Cached on the tensor with its version counter, so an in-place write
+    (load_state_dict copies into the buffers) is read again."""
+    hit = getattr(t, "_hotpath_host_int", None)
+    if hit is not None and hit[0] == t._version:
+        return hit[1]
+    v = int(t.reshape(-1)[0])
+    try:
+        t._hotpath_host_int = (t._version, v)
+    except (AttributeError, RuntimeError):   # a tensor subclass that takes no attributes
+        pass
+    return v
+
+
 def check_rounding(rounding):
     return V.one_of("rounding", rounding, ("nearest", "stochastic"))
 

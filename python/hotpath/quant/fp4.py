@@ -26,7 +26,7 @@ from .._ops import quant_lowbit as ops
 from . import packing as P
 from . import _minifloat as mf
 from ._base import QuantConfig, register_format
-from ._lowbit_common import check_rounding, check_weight, finite_passthrough, prep_bias, prep_x, ste
+from ._lowbit_common import check_rounding, check_weight, finite_passthrough, host_int, prep_bias, prep_x, ste
 from .hadamard import check_block, default_block, hadamard_signs
 
 E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
@@ -169,7 +169,7 @@ class _FP4Base(QuantConfig):
     def _rotation(q):
         if "had_signs" not in q:
             return None
-        block = int(q["had_block"][0])
+        block = host_int(q["had_block"])
         return (q["had_signs"], block) if block > 0 else None
 
     @backends.takes_backend

@@ -17,7 +17,7 @@ from .. import backends
 from .._ops import quant_lowbit as ops
 from . import packing as P
 from ._base import QuantConfig, register_format
-from ._lowbit_common import check_weight, finite_passthrough, prep_bias, prep_x, ste
+from ._lowbit_common import check_weight, finite_passthrough, host_int, prep_bias, prep_x, ste
 
 
 def ternarize(w: Tensor, eps=1e-5):
@@ -58,7 +58,7 @@ class Ternary(QuantConfig):
 
     def _k(self, q):
         if "ternary_k" in q:   # K (the bit planes are padded to 32)
-            return int(q["ternary_k"][0])
+            return host_int(q["ternary_k"])
         return q["pos"].shape[1] * 32
 
     @backends.takes_backend
