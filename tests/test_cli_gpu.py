@@ -77,7 +77,7 @@ def test_gpucheck_commands_and_environment(tmp_path, monkeypatch):
     assert "-q" in cmd and "-n" not in cmd
     assert not any(c.startswith("--maxfail") for c in _gpucheck.pytest_command(tests, str(tmp_path), maxfail=None))
     spread = _gpucheck.pytest_command(tests, str(tmp_path), workers=8)
-    assert spread[spread.index("-n") + 1] == "8"
+    assert spread[spread.index("-n") + 1] == "8" and spread[spread.index("--dist") + 1] == "loadfile"
     assert 1 <= _gpucheck.test_workers() <= 8
     b = _gpucheck.bench_command(str(tmp_path))
     assert b[1:] == ["-m", "hotpath", "bench", "--device", "cuda", "--out", str(tmp_path / "bench"), "--quick"]

@@ -92,7 +92,9 @@ def pytest_command(tests_dir, out, maxfail=MAXFAIL, per_test=600, workers=1):
     if maxfail:
         cmd.append(f"--maxfail={int(maxfail)}")
     if workers > 1:
-        cmd += ["-n", str(int(workers))]
+        # a test file's tests on one worker: its kernels are compiled once, not by several workers
+        # at the same time
+        cmd += ["-n", str(int(workers)), "--dist", "loadfile"]
     if importlib.util.find_spec("pytest_timeout") is not None:
         cmd.append(f"--timeout={max(1, int(per_test))}")
     return cmd
