@@ -182,6 +182,16 @@ def test_gpucheck_budget_splits_time(tmp_path, fake_gpu):
     assert rec["tests"]["exit"] == _gpucheck.TIMED_OUT and "stopped" in rec["tests"]["summary"]
 
 
+def test_gpucheck_bench_never_starts_past_the_budget(tmp_path, fake_gpu):
+    """With under 10 s of the budget left no benchmark family is started; the run says so and its
+    status is that of a stopped step."""
+    started = []
+    fake_gpu(lambda cmd, *a, **k: started.append(cmd) or (0, 0.0))
+    rec = _gpucheck._run_bench(str(tmp_path), True, ("quant", "pairwise"), dict(os.environ), budget=5)
+    assert started == [] and rec["exit"] == _gpucheck.TIMED_OUT
+    assert all(r["command"] is None for r in rec["families"].values())
+
+
 def test_gpucheck_warm_shards_run_beside_and_are_stopped(tmp_path, monkeypatch):
     """The cache-warming shards start in the background and are stopped when the checks end;
     summary.json says how many finished and what each printed last."""

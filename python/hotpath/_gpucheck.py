@@ -227,8 +227,15 @@ def _run_bench(out, quick, families, env, budget):
         limit = None
         if budget is not None:
             left = budget - (time.time() - t0)
+            if left < 10:   # the budget is spent: the remaining families are not started
+                print(f"\n== benchmarks: {fam} not run (--budget spent)", flush=True)
+                runs[fam] = {"exit": TIMED_OUT, "seconds": 0.0, "limit": 0.0, "command": None}
+                exit_ = exit_ or TIMED_OUT
+                continue
             weights = [FAMILY_WEIGHT.get(f, 1.0) for f in fams[i:]]
-            limit = max(30.0, left * weights[0] / sum(weights))
+            # at least 20 s where that much is left (a process start and a first case), never
+            # past the budget
+            limit = max(min(left, 20.0), left * weights[0] / sum(weights))
         cmd = bench_command(os.path.join(parts, fam), quick, (fam,))
         print(f"\n== benchmarks: {' '.join(cmd)}" + ("" if limit is None else f" (at most {limit:.0f} s)"), flush=True)
         rc, secs = _tee(cmd, log, benv, timeout=limit, append=i > 0)
