@@ -130,3 +130,27 @@ def test_interrupted_build_leaves_no_hang(tmp_path):
             waited = time.perf_counter() - t0
         proc.wait(timeout=30)
     assert waited > 0.5, waited
+
+
+def test_takes_backend_reads_the_argument_wherever_it_is_passed():
+    """backend= by keyword, by position or by default; checked before the body runs; the body
+    runs under it (a public function's default "auto" keeps the caller's preference)."""
+    from hotpath import backends as B
+
+    @B.takes_backend
+    def f(x, scale=1.0, backend="auto"):
+        return B.current()
+
+    @B.takes_backend
+    def g(x, *, backend="reference"):
+        return B.current()
+
+    assert f(0) == "auto" and f(0, 2.0, "reference") == "reference" and f(0, backend="cpu") == "cpu"
+    assert g(0) == "reference" and g(0, backend="auto") == "auto"
+    with B.prefer("reference"):
+        assert f(0) == "reference"
+    for bad in (None, "gpu", 3):
+        with pytest.raises(ValueError, match="backend must be one of"):
+            f(0, backend=bad)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        f(0, 1.0, "gpu")

@@ -63,7 +63,9 @@ def prefer(kind):
         _preference.reset(token)
 
 
+@functools.lru_cache(maxsize=None)
 def triton_available():
+    # cached: a CUDA call asks at every call, and a package lookup costs microseconds
     return importlib.util.find_spec("triton") is not None
 
 
@@ -210,14 +212,22 @@ def widen(*tensors):
 
 def takes_backend(fn):
     """For public functions with a `backend=` argument: check it and run the body under it."""
-    sig = inspect.signature(fn)
+    param = inspect.signature(fn).parameters.get("backend")
+    default = "auto" if param is None or param.default is inspect.Parameter.empty else param.default
+    # where a positional backend would sit (binding the whole signature at every call costs more
+    # than a small decode step's kernel)
+    names = list(inspect.signature(fn).parameters)
+    pos = names.index("backend") if param is not None and param.kind in (
+        inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) else None
 
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        kind = kwargs.get("backend")
-        if kind is None:
-            bound = sig.bind_partial(*args, **kwargs)
-            kind = bound.arguments.get("backend", "auto")
+        if "backend" in kwargs:
+            kind = kwargs["backend"]
+        elif pos is not None and len(args) > pos:
+            kind = args[pos]
+        else:
+            kind = default
         with prefer(check(kind)):
             return fn(*args, **kwargs)
     return run
