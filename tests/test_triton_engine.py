@@ -238,6 +238,10 @@ def test_flattened_candidates_only_where_nothing_accumulates():
         for kw in (dict(GRAD=True, NACC=4, BLOCK_DO=128), dict(HAS_R=True, HAS_C=True, NACC=4, BLOCK_DO=128)):
             acc = TC._early_prune(TC._siglip_tuned.configs, x, **kw)
             assert acc and not any(c.kwargs["FLAT"] for c in acc), kw
+    # top-k: 16-bit operands only (float32 and the int8 search's codes spill flattened)
+    for dt in (torch.bfloat16, torch.float16, torch.float32, torch.int8):
+        kept = TC._early_prune(TC._topk_tuned.configs, {"Q": torch.empty(0, dtype=dt)}, KTOP=10, K_PAD=16)
+        assert kept and any(c.kwargs["FLAT"] for c in kept) == (dt in (torch.bfloat16, torch.float16)), dt
 
 
 # -- contrastive ---------------------------------------------------------------------------------------

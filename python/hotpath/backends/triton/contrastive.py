@@ -390,9 +390,10 @@ def _early_prune(configs, nargs, **kw):
         # (5 words per kept entry: the value, the index and the merge's temporaries. With K_PAD = 64
         # under Triton 3.6 only 32 x 128 over 8 warps is spill-free among those kept: docs/gpu.md)
         regs = lambda c: c.kwargs["BLOCK_M"] * (c.kwargs["BLOCK_N"] + 5 * kw["K_PAD"])  # noqa: E731
-        # flattened top-k with 4-byte operands spills (260 B under 3xTF32, Triton 3.6): 16-bit only
+        # flattened top-k: 16-bit operands only (compiled for sm_90 with Triton 3.6 it spills 260 B
+        # under 3xTF32, and 680 B as the int8 search's with its 64 kept entries)
         ok = [c for c in configs if regs(c) <= _ACC_PER_WARP * c.num_warps
-              and not (c.kwargs.get("FLAT") and x.element_size() >= 4)]
+              and not (c.kwargs.get("FLAT") and x.dtype not in (torch.bfloat16, torch.float16))]
         return prune(ok or configs[-1:], lambda c: _need(c, x.element_size(), 0), smem_limit(x.device))
     acc = "NACC" in kw and kw.get("GRAD", True) and (kw.get("HAS_R", True) or kw.get("HAS_C", True))
     if not acc:
