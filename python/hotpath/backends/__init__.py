@@ -212,12 +212,12 @@ def widen(*tensors):
 
 def takes_backend(fn):
     """For public functions with a `backend=` argument: check it and run the body under it."""
-    param = inspect.signature(fn).parameters.get("backend")
+    params = inspect.signature(fn).parameters
+    param = params.get("backend")
     default = "auto" if param is None or param.default is inspect.Parameter.empty else param.default
     # where a positional backend would sit (binding the whole signature at every call costs more
     # than a small decode step's kernel)
-    names = list(inspect.signature(fn).parameters)
-    pos = names.index("backend") if param is not None and param.kind in (
+    pos = list(params).index("backend") if param is not None and param.kind in (
         inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) else None
 
     @functools.wraps(fn)
