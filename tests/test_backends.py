@@ -154,3 +154,61 @@ def test_takes_backend_reads_the_argument_wherever_it_is_passed():
             f(0, backend=bad)
     with pytest.raises(ValueError, match="backend must be one of"):
         f(0, 1.0, "gpu")
+
+
+@pytest.mark.skipif(not HAS_CPP, reason="C++ extension not built")
+def test_plain_cpu_calls_skip_the_dispatcher_layers_but_not_modes_or_autograd():
+    """Plain CPU tensors needing no gradient go straight to the CPU kernel (Op.__call__): the same
+    result as the full dispatch. A dispatch mode still sees the call, and an input that needs a
+    gradient still meets the autograd layer."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    cfg = hp.quant.Int8WeightOnly()
+    q = cfg.quantize_weight(torch.randn(24, 32))
+    x = torch.randn(3, 32)
+    op = backends.OPS["int8_weight_only_linear"]
+    assert backends._plain((x, q["qweight"], q["scale"], None))
+    y = op(x, q["qweight"], q["scale"], None)
+    assert torch.equal(y, op.overload(x, q["qweight"], q["scale"], None))
+    with Seen() as mode:
+        assert not backends._plain((x,))
+        assert torch.equal(op(x, q["qweight"], q["scale"], None), y)
+    assert any("hotpath.int8_weight_only_linear" in o for o in mode.ops), mode.ops
+    with torch.device("cpu"):   # a torch function mode
+        assert not backends._plain((x,))
+    xg = x.clone().requires_grad_(True)
+    assert not backends._plain((xg,))
+    with torch.no_grad():
+        assert backends._plain((xg, torch.nn.Parameter(x)))
+    assert not backends._plain((torch.nn.Parameter(x),))   # requires grad by default
+
+
+def test_quantized_module_keeps_the_nan_row_rule_on_the_fast_path():
+    """QuantLinear reads one finite/non-finite flag for the whole input before the per-row flags:
+    finite rows stay exact, a row holding NaN or inf becomes a NaN row, for 1-D, 2-D and 3-D input."""
+    lin = torch.nn.Linear(32, 16)
+    q = hp.quant.QuantLinear.from_linear(lin, hp.quant.Int8WeightOnly())
+    x = torch.randn(2, 3, 32)
+    y = q(x)
+    assert y.shape == (2, 3, 16) and torch.isfinite(y).all()
+    assert q(x[0, 0]).shape == (16,)
+    torch.testing.assert_close(q(x[0, 0]), y[0, 0])   # one row takes the GEMV kernel: last bits may differ
+    bad = x.clone()
+    bad[1, 2, 5] = float("inf")
+    bad[0, 1, 7] = float("nan")
+    yb = q(bad)
+    assert torch.isnan(yb[1, 2]).all() and torch.isnan(yb[0, 1]).all()
+    keep = torch.ones(2, 3, dtype=torch.bool)
+    keep[1, 2] = keep[0, 1] = False
+    assert torch.equal(yb[keep], y[keep])
+    assert q(torch.empty(0, 32)).shape == (0, 16)
+    assert q(x.double()).dtype == torch.float64

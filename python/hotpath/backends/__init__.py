@@ -100,6 +100,21 @@ class _Lazy:
         return self._fn(*args)
 
 
+_CPU_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+
+
+def _plain(args):
+    """Plain tensors needing no gradient, and no mode, subclass or transform that must see the call."""
+    if (torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled()
+            or torch._C._are_functorch_transforms_active()):
+        return False
+    grad = torch.is_grad_enabled()
+    for a in args:
+        if isinstance(a, torch.Tensor) and (type(a) not in (torch.Tensor, torch.nn.Parameter) or (grad and a.requires_grad)):
+            return False
+    return True
+
+
 class Op:
     """A declared op: calling it runs torch.ops.hotpath.<name> under the current preference."""
 
@@ -144,6 +159,10 @@ class Op:
         if fn is not None:
             return fn(*args)
         load_extension()  # registers the C++ (CPU and CUDA) kernels with the dispatcher, once
+        if device.type == "cpu" and _plain(args):
+            # nothing for the dispatcher's autograd and Python layers to do: straight to the CPU
+            # kernel (they cost more than a small quantized layer's kernel does)
+            return self.overload.redispatch(_CPU_KEYS, *args)
         if device.type == "cuda" and self.triton is not None and not triton_available():
             _warn_once("triton", "hotpath: triton is not installed; CUDA ops fall back to the pure-torch reference")
         return self.overload(*args)
@@ -228,7 +247,9 @@ def takes_backend(fn):
             kind = args[pos]
         else:
             kind = default
-        with prefer(check(kind)):
+        if check(kind) == "auto":   # prefer("auto") changes nothing; its context costs a microsecond
+            return fn(*args, **kwargs)
+        with prefer(kind):
             return fn(*args, **kwargs)
     return run
 

@@ -2,7 +2,8 @@
 
 Cases: Int8Dynamic GEMM (vs torch.ao quantize_dynamic / fbgemm and float F.linear), Int8WeightOnly
 GEMV (vs torch._weight_int8pack_mm and a copy-bandwidth measurement), Int4WeightOnly GEMV and
-Int4Dynamic GEMM (vs torch._weight_int4pack_mm_for_cpu), MiniLM cosine and encode time.
+Int4Dynamic GEMM (vs torch._weight_int4pack_mm_for_cpu), the module's per-call cost (vs nn.Linear),
+MiniLM cosine and encode time.
 Weights are quantized with round-to-nearest here: kernel speed does not depend on the scale choice.
 """
 import warnings
@@ -116,6 +117,7 @@ def run(h, quick):
     h.measure("F.linear fp32", lambda: F.linear(x1, w))
     h.target("torch int4pack_mm_for_cpu", 1.2)
     del q4, codes, w
+    _call_overhead(h)
 
     # ---- MiniLM: embedding quality and encode time
     try:
@@ -167,6 +169,25 @@ def run(h, quick):
         h.measure("float model", lambda: minilm.encode(model, sents))
         if name == "Int8Dynamic":  # weight-only GEMM dequantizes then runs fp32: no prefill speed-up expected
             h.target("float model", 1.0)
+
+
+def _call_overhead(h):
+    """A decode step through small layers is bound by the cost of a call, not by the weights: the
+    QuantLinear module (checks, NaN-row rule, dispatch) against nn.Linear's, one thread, M = 1."""
+    from hotpath.quant import QuantLinear
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        lin = nn.Linear(64, 64)
+        x = torch.randn(1, 64)
+        h.case("module call M=1 K=N=64, 1 thread (per-call overhead)", work=1, unit="calls")
+        with torch.no_grad():
+            for name, cfg in (("Int8WeightOnly", Int8WeightOnly()), ("Int4WeightOnly g32", Int4WeightOnly(group_size=32))):
+                q = QuantLinear.from_linear(lin, cfg)
+                h.measure(f"hotpath QuantLinear {name}", lambda q=q: q(x), repeat=300)
+            h.measure("nn.Linear fp32", lambda: lin(x), repeat=300)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run_cuda(h, quick):

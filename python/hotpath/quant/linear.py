@@ -1,4 +1,5 @@
 """QuantLinear and quantize_: format-generic (only the QuantConfig contract is used)."""
+import math
 from typing import Callable, Optional
 
 import torch
@@ -16,6 +17,14 @@ def _nan_rows(x, y):
     in its epilogue; their float32 output gets the same row flag here. No host sync."""
     if y.device.type != "cpu":
         return y
+    if not torch.compiler.is_compiling():
+        if x.numel() == 0:
+            return y
+        # almost every input is all finite: one pass over x and two scalars read on the host (no
+        # device to wait for) skip the per-row flags, which cost more than a small layer's kernel
+        lo, hi = torch.aminmax(x)
+        if math.isfinite(lo.item()) and math.isfinite(hi.item()):
+            return y
     return y + row_flag(x)[:, None].to(y.dtype)
 
 
@@ -110,7 +119,8 @@ class QuantLinear(nn.Module):
         return mod
 
     def qbuffers(self):
-        return {name: getattr(self, name) for name in self._names}
+        bufs = self._buffers   # read directly: nn.Module.__getattr__ costs a lookup chain per name
+        return {name: bufs[name] for name in self._names}
 
     def _apply(self, fn, recurse=True):
         # the quantized buffers follow device moves but never dtype casts: model.half() must not
@@ -134,15 +144,24 @@ class QuantLinear(nn.Module):
             raise ValueError(f"input must have last dimension in_features={self.in_features}, got shape {tuple(x.shape)}")
         if x.dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
             raise TypeError(f"input must be float32, bfloat16, float16 or float64, got {x.dtype}")
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
-        bias = None if self.bias is None else self.bias.float()  # a cast module holds a half bias
-        with backends.prefer(self.backend):
-            if torch.is_grad_enabled() and (x2.requires_grad or (bias is not None and bias.requires_grad)):
-                y = _QuantLinearFn.apply(x2, bias, self.config, self.qbuffers())
-            else:
-                y = self.config.linear(x2, self.qbuffers(), bias)
-        return _nan_rows(x2, y).reshape(*lead, self.out_features).to(x.dtype)
+        x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)
+        bias = self.bias
+        if bias is not None and bias.dtype != torch.float32:
+            bias = bias.float()  # a cast module holds a half bias
+        if self.backend == "auto":
+            y = self._linear(x2, bias)
+        else:
+            with backends.prefer(self.backend):
+                y = self._linear(x2, bias)
+        y = _nan_rows(x2, y)
+        if x.dim() != 2:
+            y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if y.dtype == x.dtype else y.to(x.dtype)
+
+    def _linear(self, x2, bias):
+        if torch.is_grad_enabled() and (x2.requires_grad or (bias is not None and bias.requires_grad)):
+            return _QuantLinearFn.apply(x2, bias, self.config, self.qbuffers())
+        return self.config.linear(x2, self.qbuffers(), bias)
 
     def dequantize(self) -> nn.Linear:
         """A float nn.Linear holding the weight these buffers encode."""
