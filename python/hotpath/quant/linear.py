@@ -14,7 +14,8 @@ from .._ops.linear_out import row_flag
 def _nan_rows(x, y):
     """NaN rule of the quantized layers: an input row holding NaN or +-inf gives a NaN output row,
     for every format and backend (_ops/linear_out.py). Every kernel but the C++ CPU ones applies it
-    in its epilogue; their float32 output gets the same row flag here. No host sync."""
+    in its epilogue; their float32 output gets the same row flag here (reading a CPU scalar on the
+    host waits for no device)."""
     if y.device.type != "cpu":
         return y
     if not torch.compiler.is_compiling():
@@ -148,12 +149,7 @@ class QuantLinear(nn.Module):
         bias = self.bias
         if bias is not None and bias.dtype != torch.float32:
             bias = bias.float()  # a cast module holds a half bias
-        if self.backend == "auto":
-            y = self._linear(x2, bias)
-        else:
-            with backends.prefer(self.backend):
-                y = self._linear(x2, bias)
-        y = _nan_rows(x2, y)
+        y = _nan_rows(x2, backends.under(self.backend, self._linear, x2, bias))
         if x.dim() != 2:
             y = y.reshape(*x.shape[:-1], self.out_features)
         return y if y.dtype == x.dtype else y.to(x.dtype)
